@@ -1,0 +1,118 @@
+"""What the loader combos list under ``models/r2r/`` (every registered folder).
+
+* releases: folders in the official hub layout (``<name>/stable-diffusion-inpainting/``
+  with ``unet/``, ``controlnet/``, ... and ``<name>/clear_vae/``);
+* component folders: diffusers model folders (``config.json`` + weights) for the
+  Clear-VAE or the controller, inside a release or on their own;
+* single files: ``.safetensors`` / ``.ckpt`` / ``.bin`` / ``.pt`` / ``.pth`` / ``.sft``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from ..r2r.errors import R2RWeightsNotFound
+from . import _host
+
+OFFICIAL_REPO = "1243asdad/region2region"
+OFFICIAL_NAME = "region2region"
+SD_FOLDER = "stable-diffusion-inpainting"
+_MAX_DEPTH = 4
+
+
+def _rel(path: str, root: str) -> str:
+    return os.path.relpath(path, root).replace(os.sep, "/")
+
+
+def _walk(root: str):
+    """os.walk limited in depth, skipping hidden folders and HF cache folders."""
+    root = os.path.abspath(root)
+    base_depth = root.rstrip(os.sep).count(os.sep)
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        if dirpath.count(os.sep) - base_depth >= _MAX_DEPTH:
+            dirnames[:] = []
+        yield dirpath, dirnames, sorted(filenames)
+
+
+def is_release(path: str) -> bool:
+    return os.path.isdir(os.path.join(path, SD_FOLDER, "unet"))
+
+
+def _config_kind(folder: str) -> str | None:
+    cfg = os.path.join(folder, "config.json")
+    if not os.path.isfile(cfg):
+        return None
+    try:
+        with open(cfg, encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    if config.get("conditioning_channels") == 7 or os.path.basename(folder) == "controlnet":
+        return "controller"
+    if "skip_channels" in config or "latent_channels" in config and os.path.basename(folder) == "clear_vae":
+        return "clear_vae"
+    name = str(config.get("_class_name", ""))
+    if name == "ClearVAE":
+        return "clear_vae"
+    if name == "HarmonyController":
+        return "controller"
+    return None
+
+
+def scan() -> dict[str, list[str]]:
+    """{"release": [...], "clear_vae": [...], "controller": [...], "file": [...]} as names
+    relative to the models folders (first folder wins on duplicates)."""
+    found = {"release": [], "clear_vae": [], "controller": [], "file": []}
+    seen = set()
+    for root in _host.model_dirs():
+        if not os.path.isdir(root):
+            continue
+        for dirpath, _dirnames, filenames in _walk(root):
+            rel = _rel(dirpath, root)
+            if dirpath != os.path.abspath(root):
+                if is_release(dirpath):
+                    key = ("release", rel)
+                    if key not in seen:
+                        seen.add(key)
+                        found["release"].append(rel)
+                kind = _config_kind(dirpath)
+                if kind is not None and (kind, rel) not in seen:
+                    seen.add((kind, rel))
+                    found[kind].append(rel)
+            for fn in filenames:
+                if os.path.splitext(fn)[1].lower() in _host.MODEL_EXTENSIONS:
+                    frel = _rel(os.path.join(dirpath, fn), root)
+                    # files inside diffusers folders are loaded through their folder
+                    if _config_kind(dirpath) is not None or os.path.basename(os.path.dirname(
+                            os.path.join(dirpath, fn))) in ("unet", "text_encoder", "vae", "safety_checker"):
+                        continue
+                    if ("file", frel) not in seen:
+                        seen.add(("file", frel))
+                        found["file"].append(frel)
+    return found
+
+
+def resolve(name: str) -> str | None:
+    """Full path of a listed name, or None."""
+    if not name:
+        return None
+    if os.path.isabs(name) and os.path.exists(name):
+        return name
+    for root in _host.model_dirs():
+        path = os.path.join(root, *name.split("/"))
+        if os.path.exists(path):
+            return path
+    return None
+
+
+def not_found(name: str, what: str, expected: str) -> R2RWeightsNotFound:
+    dirs = _host.model_dirs()
+    return R2RWeightsNotFound(
+        f"R2R: {what} '{name}' was not found. Looked in: {', '.join(dirs)}. "
+        f"Expected {expected}. Put the files there (or add a folder under 'r2r:' in "
+        "extra_model_paths.yaml), then press R (refresh) in the UI."
+    )

@@ -1,0 +1,284 @@
+"""The one place where the node pack touches ComfyUI.
+
+Inside ComfyUI (``comfy.model_management`` already imported by ComfyUI's ``main.py``)
+this module uses ``folder_paths`` for the ``models/r2r`` folder, ``model_management``
+for devices and memory (every diffusers model is wrapped in a plain ``nn.Module``
+holder and handed to a ``ModelPatcher``, so ComfyUI offloads it when idle and frees it
+on "Unload models"), ``comfy.utils.ProgressBar`` for the node's progress bar and the
+interrupt flag for Cancel.
+
+Anywhere else (tests, scripts, CI) it behaves plainly: the compute device is chosen
+automatically (``R2R_DEVICE`` overrides), the models folder comes from
+``R2R_MODELS_DIR`` (``os.pathsep``-separated; default ``./models/r2r``), progress goes
+to ``tqdm`` and there is no interrupt.
+
+Nothing here imports ComfyUI at import time; ``R2R_HOST=plain`` forces plain mode.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+
+FOLDER_NAME = "r2r"
+#: files the checkpoint loaders list (single files); folders are listed separately
+MODEL_EXTENSIONS = {".safetensors", ".ckpt", ".bin", ".pt", ".pth", ".sft"}
+
+
+def in_comfyui() -> bool:
+    """True when running inside a ComfyUI process (its model management is loaded)."""
+    if os.environ.get("R2R_HOST", "").lower() == "plain":
+        return False
+    return "comfy.model_management" in sys.modules and "folder_paths" in sys.modules
+
+
+# ----------------------------------------------------------------------------- folders
+
+
+def register_model_folder() -> None:
+    """Register ``models/r2r`` with ComfyUI's ``folder_paths``, merging with an existing
+    entry (``extra_model_paths.yaml`` is applied before packs import and may have made one)."""
+    if not in_comfyui():
+        return
+    import folder_paths
+
+    default_dir = os.path.join(folder_paths.models_dir, FOLDER_NAME)
+    entry = folder_paths.folder_names_and_paths.get(FOLDER_NAME)
+    if entry is None:
+        folder_paths.folder_names_and_paths[FOLDER_NAME] = ([default_dir], set(MODEL_EXTENSIONS))
+        return
+    paths, extensions = entry
+    if default_dir not in paths:
+        paths.append(default_dir)
+    if extensions:  # an empty set means "every file": keep it that way
+        extensions.update(MODEL_EXTENSIONS)
+
+
+def model_dirs() -> list[str]:
+    """Every folder where R2R weights are looked for, in priority order."""
+    if in_comfyui():
+        import folder_paths
+
+        return list(folder_paths.get_folder_paths(FOLDER_NAME))
+    env = os.environ.get("R2R_MODELS_DIR")
+    if env:
+        return [p for p in env.split(os.pathsep) if p]
+    return [os.path.abspath(os.path.join("models", FOLDER_NAME))]
+
+
+def default_download_dir() -> str:
+    """Where the loader puts a downloaded release: the first models/r2r folder."""
+    return model_dirs()[0]
+
+
+def output_dir() -> str:
+    """ComfyUI's output folder; outside ComfyUI ``R2R_OUTPUT_DIR`` or ``./output``."""
+    if in_comfyui():
+        import folder_paths
+
+        return folder_paths.get_output_directory()
+    return os.path.abspath(os.environ.get("R2R_OUTPUT_DIR") or "output")
+
+
+# ----------------------------------------------------------------------------- devices
+
+
+def compute_device():
+    import torch
+
+    if in_comfyui():
+        import comfy.model_management as mm
+
+        return mm.get_torch_device()
+    forced = os.environ.get("R2R_DEVICE")
+    if forced:
+        return torch.device(forced)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def offload_device():
+    import torch
+
+    if in_comfyui():
+        import comfy.model_management as mm
+
+        return mm.unet_offload_device()
+    return torch.device("cpu")
+
+
+def intermediate_device():
+    """Where IMAGE / MASK / LATENT tensors live between nodes (the CPU)."""
+    import torch
+
+    if in_comfyui():
+        import comfy.model_management as mm
+
+        return mm.intermediate_device()
+    return torch.device("cpu")
+
+
+def auto_dtype():
+    """fp16 on CUDA (as the official release runs), fp32 elsewhere."""
+    import torch
+
+    device = compute_device()
+    if in_comfyui():
+        import comfy.model_management as mm
+
+        return torch.float16 if mm.should_use_fp16(device) else torch.float32
+    return torch.float16 if device.type == "cuda" else torch.float32
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def _holder_class():
+    import torch
+
+    class R2RModuleHolder(torch.nn.Module):
+        """A plain module around a diffusers model: ModelPatcher assigns ``.device``,
+        which is a read-only property on diffusers' ModelMixin."""
+
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+    return R2RModuleHolder
+
+
+class ManagedModel:
+    """A diffusers model whose placement is owned by the host.
+
+    ``with managed.use() as model:`` gives the model on the compute device. Inside
+    ComfyUI this goes through ``model_management.load_models_gpu`` (full load), so the
+    model is offloaded when ComfyUI needs the memory and unloaded on request; outside
+    it the model is simply moved to the compute device.
+    """
+
+    def __init__(self, model, name: str):
+        self.model = model
+        self.name = name
+        self._patcher = None
+        self._lock = threading.Lock()
+
+    def _get_patcher(self):
+        if self._patcher is None:
+            import comfy.model_management as mm
+            import comfy.model_patcher
+
+            holder = _holder_class()(self.model)
+            self._patcher = comfy.model_patcher.ModelPatcher(
+                holder, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device()
+            )
+        return self._patcher
+
+    def load(self):
+        """Put the weights on the compute device and return the model."""
+        with self._lock:
+            if in_comfyui():
+                import comfy.model_management as mm
+
+                mm.load_models_gpu([self._get_patcher()], force_full_load=True)
+            else:
+                device = compute_device()
+                if self.model.device != device:
+                    self.model.to(device)
+            return self.model
+
+    @property
+    def dtype(self):
+        return self.model.dtype
+
+    def size_bytes(self) -> int:
+        return sum(p.numel() * p.element_size() for p in self.model.parameters())
+
+
+def free_memory(num_bytes: int) -> None:
+    """Ask the host to make room on the compute device (no-op outside ComfyUI)."""
+    if in_comfyui():
+        import comfy.model_management as mm
+
+        mm.free_memory(num_bytes, mm.get_torch_device())
+
+
+def is_oom(exc: BaseException) -> bool:
+    import torch
+
+    if in_comfyui():
+        import comfy.model_management as mm
+
+        return isinstance(exc, mm.OOM_EXCEPTION)
+    return isinstance(exc, torch.OutOfMemoryError)
+
+
+# ----------------------------------------------------------------------------- progress
+
+
+_interrupt_flag = threading.Event()
+
+
+def request_interrupt(value: bool = True) -> None:
+    """Plain-mode interrupt (what Cancel does inside ComfyUI); used by scripts and tests."""
+    if value:
+        _interrupt_flag.set()
+    else:
+        _interrupt_flag.clear()
+
+
+def check_interrupt() -> None:
+    """Raise the host's interrupt exception if the user cancelled."""
+    if in_comfyui():
+        import comfy.model_management as mm
+
+        mm.throw_exception_if_processing_interrupted()
+    elif _interrupt_flag.is_set():
+        _interrupt_flag.clear()
+        raise InterruptedError("R2R: processing was interrupted.")
+
+
+class Progress:
+    """A node progress bar: ComfyUI's ProgressBar inside ComfyUI, tqdm elsewhere.
+
+    ``update()`` also honours the interrupt, so calling it between steps makes the
+    loop cancellable.
+    """
+
+    def __init__(self, total: int, desc: str = "R2R"):
+        self.total = max(int(total), 1)
+        self.value = 0
+        self._bar = None
+        self._tqdm = None
+        if in_comfyui():
+            import comfy.utils
+
+            self._bar = comfy.utils.ProgressBar(self.total)
+        else:
+            from tqdm.auto import tqdm
+
+            self._tqdm = tqdm(total=self.total, desc=desc, leave=False, disable=None)
+
+    def update(self, n: int = 1) -> None:
+        check_interrupt()
+        self.value = min(self.value + n, self.total)
+        if self._bar is not None:
+            self._bar.update_absolute(self.value, self.total)
+        elif self._tqdm is not None:
+            self._tqdm.update(n)
+
+    def close(self) -> None:
+        if self._tqdm is not None:
+            self._tqdm.close()
+            self._tqdm = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
