@@ -1,0 +1,382 @@
+"""The staged trainer on accelerate: one loop for the three stages.
+
+``run_training(cfg)`` -- used by ``python -m training <stage> --config ...`` and by
+``accelerate launch -m training ...`` (every process runs the same code; data is sharded by process
+index, gradients are averaged by DDP).
+
+Determinism: the data order and augmentations are seeded by (seed, epoch, index), and every
+micro-batch reseeds the noise/timestep generator and the global torch RNG (dropout) from
+(seed, micro-step, process), so a run resumed from a checkpoint continues exactly like an
+uninterrupted one (optimizer, LR scheduler, grad scaler and EMA are restored by accelerate).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import types
+
+import numpy as np
+import torch
+
+from r2r.errors import R2RUserError
+
+from . import checkpoint as ckpt
+from .config import STAGE_COMPONENT_DIR, TrainingConfig
+from .data import EpochPlan, build_dataset, iterate_batches
+from .stages import build_stage
+
+
+def _step_seed(seed: int, micro_step: int, process_index: int) -> int:
+    return int(np.random.default_rng([int(seed), int(micro_step), int(process_index), 3]).integers(2**62))
+
+
+def _to_uint8(x_pm1_or_01: torch.Tensor, pm1: bool) -> np.ndarray:
+    x = x_pm1_or_01.detach().float().cpu()
+    if pm1:
+        x = x / 2 + 0.5
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+class Trainer:
+    def __init__(self, cfg: TrainingConfig, *, resume: str | None = None, stop_after: int | None = None,
+                 accelerator=None):
+        from accelerate import Accelerator
+        from accelerate.utils import DistributedDataParallelKwargs
+
+        self.cfg = cfg
+        self.out = cfg.output.dir
+        self.stop_after = stop_after
+        if accelerator is None:
+            accelerator = Accelerator(
+                mixed_precision=cfg.train.mixed_precision,
+                gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
+                kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
+            )
+        self.acc = accelerator
+        self.resume_dir = ckpt.resolve_resume(resume, self.out)
+        if resume and resume != "latest" and self.resume_dir is None:
+            raise R2RUserError(f"no checkpoint to resume from in {self.out}/checkpoints")
+
+    # ------------------------------------------------------------------ setup
+    def setup(self):
+        cfg, acc = self.cfg, self.acc
+        if acc.is_main_process:
+            os.makedirs(self.out, exist_ok=True)
+        torch.manual_seed(cfg.seed)
+        weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[acc.mixed_precision]
+        if acc.device.type == "cpu" and weight_dtype == torch.float16:
+            weight_dtype = torch.float32  # fp16 convs are not implemented on CPU; keep frozen parts in fp32
+        self.weight_dtype = weight_dtype
+        module, self.info = build_stage(cfg, acc.device, weight_dtype)
+        need_hint = cfg.stage == "controller"
+        self.train_ds, repeats = build_dataset(cfg.data.train, cfg.data, seed=cfg.seed, need_hint=need_hint, augment=True)
+        self.plan = EpochPlan(repeats, cfg.train.batch_size, cfg.seed, acc.num_processes, acc.process_index)
+        self.val_ds = None
+        if cfg.data.val:
+            self.val_ds, _ = build_dataset(cfg.data.val, cfg.data, seed=cfg.seed, need_hint=need_hint, augment=False)
+        params = [p for p in module.net.parameters() if p.requires_grad]
+        self.num_trainable = sum(p.numel() for p in params)
+        optimizer = torch.optim.AdamW(
+            params, lr=cfg.train.learning_rate, betas=(cfg.train.adam_beta1, cfg.train.adam_beta2),
+            weight_decay=cfg.train.weight_decay, eps=cfg.train.adam_epsilon,
+        )
+        from diffusers.optimization import get_scheduler
+
+        try:
+            lr_scheduler = get_scheduler(
+                cfg.train.lr_scheduler, optimizer,
+                num_warmup_steps=cfg.train.lr_warmup_steps * acc.num_processes,
+                num_training_steps=cfg.train.max_steps * acc.num_processes,
+            )
+        except ValueError as exc:
+            raise R2RUserError(
+                f"config train.lr_scheduler {cfg.train.lr_scheduler!r} is not usable ({exc}); use constant, "
+                "constant_with_warmup, linear or cosine"
+            ) from exc
+        self.model, self.optimizer, self.lr_scheduler = acc.prepare(module, optimizer, lr_scheduler)
+        self.ema = None
+        if cfg.train.ema.enabled:
+            from diffusers.training_utils import EMAModel
+
+            e = cfg.train.ema
+            self.ema = EMAModel(self._net().parameters(), decay=e.decay, update_after_step=e.update_after_step,
+                                use_ema_warmup=e.use_ema_warmup)
+            self.ema.to(acc.device)
+            acc.register_for_checkpointing(self.ema)
+        self.state = {"global_step": 0, "micro_step": 0, "epoch": 0, "batch_in_epoch": 0, "history": [],
+                      "val": [], "seed": cfg.seed, "stage": cfg.stage}
+        if self.resume_dir:
+            saved = ckpt.load_trainer_state(self.resume_dir)
+            if saved.get("stage") != cfg.stage:
+                raise R2RUserError(
+                    f"checkpoint {self.resume_dir} is from stage {saved.get('stage')!r}, not {cfg.stage!r}; "
+                    "resume with the same stage and config"
+                )
+            if int(saved.get("num_processes", acc.num_processes)) != acc.num_processes:
+                raise R2RUserError(
+                    f"checkpoint {self.resume_dir} was written by {saved.get('num_processes')} process(es), this run "
+                    f"has {acc.num_processes}; exact resume needs the same number of processes and batch size"
+                )
+            acc.load_state(self.resume_dir)
+            self.state.update(saved)
+            self._log(f"resumed from {self.resume_dir} at step {self.state['global_step']}")
+
+    def _net(self):
+        return self.acc.unwrap_model(self.model).net
+
+    def _log(self, msg: str):
+        if self.acc.is_main_process:
+            print(f"[r2r-train {self.cfg.stage}] {msg}", flush=True)
+
+    # ------------------------------------------------------------------ loop
+    def train(self) -> dict:
+        cfg, acc, st = self.cfg, self.acc, self.state
+        accum = cfg.train.gradient_accumulation_steps
+        max_steps = cfg.train.max_steps
+        metrics_path = os.path.join(self.out, "metrics.jsonl")
+        if acc.is_main_process and not self.resume_dir and os.path.exists(metrics_path):
+            os.replace(metrics_path, metrics_path + ".previous")
+        self._log(
+            f"{self.num_trainable:,} trainable parameters; {len(self.train_ds)} training items, "
+            f"{self.plan.batches_per_epoch} batches/epoch/process; {acc.num_processes} process(es) on {acc.device}; "
+            f"batch {cfg.train.batch_size} x accumulation {accum}; mixed precision {acc.mixed_precision}"
+        )
+        bar = None
+        if cfg.log.progress_bar and acc.is_main_process:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=max_steps, initial=st["global_step"], desc=f"train {cfg.stage}", dynamic_ncols=True)
+        self.model.train()
+        step_losses: list[float] = []
+        step_logs: dict[str, list[float]] = {}
+        stop = False
+        t0 = time.time()
+        while st["global_step"] < max_steps and not stop:
+            epoch, start = st["epoch"], st["batch_in_epoch"]
+            for k, batch in iterate_batches(self.train_ds, self.plan, epoch, start, cfg.data.num_workers):
+                batch = {n: v.to(acc.device, non_blocking=True) for n, v in batch.items()}
+                seed = _step_seed(cfg.seed, st["micro_step"], acc.process_index)
+                torch.manual_seed(seed)  # dropout etc. (exact resume)
+                gen = torch.Generator().manual_seed(seed)
+                with acc.accumulate(self.model):
+                    with acc.autocast():
+                        loss, logs = self.model(batch, gen)
+                    if not torch.isfinite(loss):
+                        raise R2RUserError(
+                            f"the training loss became {loss.item()} at step {st['global_step']}; lower "
+                            "train.learning_rate, use bf16 instead of fp16, or check the data for broken images"
+                        )
+                    acc.backward(loss)
+                    if acc.sync_gradients and cfg.train.max_grad_norm > 0:
+                        acc.clip_grad_norm_(self._net().parameters(), cfg.train.max_grad_norm)
+                    self.optimizer.step()
+                    self.lr_scheduler.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                st["micro_step"] += 1
+                st["batch_in_epoch"] = k + 1
+                step_losses.append(float(acc.reduce(loss.detach().float(), "mean")))
+                for name, v in logs.items():
+                    step_logs.setdefault(name, []).append(float(acc.reduce(v.float(), "mean")))
+                if not acc.sync_gradients:
+                    continue
+                # ---- one optimizer step done
+                if self.ema is not None:
+                    self.ema.step(self._net().parameters())
+                st["global_step"] += 1
+                gs = st["global_step"]
+                step_loss = float(np.mean(step_losses))
+                st["history"].append([gs, step_loss])
+                record = {"step": gs, "loss": step_loss, "lr": self.lr_scheduler.get_last_lr()[0],
+                          "epoch": epoch, **{n: float(np.mean(v)) for n, v in step_logs.items()}}
+                step_losses, step_logs = [], {}
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{step_loss:.4f}")
+                if acc.is_main_process and cfg.log.every and (gs % cfg.log.every == 0 or gs == max_steps):
+                    record["elapsed_s"] = round(time.time() - t0, 2)
+                    ckpt.append_jsonl(metrics_path, record)
+                if cfg.log.sample_every and gs % cfg.log.sample_every == 0:
+                    self.write_samples(gs)
+                if cfg.log.validate_every and gs % cfg.log.validate_every == 0:
+                    self.validate(gs)
+                last = gs >= max_steps or (self.stop_after is not None and gs >= self.stop_after)
+                if (cfg.log.checkpoint_every and gs % cfg.log.checkpoint_every == 0) or last:
+                    self.save_checkpoint()
+                if last:
+                    stop = True
+                    break
+            else:
+                st["epoch"] += 1
+                st["batch_in_epoch"] = 0
+        if bar is not None:
+            bar.close()
+        finished = st["global_step"] >= max_steps
+        result = {"steps": st["global_step"], "finished": finished, "history": st["history"],
+                  "output_dir": self.out}
+        if finished:
+            result.update(self.finish())
+        return result
+
+    # ------------------------------------------------------------------ checkpoints / outputs
+    def save_checkpoint(self):
+        st = dict(self.state)
+        st["num_processes"] = self.acc.num_processes
+        st["config"] = self.cfg.to_dict()
+        path = ckpt.save_checkpoint(self.acc, self.out, self.state["global_step"], st,
+                                    self.cfg.log.checkpoints_total_limit)
+        if self.acc.is_main_process and self.state["history"]:
+            steps, losses = zip(*self.state["history"])
+            ckpt.draw_loss_curve(os.path.join(self.out, "loss_curve.png"), list(steps), list(losses),
+                                 title=f"{self.cfg.stage} training loss")
+        self._log(f"checkpoint {path}")
+
+    def _with_output_weights(self):
+        """Context: swap EMA weights in when the output should be the EMA model."""
+        trainer = self
+
+        class _Swap:
+            def __enter__(self_):
+                self_.on = trainer.ema is not None and trainer.cfg.train.ema.use_for_output
+                if self_.on:
+                    trainer.ema.store(trainer._net().parameters())
+                    trainer.ema.copy_to(trainer._net().parameters())
+
+            def __exit__(self_, *exc):
+                if self_.on:
+                    trainer.ema.restore(trainer._net().parameters())
+
+        return _Swap()
+
+    def finish(self) -> dict:
+        acc, cfg = self.acc, self.cfg
+        rel = STAGE_COMPONENT_DIR[cfg.stage]
+        out = {}
+        with self._with_output_weights():
+            metrics = self.validate(self.state["global_step"], final=True) if self.val_ds is not None else {}
+            acc.wait_for_everyone()
+            if acc.is_main_process:
+                net = self._net()
+                comp_dir = ckpt.save_component(net, self.out, rel)
+                out["component_dir"] = comp_dir
+                if cfg.output.release:
+                    out["release_dir"] = cfg.output.release
+                    ckpt.assemble_release(cfg.output.release, cfg.init.release, comp_dir, rel)
+                data = {
+                    "train": [vars(s) for s in cfg.data.train], "val": [vars(s) for s in cfg.data.val],
+                    "train_items": len(self.train_ds), "resolution": cfg.data.resolution,
+                }
+                meta = dict(stage=cfg.stage, config=cfg.to_dict(), data=data, steps=self.state["global_step"],
+                            metrics=metrics, info={**self.info, "ema": bool(self.ema is not None and cfg.train.ema.use_for_output)},
+                            component=rel)
+                ckpt.write_metadata(os.path.join(self.out, ckpt.METADATA_FILE), **meta)
+                if cfg.output.release:
+                    ckpt.write_metadata(os.path.join(cfg.output.release, ckpt.METADATA_FILE), **meta)
+                if self.state["history"]:
+                    steps, losses = zip(*self.state["history"])
+                    ckpt.draw_loss_curve(os.path.join(self.out, "loss_curve.png"), list(steps), list(losses),
+                                         title=f"{cfg.stage} training loss")
+                self._log(f"wrote {comp_dir}" + (f" and release {cfg.output.release}" if cfg.output.release else ""))
+            acc.wait_for_everyone()
+        out["metrics"] = metrics
+        return out
+
+    # ------------------------------------------------------------------ predictions / validation
+    def _components(self):
+        """R2RPipeline-compatible components holding the models being trained."""
+        aux = self.acc.unwrap_model(self.model).aux
+        net = self._net()
+        if self.cfg.stage == "unet":
+            return types.SimpleNamespace(unet=net, controller=None, clear_vae=aux["vae"],
+                                         scheduler_config=aux["scheduler_config"], prompt_embeds=aux["prompt_embeds"])
+        return types.SimpleNamespace(unet=aux["unet"], controller=net, clear_vae=aux["vae"],
+                                     scheduler_config=aux["scheduler_config"], prompt_embeds=aux["prompt_embeds"])
+
+    @torch.no_grad()
+    def predict(self, batch: dict) -> torch.Tensor:
+        """Harmonized images ``[B,3,r,r]`` in [0,1] for a batch (background pasted back for diffusion stages)."""
+        net = self._net()
+        was_training = net.training
+        net.eval()
+        try:
+            if self.cfg.stage == "clear_vae":
+                vae = net
+                post = vae.encode(batch["real"]).latent_dist
+                _, skips = vae.encode_with_skips(batch["composite"])
+                pred = vae.decode_with_skips(post.mode(), skips)
+                return (pred.float() / 2 + 0.5).clamp(0, 1)
+            from r2r.pipeline import R2RPipeline
+
+            pipe = R2RPipeline(self._components())
+            comp01 = (batch["composite"].float() / 2 + 0.5).clamp(0, 1)
+            with self.acc.autocast():
+                out = pipe(comp01, batch["mask"].float(), num_inference_steps=self.cfg.log.inference_steps,
+                           generator=self.cfg.seed, max_side=self.cfg.data.resolution,
+                           use_controller=self.cfg.stage == "controller")
+            return out.images.float()
+        finally:
+            net.train(was_training)
+
+    def _val_batches(self):
+        n = len(self.val_ds) if not self.cfg.data.val_limit else min(self.cfg.data.val_limit, len(self.val_ds))
+        bs = max(1, self.cfg.train.batch_size)
+        for lo in range(0, n, bs):
+            items = [self.val_ds.load(i, 0) for i in range(lo, min(n, lo + bs))]
+            yield {k: torch.stack([it[k] for it in items]).to(self.acc.device) for k in items[0]}
+
+    def validate(self, step: int, final: bool = False) -> dict:
+        """Metrics (r2r.metrics: MSE, fMSE, PSNR, SSIM as the official evaluation) on data.val, main process."""
+        if self.val_ds is None:
+            return {}
+        metrics = {}
+        if self.acc.is_main_process:
+            from r2r import metrics as M
+
+            rows = []
+            baseline = []
+            for batch in self._val_batches():
+                pred = self.predict(batch)
+                for i in range(pred.shape[0]):
+                    gt = _to_uint8(batch["real"][i], True)
+                    comp = _to_uint8(batch["composite"][i], True)
+                    m = batch["mask"][i, 0].cpu().numpy() > 0.5
+                    rows.append(M.image_metrics(_to_uint8(pred[i], False), gt, m))
+                    baseline.append(M.image_metrics(comp, gt, m))
+            metrics = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+            metrics.update({f"composite_{k}": float(np.mean([r[k] for r in baseline])) for k in baseline[0]})
+            metrics["count"] = len(rows)
+            rec = {"step": step, "validation": metrics}
+            self.state["val"].append(rec)
+            ckpt.append_jsonl(os.path.join(self.out, "metrics.jsonl"), rec)
+            self._log(f"validation at step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+        self.acc.wait_for_everyone()
+        return metrics
+
+    def write_samples(self, step: int):
+        """Sample sheet: composite | prediction | ground truth | mask for a few validation (or training) items."""
+        if self.acc.is_main_process:
+            if self.val_ds is not None:
+                batch = next(self._val_batches())
+            else:
+                items = [self.train_ds.load(i, 0) for i in range(min(4, len(self.train_ds)))]
+                batch = {k: torch.stack([it[k] for it in items]).to(self.acc.device) for k in items[0]}
+            batch = {k: v[:4] for k, v in batch.items()}
+            pred = self.predict(batch)
+            rows = []
+            for i in range(pred.shape[0]):
+                m = (batch["mask"][i, 0].cpu().numpy() * 255).astype(np.uint8)
+                rows.append([_to_uint8(batch["composite"][i], True), _to_uint8(pred[i], False),
+                             _to_uint8(batch["real"][i], True), m])
+            tile = min(256, self.cfg.data.resolution)
+            sheet = ckpt.sample_sheet(rows, ["composite", "prediction", "ground truth", "mask"], tile=tile)
+            ckpt.write_png(os.path.join(self.out, "samples", f"step-{step:06d}.png"), sheet)
+        self.acc.wait_for_everyone()
+
+
+def run_training(cfg: TrainingConfig, *, resume: str | None = None, stop_after: int | None = None) -> dict:
+    trainer = Trainer(cfg, resume=resume, stop_after=stop_after)
+    trainer.setup()
+    result = trainer.train()
+    trainer.acc.wait_for_everyone()
+    trainer.acc.end_training()
+    return result
