@@ -70,6 +70,9 @@ def add_arguments(p) -> None:
     g.add_argument("--max-fmse", type=float, default=None, help="reject composites with foreground MSE above this")
     g.add_argument("--min-color-shift", type=float, default=None, help="reject composites whose mean Lab shift is below this")
     g.add_argument("--max-tries", type=int, default=5, help="draws per composite before it counts as rejected")
+    g.add_argument("--generator", default=None, metavar="MODULE:FUNCTION",
+                   help="composite generator (default r2r.blending:random_poisson_blend); called as "
+                   "f(real, mask, seed=..., alpha=..., **gen_args) -> result with .composite (or an image)")
     g.add_argument("--gen-arg", type=_kv, action="append", default=[], metavar="KEY=VALUE",
                    help="extra keyword for the blender (JSON value), repeatable")
     r = p.add_argument_group("running")
@@ -120,6 +123,8 @@ def run(args) -> int:
         progress=args.progress,
         generator_kwargs=dict(args.gen_arg),
     )
+    if args.generator:
+        cfg.generator = args.generator
     report = make_dataset(cfg)
     print(report.summary(), file=sys.stderr if report.failed else sys.stdout)
     return 1 if report.failed else 0
