@@ -1,0 +1,227 @@
+"""The denoising loop pieces: scheduler, controller residuals, U-Net steps (ref §a.3).
+
+Random numbers are drawn in the official order from one generator (or a list of
+per-item generators), which makes a seed reproduce the official pipeline's result
+for the same generator device and dtype:
+
+1. initial noise ``N(0, I)`` of the latent shape, times ``init_noise_sigma``;
+2. the composite latent: a SAMPLE of the Clear-VAE posterior times the scaling factor
+   (drawn here when :func:`denoise` gets the posterior, or by the caller before);
+3. one draw per Euler-ancestral step, including the last one (where sigma_up = 0);
+4. one discarded draw of the latent shape (the official decoder re-encodes the
+   composite and samples its posterior without using it).
+
+The controller never sees the noisy latent, so :func:`controller_residuals` can run
+for every timestep before denoising (and the controller can then be released).
+The scheduler maths runs in float32 whatever the model dtype; only the model inputs
+are cast to the models' dtype.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+
+from .errors import R2RUserError
+
+DEFAULT_SCHEDULER = "euler_ancestral"
+
+# name -> (diffusers class name, extra config overrides, description)
+SCHEDULERS = {
+    "euler_ancestral": ("EulerAncestralDiscreteScheduler", {}, "Euler ancestral (official, stochastic)"),
+    "euler": ("EulerDiscreteScheduler", {}, "Euler (deterministic)"),
+    "euler_karras": ("EulerDiscreteScheduler", {"use_karras_sigmas": True}, "Euler with Karras sigmas"),
+    "dpmpp_2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}, "DPM++ 2M"),
+    "dpmpp_2m_karras": (
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True},
+        "DPM++ 2M Karras",
+    ),
+    "dpmpp_2m_sde": (
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "sde-dpmsolver++", "solver_order": 2},
+        "DPM++ 2M SDE (stochastic)",
+    ),
+    "ddim": ("DDIMScheduler", {}, "DDIM (eta 0)"),
+    "unipc": ("UniPCMultistepScheduler", {}, "UniPC"),
+    "heun": ("HeunDiscreteScheduler", {}, "Heun (2 model calls per step)"),
+}
+
+
+def make_scheduler(scheduler_config: dict, name: str = DEFAULT_SCHEDULER):
+    """A diffusers scheduler built ``from_config`` of the release's scheduler config.
+
+    ``"euler_ancestral"`` is the official sampler; the others are offered for
+    experiments (the models were evaluated with Euler-ancestral, 10 steps).
+    """
+    import diffusers
+
+    if name not in SCHEDULERS:
+        raise R2RUserError(f"Unknown scheduler {name!r}; expected one of: {', '.join(SCHEDULERS)}.")
+    class_name, overrides, _ = SCHEDULERS[name]
+    config = {k: v for k, v in dict(scheduler_config).items() if not k.startswith("_")}
+    config.update(overrides)
+    return getattr(diffusers, class_name).from_config(config)
+
+
+def set_timesteps(scheduler, num_inference_steps: int, device=None):
+    """``scheduler.set_timesteps`` with a clear error for bad step counts; returns the timesteps."""
+    if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or not (
+        1 <= num_inference_steps <= 1000
+    ):
+        raise R2RUserError(f"num_inference_steps must be an integer from 1 to 1000 (official: 10); got {num_inference_steps!r}.")
+    scheduler.set_timesteps(num_inference_steps, device=device)
+    return scheduler.timesteps
+
+
+def _expand_embeds(prompt_embeds, batch: int):
+    if prompt_embeds.shape[0] == batch:
+        return prompt_embeds
+    if prompt_embeds.shape[0] != 1:
+        raise R2RUserError(
+            f"prompt_embeds has batch {prompt_embeds.shape[0]} but the images have batch {batch}; expected 1 or {batch}."
+        )
+    return prompt_embeds.expand(batch, *prompt_embeds.shape[1:])
+
+
+def controller_residuals(controller, hint, latent_mask, timesteps, prompt_embeds, timestep_batch: int = 1,
+                         callback: Callable[[int, int], None] | None = None, offload_device=None):
+    """Harmony Controller residuals for every timestep: a list of ``(down_residuals, mid_residual)``.
+
+    Exact: the controller ignores the noisy latent, so evaluating it before the loop
+    gives the same numbers as evaluating it inside. ``timestep_batch`` > 1 evaluates
+    that many timesteps in one forward (the hint/mask/text are repeated) — faster on a
+    GPU with memory to spare; ``offload_device`` (e.g. ``"cpu"``) parks the results
+    there until the U-Net needs them. Inputs must already be in the controller's
+    dtype/device. ``callback(i, total)`` is called after each timestep (raise to abort).
+    """
+    import torch
+
+    if timestep_batch < 1:
+        raise R2RUserError(f"timestep_batch must be >= 1; got {timestep_batch}.")
+    batch = hint.shape[0]
+    embeds = _expand_embeds(prompt_embeds, batch)
+    timesteps = list(timesteps)
+    results = []
+    for start in range(0, len(timesteps), timestep_batch):
+        chunk = timesteps[start : start + timestep_batch]
+        k = len(chunk)
+        if k == 1:
+            down, mid = controller(hint, chunk[0], embeds, latent_mask)
+            parts = [(tuple(down), mid)]
+        else:
+            t = torch.stack([torch.as_tensor(c) for c in chunk]).to(hint.device).repeat_interleave(batch)
+            down, mid = controller(
+                hint.repeat(k, 1, 1, 1), t, embeds.repeat(k, 1, 1), latent_mask.repeat(k, 1, 1, 1)
+            )
+            parts = [
+                (tuple(d[j * batch : (j + 1) * batch] for d in down), mid[j * batch : (j + 1) * batch])
+                for j in range(k)
+            ]
+        for down, mid in parts:
+            if offload_device is not None:
+                down, mid = tuple(d.to(offload_device) for d in down), mid.to(offload_device)
+            results.append((down, mid))
+            if callback is not None:
+                callback(len(results), len(timesteps))
+    return results
+
+
+def _randn(shape, generator, device, dtype):
+    from diffusers.utils.torch_utils import randn_tensor
+
+    return randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+
+
+def initial_noise(shape, generator, device, dtype, scheduler):
+    """RNG draw (1): ``N(0, I) * init_noise_sigma``, returned in float32."""
+    import torch
+
+    noise = _randn(shape, generator, device, dtype)
+    return noise.to(torch.float32) * scheduler.init_noise_sigma
+
+
+def denoise(unet, scheduler, z_comp, latent_mask, prompt_embeds, residuals, generator,
+            num_inference_steps: int = 10, callback: Callable[[int, int], None] | None = None, *,
+            scaling_factor: float = 0.18215, init_latents=None, draw_decode_noise: bool = True):
+    """Run the R2R denoising loop; returns the final latents (float32, still scaled).
+
+    * ``z_comp``: the composite latent. Either a Clear-VAE posterior (anything with
+      ``.sample(generator)``, e.g. diffusers' ``DiagonalGaussianDistribution``): then the
+      initial noise is drawn first and the posterior sample second, exactly the
+      official order; or an already scaled tensor ``[B,4,h,w]`` (drawn by the caller,
+      who then also owns the order).
+    * ``residuals``: the list from :func:`controller_residuals` (one per scheduler
+      timestep), a callable ``(i, t) -> (down, mid)`` computing them on the fly, or
+      ``None`` to run the U-Net without the controller.
+    * ``callback(step, total)`` is called after every step; raising aborts the loop.
+    * ``init_latents``: an explicit initial latent (already multiplied by
+      ``init_noise_sigma``) instead of RNG draw (1).
+
+    ``draw_decode_noise`` draws the discarded tensor (4) at the end so the generator
+    is left where the official pipeline leaves it.
+    """
+    import torch
+
+    dtype = unet.dtype
+    device = latent_mask.device
+    timesteps = set_timesteps(scheduler, num_inference_steps, device=device)
+    posterior = z_comp if hasattr(z_comp, "sample") and not isinstance(z_comp, torch.Tensor) else None
+    if posterior is not None:
+        shape = tuple(posterior.mean.shape)
+        noise_dtype = posterior.mean.dtype
+    else:
+        shape = tuple(z_comp.shape)
+        noise_dtype = z_comp.dtype
+    batch = shape[0]
+    if tuple(latent_mask.shape) != (batch, 1, *shape[2:]):
+        raise R2RUserError(
+            f"The latent mask {tuple(latent_mask.shape)} does not match the composite latent {shape}; "
+            "both must come from the same prepared image."
+        )
+    if isinstance(residuals, Sequence) and len(residuals) != len(timesteps):
+        raise R2RUserError(
+            f"Got controller residuals for {len(residuals)} timesteps but the scheduler runs {len(timesteps)}; "
+            "compute them with the same scheduler and number of steps."
+        )
+
+    # (1) initial noise, (2) composite posterior sample
+    if init_latents is None:
+        latents = initial_noise(shape, generator, device, dtype, scheduler)
+    else:
+        latents = init_latents.to(device=device, dtype=torch.float32)
+    if posterior is not None:
+        z_comp = posterior.sample(generator=generator) * scaling_factor
+    z_comp = z_comp.to(device=device, dtype=dtype)
+    mask_in = latent_mask.to(dtype)
+    embeds = _expand_embeds(prompt_embeds.to(device=device, dtype=dtype), batch)
+
+    step_kwargs = {}
+    if "generator" in inspect.signature(scheduler.step).parameters:
+        step_kwargs["generator"] = generator
+    total = len(timesteps)
+    for i, t in enumerate(timesteps):
+        x_in = scheduler.scale_model_input(latents, t).to(dtype)
+        if residuals is None:
+            down, mid = None, None
+        elif callable(residuals):
+            down, mid = residuals(i, t)
+        else:
+            down, mid = residuals[i]
+        if down is not None:
+            down = [d.to(device=device, dtype=dtype) for d in down]
+            mid = mid.to(device=device, dtype=dtype)
+        eps = unet(
+            torch.cat([x_in, mask_in, z_comp], dim=1), t, encoder_hidden_states=embeds,
+            down_block_additional_residuals=down, mid_block_additional_residual=mid, return_dict=False,
+        )[0]
+        del x_in, down, mid
+        # (3) one draw per ancestral step; float32 model output keeps the update in float32
+        latents = scheduler.step(eps.to(torch.float32), t, latents, return_dict=False, **step_kwargs)[0]
+        del eps
+        if callback is not None:
+            callback(i + 1, total)
+    # (4) the official decoder's unused posterior sample
+    if draw_decode_noise and generator is not None:
+        _randn(shape, generator, device, noise_dtype)
+    return latents
