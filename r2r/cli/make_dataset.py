@@ -66,6 +66,9 @@ def add_arguments(p) -> None:
     g.add_argument("--seed", type=int, default=0, help="global seed; per-composite seeds derive from it and the file")
     g.add_argument("--alpha", type=float, nargs=2, metavar=("LO", "HI"), default=None,
                    help="transfer-strength range of Random Poisson Blending (default: the blender's)")
+    g.add_argument("--reference", choices=("self", "other"), default="self",
+                   help="where the foreground's new colours come from: another region of the same image (self, "
+                   "default) or another source image at the same place (other, as the official prototype)")
     g.add_argument("--min-fmse", type=float, default=None, help="reject composites with foreground MSE below this")
     g.add_argument("--max-fmse", type=float, default=None, help="reject composites with foreground MSE above this")
     g.add_argument("--min-color-shift", type=float, default=None, help="reject composites whose mean Lab shift is below this")
@@ -117,6 +120,7 @@ def run(args) -> int:
         label_min_area=args.label_min_area,
         label_max_area=args.label_max_area,
         name_prefix=args.name_prefix,
+        reference=args.reference,
         workers=args.workers,
         shard=args.shard,
         keep_going=args.keep_going,

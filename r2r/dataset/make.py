@@ -68,6 +68,7 @@ class MakeConfig:
     label_min_area: float = 0.01
     label_max_area: float = 0.8
     name_prefix: str = "auto"
+    reference: str = "self"  # "self": another region of the same image; "other": another source image
     workers: int = 1
     shard: tuple[int, int] = (0, 1)
     keep_going: bool = True
@@ -114,6 +115,7 @@ class MakeConfig:
             "label_min_area": self.label_min_area,
             "label_max_area": self.label_max_area,
             "name_prefix": self.resolved_prefix(),
+            "reference": self.reference,
             "generator": self.generator_spec(),
             "generator_kwargs": _jsonable(self.generator_kwargs),
         }
@@ -290,6 +292,15 @@ def _load_masks(unit: dict, cfg: dict, size_hw: tuple[int, int]) -> list[tuple[i
     return out
 
 
+def _load_reference(path: str, cache: dict, hw) -> np.ndarray:
+    if path not in cache:
+        try:
+            cache[path] = read_image_rgb(path)
+        except R2RUserError as exc:
+            raise R2RUserError(f"the reference image for this item is unreadable: {exc}") from exc
+    return cache[path]
+
+
 def process_unit(unit: dict, cfg: dict, generator=None) -> dict:
     """Make every composite of one source image (runs in a worker). Never raises for bad
     inputs: returns ``{"status": "error", "error": message}`` instead."""
@@ -316,6 +327,7 @@ def process_unit(unit: dict, cfg: dict, generator=None) -> dict:
             cfg["out"], cfg["subset"], image_format=cfg["image_format"], jpeg_quality=cfg["jpeg_quality"], repair=False
         )
         composites, rejected = [], []
+        refs_cache: dict = {}
         real_written = False
         for k, m in masks:
             mask_written = None
@@ -326,6 +338,9 @@ def process_unit(unit: dict, cfg: dict, generator=None) -> dict:
                     kwargs = dict(cfg["generator_kwargs"])
                     if cfg["alpha"] is not None:
                         kwargs["alpha"] = tuple(cfg["alpha"])
+                    ref_path = unit.get("refs", {}).get(str(j))
+                    if ref_path is not None:
+                        kwargs["reference"] = _load_reference(ref_path, refs_cache, real.shape[:2])
                     out = gen(real, m, seed=seed, **kwargs)
                     comp = np.asarray(getattr(out, "composite", out))
                     out_mask = getattr(out, "mask", None)
@@ -409,6 +424,8 @@ def _validate(cfg: MakeConfig) -> None:
         bad(f"--max-side must be >= 64, got {cfg.max_side}")
     if cfg.min_fmse is not None and cfg.max_fmse is not None and cfg.min_fmse > cfg.max_fmse:
         bad(f"--min-fmse {cfg.min_fmse} is larger than --max-fmse {cfg.max_fmse}")
+    if cfg.reference not in ("self", "other"):
+        bad(f"--reference must be 'self' or 'other', got {cfg.reference!r}")
     if cfg.masks_per_image < 1:
         bad(f"--masks-per-image must be >= 1, got {cfg.masks_per_image}")
     if cfg.images is None or cfg.masks is None:
@@ -421,6 +438,19 @@ def _validate(cfg: MakeConfig) -> None:
                 f"--out {cfg.out} is inside the source folder {d}; the generated images would be read as sources "
                 "on the next run. Choose an output folder outside it"
             )
+
+
+def _pick_references(key: str, usable: list, cfg: MakeConfig) -> dict:
+    """composite index j -> path of another usable source image (derived from seed and key)."""
+    if len(usable) < 2:
+        return {}
+    out = {}
+    for j in range(1, cfg.per_image + 1):
+        idx = derive_seed(cfg.seed, key, "reference", j) % len(usable)
+        if usable[idx].key == key:
+            idx = (idx + 1) % len(usable)
+        out[str(j)] = str(usable[idx].image)
+    return out
 
 
 def _records_dir(out: Path, subset: str) -> Path:
@@ -552,6 +582,7 @@ def make_dataset(cfg: MakeConfig) -> MakeReport:
     report = MakeReport(out=out, subset=cfg.subset, total=len(mine))
     wcfg = dict(params, out=str(out))
     todo = []
+    usable = [s for s in sources if not s.problem]
     for s in mine:
         name = names[s.key]
         if (rec_dir / "items" / f"{name}.json").exists():
@@ -565,6 +596,8 @@ def make_dataset(cfg: MakeConfig) -> MakeReport:
             "split": split_of(s.key, cfg.test_fraction),
             "problem": s.problem,
         }
+        if cfg.reference == "other":
+            unit["refs"] = _pick_references(s.key, usable, cfg)
         todo.append(unit)
 
     def finish(res: dict) -> None:
@@ -589,14 +622,17 @@ def make_dataset(cfg: MakeConfig) -> MakeReport:
 
     bar = tqdm(total=len(todo), desc=f"make-dataset {cfg.subset}", unit="img", disable=not cfg.progress, file=sys.stderr)
     ready = [u for u in todo if not u["problem"]]
+    stopped = False
     for u in todo:
         if u["problem"]:
             finish({**u, "status": "error", "error": u["problem"]})
             bar.update(1)
-    stopped = False
+            stopped = stopped or not cfg.keep_going
     workers = cfg.workers if cfg.workers > 0 else (os.cpu_count() or 1)
     try:
-        if workers == 1 or len(ready) <= 1:
+        if stopped:
+            pass
+        elif workers == 1 or len(ready) <= 1:
             for u in ready:
                 res = process_unit(u, wcfg, gen)
                 finish(res)
