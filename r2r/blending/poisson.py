@@ -287,7 +287,7 @@ def _box_rhs_numpy(Tb, Sb, Mb, mixed):
         sgy = Sb[:, 1:, :-1] - Sb[:, :-1, :-1]
         tgx = Tb[:, :-1, 1:] - Tb[:, :-1, :-1]
         tgy = Tb[:, 1:, :-1] - Tb[:, :-1, :-1]
-        use = np.abs(sgx - sgy) > np.abs(tgx - tgy)  # pixels [:-1, :-1]
+        use = abs(sgx - sgy) > abs(tgx - tgy)  # pixels [:-1, :-1]
         gx[:, :-1] *= use
         gy[:, :, :-1] *= use
     gx *= Mb[None, :, :-1]
@@ -307,7 +307,9 @@ def _solve_box_numpy(Tb, Sb, Mb, mixed, erode):
 
 
 def _masked_system_numpy(Tb, Sb, Mb, mixed):
-    """b = sum over the 4 edges of (guidance - target difference), for u = f - target."""
+    """b = sum over the 4 edges of (guidance - target difference), for u = f - target.
+
+    Works on numpy arrays and torch tensors alike (so does _box_rhs_numpy)."""
     D = Sb - Tb
     c = D[:, 1:-1, 1:-1]
     sls = ((slice(None), slice(None, -2), slice(1, -1)), (slice(None), slice(2, None), slice(1, -1)),
@@ -315,20 +317,26 @@ def _masked_system_numpy(Tb, Sb, Mb, mixed):
     if not mixed:
         b = 4 * c - D[sls[0]] - D[sls[1]] - D[sls[2]] - D[sls[3]]
     else:
-        b = np.zeros_like(c)
+        b = 0 * c
         Sc, Tc = Sb[:, 1:-1, 1:-1], Tb[:, 1:-1, 1:-1]
         for sl in sls:
             ds = Sc - Sb[sl]
             dt = Tc - Tb[sl]
-            b += np.where(np.abs(ds) > np.abs(dt), ds, dt) - dt
+            b += (ds - dt) * (abs(ds) > abs(dt))
     om = Mb[1:-1, 1:-1]
     b *= om
     return b, om
 
 
 def _apply_masked_laplacian_numpy(u, omf, out=None):
-    """(-Delta u) restricted to the mask, u = 0 outside the mask (u is already masked)."""
-    out = np.multiply(u, 4.0, out=out)
+    """(-Delta u) restricted to the mask, u = 0 outside the mask (u is already masked).
+
+    Works on numpy arrays and torch tensors alike."""
+    if out is None:
+        out = u * 4.0
+    else:
+        out[...] = u
+        out *= 4.0
     out[:, 1:] -= u[:, :-1]
     out[:, :-1] -= u[:, 1:]
     out[:, :, 1:] -= u[:, :, :-1]
