@@ -238,13 +238,20 @@ def _upsample_paste(composite_full: np.ndarray, harmonized_low: np.ndarray, mask
 
 
 def _transfer_one(comp: np.ndarray, harm: np.ndarray, mask: np.ndarray, mode: str,
-                  comp_low: np.ndarray | None, radius, eps) -> np.ndarray:
+                  comp_low: np.ndarray | None, radius, eps, presmooth) -> np.ndarray:
     hl, wl = harm.shape[:2]
     if mode == "upsample":
         return _upsample_paste(comp, harm, mask)
     if comp_low is None:
         comp_low = _resize_area(comp, (hl, wl))
     mask_low = _resize_area(mask, (hl, wl))
+    if presmooth > 0:
+        # fit on the same low-pass of both images: the model's output is softer than the composite
+        # (VAE), and a fit on sharp -> soft pairs would learn to flatten the foreground's detail
+        import cv2
+
+        comp_low = cv2.GaussianBlur(comp_low, (0, 0), presmooth)
+        harm = cv2.GaussianBlur(harm, (0, 0), presmooth)
     coef = fit_color_transform(comp_low, harm, mask_low, radius=radius, eps=eps)
     return apply_color_transform(comp, coef, mask)
 
@@ -258,7 +265,8 @@ def _check_mode(mode: str) -> None:
 
 
 def transfer_harmonization(composite_full, harmonized_low, mask_full, mode: str = DEFAULT_MODE, *,
-                           composite_low=None, radius: int | None = None, eps: float = 2e-3):
+                           composite_low=None, radius: int | None = None, eps: float = 5e-3,
+                           presmooth: float = 1.5):
     """Carry a working-resolution harmonization to the composite's full resolution.
 
     Args:
@@ -276,6 +284,9 @@ def transfer_harmonization(composite_full, harmonized_low, mask_full, mode: str 
         radius: fitting window radius in working-resolution pixels (default ``min(h,w)/64``).
         eps: regularisation of the local fits toward the global foreground fit (larger =
             smoother, more global colour change).
+        presmooth: Gaussian sigma (working-resolution pixels) applied to both working-resolution
+            images before fitting, so the fit sees colour, not the detail the VAE softened
+            (0 disables; without it the fit learns to flatten the foreground's texture).
 
     Returns:
         the full-resolution result, same kind/dtype as ``composite_full``; outside the mask it
@@ -283,7 +294,9 @@ def transfer_harmonization(composite_full, harmonized_low, mask_full, mode: str 
     """
     _check_mode(mode)
     if eps <= 0:
-        raise R2RUserError(f"transfer_harmonization: eps must be > 0; got {eps}. Try 2e-3.")
+        raise R2RUserError(f"transfer_harmonization: eps must be > 0; got {eps}. Try 5e-3.")
+    if presmooth < 0:
+        raise R2RUserError(f"transfer_harmonization: presmooth must be >= 0; got {presmooth}. Try 1.5.")
     if radius is not None and int(radius) < 1:
         raise R2RUserError(f"transfer_harmonization: radius must be >= 1 pixel; got {radius}.")
     if isinstance(composite_full, np.ndarray):
@@ -298,17 +311,17 @@ def transfer_harmonization(composite_full, harmonized_low, mask_full, mode: str 
                     f"composite_low must have the size of harmonized_low {harm.shape[:2]}; got "
                     f"{clow.shape[:2]}. Pass the composite as the model saw it, or leave it out."
                 )
-        out = _transfer_one(comp, np.clip(harm, 0, 1), mask, mode, clow, radius, eps)
+        out = _transfer_one(comp, np.clip(harm, 0, 1), mask, mode, clow, radius, eps, presmooth)
         if was_uint8:
             return _to_uint8(out)
         # bit-exact background: copy untouched pixels from the input
         bg = mask <= 0
         out[bg] = comp[bg]
         return out.astype(composite_full.dtype, copy=False)
-    return _transfer_torch(composite_full, harmonized_low, mask_full, mode, composite_low, radius, eps)
+    return _transfer_torch(composite_full, harmonized_low, mask_full, mode, composite_low, radius, eps, presmooth)
 
 
-def _transfer_torch(composite_full, harmonized_low, mask_full, mode, composite_low, radius, eps):
+def _transfer_torch(composite_full, harmonized_low, mask_full, mode, composite_low, radius, eps, presmooth):
     import torch
 
     def check(t, name, channels):
@@ -345,7 +358,7 @@ def _transfer_torch(composite_full, harmonized_low, mask_full, mode, composite_l
         clow = None
         if composite_low is not None:
             clow = composite_low[i].detach().float().permute(1, 2, 0).cpu().numpy()
-        out = _transfer_one(comp, harm, mask, mode, clow, radius, eps)
+        out = _transfer_one(comp, harm, mask, mode, clow, radius, eps, presmooth)
         bg = mask <= 0
         out[bg] = comp[bg]
         outs.append(torch.from_numpy(out).permute(2, 0, 1))
