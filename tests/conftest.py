@@ -18,6 +18,10 @@ def pytest_configure(config):
 
     Override with R2R_TEST_THREADS=N.
     """
+    if not os.environ.get("R2R_CACHE_DIR"):  # never write the user's ~/.cache from tests
+        import tempfile
+
+        os.environ["R2R_CACHE_DIR"] = tempfile.mkdtemp(prefix="r2r-test-cache-")
     try:
         import torch
     except ImportError:  # the numpy-only parts can be tested without torch
@@ -37,6 +41,7 @@ def tiny_release(tmp_path_factory) -> Path:
 def tiny_components(tiny_release):
     """``R2RComponents`` of the tiny release, float32 on CPU, in eval mode (empty prompt cached)."""
     import torch
+
     from r2r.weights import load_components
 
     return load_components(tiny_release, torch_dtype=torch.float32, device="cpu")

@@ -1,0 +1,250 @@
+"""The empty-prompt CLIP embedding R2R conditions on, computed once and cached as safetensors.
+
+R2R always uses the empty prompt (ref §a.3). Its CLIP embedding (tokenizer padded to 77 tokens,
+``last_hidden_state``) is computed from the release's text encoder once and written next to the
+weights (``<release>/r2r_empty_prompt.safetensors``) or, when that folder is read-only, into the
+user cache (``$R2R_CACHE_DIR`` or ``~/.cache/r2r``). After that the 0.5 GB text encoder is never
+loaded again. :func:`encode_prompt` keeps custom prompts possible.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from .errors import R2RUserError, R2RWeightsNotFound
+
+CACHE_NAME = "r2r_empty_prompt.safetensors"
+FORMAT = "r2r-empty-prompt-v1"
+
+
+def user_cache_dir() -> Path:
+    if os.environ.get("R2R_CACHE_DIR"):
+        return Path(os.environ["R2R_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "r2r"
+
+
+def _identity(text_encoder) -> str:
+    """Name and size of the text encoder weights (detects a replaced encoder)."""
+    if text_encoder is None:
+        return ""
+    p = Path(text_encoder)
+    if p.is_dir():
+        from .weights import find_weights_file
+
+        try:
+            p = find_weights_file(p, "text encoder")
+        except R2RWeightsNotFound:
+            return ""
+    return f"{p.name}:{p.stat().st_size}" if p.is_file() else ""
+
+
+def _user_cache_file(key: str) -> Path:
+    return user_cache_dir() / f"empty_prompt-{hashlib.sha1(key.encode()).hexdigest()[:16]}.safetensors"
+
+
+def _candidates(root, key) -> list[Path]:
+    out = []
+    if root is not None:
+        out.append(Path(root) / CACHE_NAME)
+        out.append(_user_cache_file(str(Path(root).resolve())))
+    if key is not None:
+        out.append(_user_cache_file(key))
+    return out
+
+
+def _read_cache(path: Path, identity: str):
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != FORMAT or "prompt_embeds" not in f.keys():
+                return None
+            if identity and meta.get("text_encoder") and meta["text_encoder"] != identity:
+                return None  # the text encoder was replaced: recompute
+            t = f.get_tensor("prompt_embeds")
+    except Exception:  # unreadable / foreign file: ignore it and recompute
+        return None
+    return t if t.ndim == 3 and t.shape[:2] == (1, 77) else None
+
+
+def find_cached_prompt(root, key: str | None = None, text_encoder=None):
+    """The cached empty-prompt embedding for a release (folder ``root`` or hub ``key``), or None."""
+    identity = _identity(text_encoder)
+    for path in _candidates(root, key):
+        if path.is_file():
+            t = _read_cache(path, identity)
+            if t is not None:
+                return t
+    return None
+
+
+def _atomic_save(tensor, path: Path, identity: str) -> None:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        save_file({"prompt_embeds": tensor.detach().float().cpu().contiguous()}, str(tmp),
+                  metadata={"format": FORMAT, "text": "", "text_encoder": identity})
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def load_text_encoder(text_encoder, torch_dtype=None, device="cpu"):
+    """CLIPTextModel from a transformers folder, a .safetensors file, or an SD checkpoint
+    (``cond_stage_model.transformer.*``)."""
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from .convert import text_encoder_sd_to_transformers
+    from .weights import official_config, read_state_dict, resolve_torch_dtype
+
+    torch_dtype = resolve_torch_dtype(torch_dtype or torch.float32)
+    p = Path(text_encoder)
+    if not p.exists():
+        raise R2RWeightsNotFound(
+            f"Text encoder not found at {p}; expected stable-diffusion-inpainting/text_encoder/ "
+            "(config.json + model.safetensors) of 1243asdad/region2region."
+        )
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise R2RWeightsNotFound(f"{p} has no config.json; a text encoder folder needs config.json + model.safetensors.")
+        cfg = json.loads((p / "config.json").read_text())
+        from .weights import find_weights_file
+
+        file = find_weights_file(p, "text encoder")
+    else:
+        sib = p.parent / "config.json"
+        cfg = json.loads(sib.read_text()) if sib.is_file() else official_config("text_encoder")
+        if "vocab_size" not in cfg:
+            cfg = official_config("text_encoder")
+        file = p
+    state = read_state_dict(file)
+    if any(k.startswith("cond_stage_model.transformer.") for k in state):
+        state = text_encoder_sd_to_transformers(state)
+    state.pop("text_model.embeddings.position_ids", None)
+    cfg = {k: v for k, v in cfg.items() if k not in ("architectures", "transformers_version", "torch_dtype", "dtype")}
+    model = CLIPTextModel(CLIPTextConfig(**cfg))
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state and not k.endswith("position_ids")]
+    unexpected = [k for k in state if k not in expected]
+    bad = [k for k in state if k in expected and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or bad:
+        raise R2RUserError(
+            f"{file} does not match the CLIP text encoder (config {cfg.get('hidden_size')} wide): missing "
+            f"{missing[:4]}, unexpected {unexpected[:4]}, wrong shapes {bad[:4]}. Expected "
+            "stable-diffusion-inpainting/text_encoder/ of 1243asdad/region2region (CLIP ViT-L/14 text tower)."
+        )
+    model.load_state_dict(state, strict=False)
+    return model.to(device=device, dtype=torch_dtype).eval()
+
+
+def load_tokenizer(tokenizer):
+    from transformers import CLIPTokenizer
+
+    p = Path(tokenizer) if tokenizer is not None else None
+    if p is None or not p.is_dir():
+        from .weights import OFFICIAL_CONFIGS, SD_FOLDER
+
+        p = OFFICIAL_CONFIGS / SD_FOLDER / "tokenizer"  # the official tokenizer files ship with r2r
+    return CLIPTokenizer.from_pretrained(str(p))
+
+
+def compute_prompt_embeds(text_encoder, tokenizer=None, text: str = "", device="cpu"):
+    """``[1, 77, D]`` float32 ``last_hidden_state`` of ``text`` (padded to 77 tokens)."""
+    import torch
+
+    if not isinstance(text, str):
+        raise R2RUserError(f"prompt must be a string, got {type(text).__name__}.")
+    model = text_encoder if hasattr(text_encoder, "text_model") else load_text_encoder(text_encoder, device=device)
+    tok = load_tokenizer(tokenizer)
+    ids = tok([text], padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        out = model(ids.input_ids.to(model.device))[0]
+    return out.float()
+
+
+def empty_prompt_embeds(root, text_encoder=None, tokenizer=None, *, key: str | None = None, write_to_root: bool = True):
+    """The cached empty-prompt embedding; computed from the text encoder and cached on first use."""
+    cached = find_cached_prompt(root, key, text_encoder)
+    if cached is not None:
+        return cached
+    if text_encoder is None or not Path(text_encoder).exists():
+        where = f"{Path(root) / CACHE_NAME}" if root is not None else str(_user_cache_file(key or ""))
+        raise R2RWeightsNotFound(
+            f"The empty-prompt embedding is not cached ({where}) and the text encoder is missing "
+            f"({text_encoder}). Put stable-diffusion-inpainting/text_encoder/ (config.json + model.safetensors) "
+            "and tokenizer/ of 1243asdad/region2region into the release folder once; the embedding is then "
+            "cached and the text encoder is no longer needed."
+        )
+    emb = compute_prompt_embeds(text_encoder, tokenizer, "")
+    identity = _identity(text_encoder)
+    targets = []
+    if root is not None and write_to_root:
+        targets.append(Path(root) / CACHE_NAME)
+    targets.append(_user_cache_file(key) if key is not None else _user_cache_file(str(Path(root).resolve())))
+    for path in targets:
+        try:
+            _atomic_save(emb, path, identity)
+            break
+        except OSError:
+            continue  # read-only folder: fall back to the user cache
+    return emb
+
+
+def prompt_embeds_from_files(text_encoder=None, tokenizer=None, prompt_embeds=None):
+    """Empty-prompt embedding for a dict source: a cached .safetensors, or computed (and cached by key)."""
+    if prompt_embeds is not None:
+        p = Path(prompt_embeds)
+        if not p.is_file():
+            raise R2RWeightsNotFound(f"prompt_embeds file {p} does not exist.")
+        t = _read_cache(p, "")
+        if t is None:
+            raise R2RUserError(
+                f"{p} is not an r2r empty-prompt cache (expected a safetensors file with a [1,77,D] "
+                f"'prompt_embeds' tensor written by r2r, e.g. <release>/{CACHE_NAME})."
+            )
+        return t
+    if text_encoder is None:
+        raise R2RWeightsNotFound(
+            "The source dict needs 'text_encoder' (the text_encoder folder, a .safetensors file or an SD "
+            f"checkpoint with cond_stage_model.*) or 'prompt_embeds' (a cached {CACHE_NAME})."
+        )
+    key = f"file:{Path(text_encoder).resolve()}"
+    return empty_prompt_embeds(None, text_encoder, tokenizer, key=key, write_to_root=False)
+
+
+def encode_prompt(source, text: str = "", *, torch_dtype=None, device="cpu"):
+    """CLIP embedding ``[1,77,D]`` of ``text`` for a release folder / hub repo id / dict source.
+
+    The empty prompt comes from the cache; other prompts load the text encoder.
+    """
+    from .weights import hub_snapshot, looks_like_repo_id, release_paths, resolve_torch_dtype
+
+    torch_dtype = resolve_torch_dtype(torch_dtype)
+    if isinstance(source, dict):
+        te, tok, root, key = source.get("text_encoder"), source.get("tokenizer"), None, None
+        if text == "":
+            return prompt_embeds_from_files(te, tok, source.get("prompt_embeds")).to(device=device, dtype=torch_dtype)
+    else:
+        if looks_like_repo_id(str(source)):
+            key = f"hub:{source}"
+            root = hub_snapshot(str(source), ["text_encoder", "tokenizer"])
+        else:
+            key, root = None, Path(source)
+        paths = release_paths(root)
+        te, tok = paths["text_encoder"], paths["tokenizer"]
+        if text == "":
+            return empty_prompt_embeds(root, te, tok, key=key, write_to_root=key is None).to(
+                device=device, dtype=torch_dtype
+            )
+    if te is None:
+        raise R2RWeightsNotFound("A custom prompt needs the text encoder; give 'text_encoder' in the source.")
+    return compute_prompt_embeds(te, tok, text).to(device=device, dtype=torch_dtype)
