@@ -493,6 +493,24 @@ def _hub_files_for(files: list[str], kinds) -> tuple[list[str], list[str]]:
     return wanted, absent
 
 
+def _has_components(root: Path, kinds) -> bool:
+    for kind in kinds:
+        d = root / COMPONENT_DIRS[kind]
+        if kind == "scheduler":
+            continue
+        if kind == "tokenizer":
+            if not (d / "vocab.json").is_file():
+                return False
+            continue
+        if not (d / "config.json").is_file():
+            return False
+        try:
+            find_weights_file(d)
+        except R2RWeightsNotFound:
+            return False
+    return True
+
+
 def expected_hub_files(kinds) -> list[str]:
     out = []
     for kind in kinds:
@@ -518,20 +536,27 @@ def hub_snapshot(repo_id: str = OFFICIAL_REPO, kinds=MODEL_COMPONENTS + ("text_e
     kinds = list(kinds)
     target = local_dir or cache_dir or huggingface_hub.constants.HF_HUB_CACHE
     if offline:
-        if local_dir is not None and Path(local_dir).is_dir():
-            return Path(local_dir)
-        try:
-            path = huggingface_hub.snapshot_download(
-                repo_id, revision=revision, cache_dir=cache_dir, local_dir=local_dir, local_files_only=True,
-                allow_patterns=[f"{COMPONENT_DIRS[k]}/*" for k in kinds],
-            )
-        except (hf_errors.LocalEntryNotFoundError, hf_errors.HFValidationError, FileNotFoundError, OSError) as exc:
-            raise R2RWeightsNotFound(
+        def not_found(exc=None):
+            return R2RWeightsNotFound(
                 f"The R2R weights of {repo_id} are not available offline (HF_HUB_OFFLINE / local_files_only is set "
                 f"and {target} has no copy). Needed: {', '.join(expected_hub_files(kinds))}. Either go online once "
                 "(unset HF_HUB_OFFLINE) and run `python -m r2r download --to DIR`, or copy these files into a folder "
-                f"DIR with this layout (ComfyUI: models/r2r/region2region/) and pass DIR as the source."
-            ) from exc
+                "DIR with this layout (ComfyUI: models/r2r/region2region/) and pass DIR as the source."
+            )
+
+        if local_dir is not None:
+            if _has_components(Path(local_dir), kinds):
+                return Path(local_dir)
+            raise not_found()
+        try:
+            path = huggingface_hub.snapshot_download(
+                repo_id, revision=revision, cache_dir=cache_dir, local_files_only=True,
+                allow_patterns=[f"{COMPONENT_DIRS[k]}/*" for k in kinds],
+            )
+        except (hf_errors.LocalEntryNotFoundError, hf_errors.HFValidationError, FileNotFoundError, OSError) as exc:
+            raise not_found() from exc
+        if not _has_components(Path(path), kinds):
+            raise not_found()
         return Path(path)
     try:
         files = huggingface_hub.HfApi().list_repo_files(repo_id, revision=revision)
@@ -663,3 +688,87 @@ def _load_from_dict(source: dict, out: R2RComponents, components, torch_dtype, d
     ).to(device=device, dtype=torch_dtype)
     out.source = json.dumps({k: str(v) for k, v in source.items() if not isinstance(v, dict)}, sort_keys=True)
     return out
+
+
+# ---------------------------------------------------------------------------------------------- checking
+def tensor_shapes(file) -> dict:
+    """{key: meta tensor with the file's shape and dtype}, reading only headers where possible."""
+    import torch
+
+    file = Path(file)
+    if file.name.endswith(".index.json"):
+        index = json.loads(file.read_text())
+        out = {}
+        for shard in sorted(set(index.get("weight_map", {}).values())):
+            out.update(tensor_shapes(file.parent / shard))
+        return out
+    if file.name.endswith(".safetensors"):
+        from safetensors import safe_open
+
+        dtypes = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
+                  "I64": torch.int64, "I32": torch.int32, "U8": torch.uint8, "BOOL": torch.bool}
+        out = {}
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                for k in f.keys():
+                    sl = f.get_slice(k)
+                    out[k] = torch.empty(sl.get_shape(), dtype=dtypes.get(sl.get_dtype(), torch.float32), device="meta")
+        except Exception as exc:
+            raise R2RUserError(f"{file} could not be read as safetensors ({exc}); download it again.") from exc
+        return out
+    return {k: torch.empty(v.shape, dtype=v.dtype, device="meta") for k, v in read_state_dict(file).items()}
+
+
+def check_component(kind: str, path, config=None) -> dict:
+    """Verify one component's files against its config without loading weights; returns a report row."""
+    from accelerate import init_empty_weights
+
+    path = Path(path)
+    row = {"component": kind, "path": str(path), "ok": False, "file": None, "format": None,
+           "tensors": 0, "expected": 0, "dtypes": [], "problem": ""}
+    try:
+        if path.is_dir():
+            _require_folder(kind, path, path.parent)
+        cfg, _ = resolve_config(kind, path, config)
+        file = find_weights_file(path, _WHAT[kind][0]) if path.is_dir() else path
+        row["file"] = str(file)
+        shapes = tensor_shapes(file)
+        state, unmatched, fmt = to_diffusers_state_dict(kind, shapes, cfg)
+        row["format"] = fmt
+        cls = _model_class(kind)
+        with init_empty_weights():
+            model = cls.from_config(_clean_config(cls, cfg))
+        expected = model.state_dict()
+        row["tensors"], row["expected"] = len(state), len(expected)
+        row["dtypes"] = sorted({str(v.dtype).removeprefix("torch.") for v in state.values()})
+        missing = [k for k in expected if k not in state]
+        unexpected = unmatched + [k for k in state if k not in expected]
+        bad = [(k, tuple(state[k].shape), tuple(expected[k].shape))
+               for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+        if missing or unexpected or bad:
+            row["problem"] = str(_mismatch_error(kind, file, list(state) + unmatched, missing, unexpected, bad))
+        else:
+            row["ok"] = True
+    except R2RUserError as exc:
+        row["problem"] = str(exc)
+    return row
+
+
+def check_release(root) -> list[dict]:
+    """Rows for unet/controller/clear_vae (+ scheduler, empty prompt) of a release folder."""
+    from . import prompt
+
+    paths = release_paths(root)
+    rows = [check_component(kind, paths[kind]) for kind in MODEL_COMPONENTS]
+    sched = paths["scheduler"] / "scheduler_config.json"
+    rows.append({"component": "scheduler", "path": str(sched), "ok": True,
+                 "problem": "" if sched.is_file() else "absent: the official scheduler config bundled with r2r is used"})
+    cached = prompt.find_cached_prompt(root, None, paths["text_encoder"])
+    te_ok = (paths["text_encoder"] / "config.json").is_file() and (paths["tokenizer"] / "vocab.json").is_file()
+    rows.append({
+        "component": "empty prompt", "path": str(Path(root) / prompt.CACHE_NAME), "ok": cached is not None or te_ok,
+        "problem": "" if cached is not None else (
+            "not cached yet: computed from text_encoder/ on first load" if te_ok else
+            "neither the cached embedding nor text_encoder/ + tokenizer/ are present"),
+    })
+    return rows
