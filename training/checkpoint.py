@@ -265,6 +265,7 @@ def sample_sheet(rows: list[list[np.ndarray]], labels: list[str], tile: int = 25
             if im.ndim == 2:
                 im = np.repeat(im[..., None], 3, 2)
             if im.shape[:2] != (tile, tile):
-                im = cv2.resize(im, (tile, tile), interpolation=cv2.INTER_AREA)
+                interp = cv2.INTER_AREA if im.shape[0] > tile else cv2.INTER_NEAREST
+                im = cv2.resize(im, (tile, tile), interpolation=interp)
             sheet[head + i * tile: head + (i + 1) * tile, j * tile:(j + 1) * tile] = im
     return sheet

@@ -27,8 +27,6 @@ import numpy as np
 
 from r2r.errors import R2RUserError
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-
 
 @dataclass(frozen=True)
 class Record:
@@ -90,25 +88,18 @@ def list_records(src) -> list[Record]:
 
 # ---------------------------------------------------------------------------- image i/o
 def read_rgb(path: str) -> np.ndarray:
-    import cv2
+    from r2r.dataset.writer import read_image_rgb
 
-    img = cv2.imread(path, cv2.IMREAD_COLOR)
-    if img is None:
-        raise R2RUserError(f"cannot read image {path!r} (missing, empty or not an image file)")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return read_image_rgb(path)
 
 
 def read_mask(path: str, shape: tuple[int, int] | None = None) -> np.ndarray:
     """Boolean ``HxW`` mask (>= 128 is foreground); resized nearest to ``shape`` (H, W) when given."""
     import cv2
 
-    m = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-    if m is None:
-        raise R2RUserError(f"cannot read mask {path!r} (missing, empty or not an image file)")
-    if m.ndim == 3:
-        m = m[..., 3] if m.shape[2] == 4 else m[..., 0]
-    if m.dtype != np.uint8:
-        m = (m.astype(np.float64) / max(float(np.iinfo(m.dtype).max) if m.dtype.kind in "ui" else 1.0, 1e-12) * 255).astype(np.uint8)
+    from r2r.dataset.writer import read_mask_array
+
+    m = read_mask_array(path)
     if shape is not None and m.shape != tuple(shape):
         m = cv2.resize(m, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
     return m >= 128

@@ -26,26 +26,8 @@ from r2r.errors import R2RUserError
 from .config import STAGE_COMPONENT_DIR, TrainingConfig
 from .losses import ContrastiveRegularization, load_vgg16_features, masked_epsilon_loss
 
-SD_VAE_PREFIXES = ("first_stage_model.", "model.", "vae.")
-
 
 # ============================================================================ weights helpers
-def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
-    try:
-        if path.endswith(".safetensors"):
-            from safetensors.torch import load_file
-
-            return load_file(path)
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise R2RUserError(f"could not read weights from {path!r} ({type(exc).__name__}: {exc}); is the file complete?") from exc
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise R2RUserError(f"{path!r} does not hold a state dict (got {type(state).__name__})")
-    return state
-
-
 def _clear_vae_config(release: str | None) -> dict:
     from importlib import resources
 
@@ -58,15 +40,12 @@ def _clear_vae_config(release: str | None) -> dict:
 
 
 def _clear_vae_from_config(config: dict):
+    """A Clear-VAE (filters + skip convs) with the geometry of an SD-VAE or Clear-VAE config."""
     from r2r.models import ClearVAE
 
     cfg = {k: v for k, v in config.items() if not k.startswith("_")}
-    cfg["down_block_types"] = ["DownEncoderSkipBlock2D"] * len(cfg.get("block_out_channels", [0] * 4))
-    cfg["up_block_types"] = ["UpDecoderSkipBlock2D"] * len(cfg.get("block_out_channels", [0] * 4))
-    cfg.setdefault("use_skip", True)
-    cfg.pop("training", None)
-    known = set(ClearVAE.__init__.__code__.co_varnames)
-    return ClearVAE(**{k: v for k, v in cfg.items() if k in known})
+    cfg["use_skip"] = True
+    return ClearVAE.from_config(cfg)
 
 
 def _load_vae_into_clear_vae(vae, state: dict, source: str) -> None:
@@ -94,21 +73,14 @@ def _load_vae_into_clear_vae(vae, state: dict, source: str) -> None:
     vae.load_state_dict(merged, strict=True)
 
 
-def _is_sd_format_vae(state: dict) -> bool:
-    return any(".down.0.block." in ("." + k) or k.startswith("encoder.down.") for k in state) or any(
-        k.startswith(p + "encoder.down.") for p in SD_VAE_PREFIXES for k in state
-    )
-
-
-def _sd_vae_to_diffusers(state: dict, vae) -> dict:
-    """SD-format (ldm) VAE -> diffusers keys, via r2r.convert (handles the Clear-VAE ``lora`` keys too)."""
-    from r2r import convert
-
-    return convert.clear_vae_sd_to_diffusers(state)
-
-
 def load_clear_vae_init(spec: str, release: str | None):
-    """Clear-VAE for stage 1 from an SD VAE (diffusers folder / SD-format file) or an existing Clear-VAE."""
+    """Clear-VAE for stage 1 from an SD VAE (diffusers folder / SD-format file) or an existing Clear-VAE.
+
+    A plain SD VAE gives the encoder/decoder; the filters and zero-initialised skip convs start fresh
+    (ref §b.6). Everything else must match (strict).
+    """
+    from r2r.weights import find_weights_file, read_state_dict, to_diffusers_state_dict
+
     if os.path.isdir(spec):
         folder = spec
         if os.path.isfile(os.path.join(spec, "vae", "config.json")) and not os.path.isfile(os.path.join(spec, "config.json")):
@@ -121,28 +93,22 @@ def load_clear_vae_init(spec: str, release: str | None):
             )
         with open(cfg_path, encoding="utf-8") as fh:
             config = json.load(fh)
-        weights = [os.path.join(folder, n) for n in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")]
-        weights = [w for w in weights if os.path.isfile(w)]
-        if not weights:
-            from r2r.errors import R2RWeightsNotFound
-
-            raise R2RWeightsNotFound(
-                f"no diffusion_pytorch_model.safetensors in {folder!r}; put the VAE weights there (or give the file path)"
-            )
-        vae = _clear_vae_from_config(config)
-        state = _read_state_dict(weights[0])
-        _load_vae_into_clear_vae(vae, state, repr(weights[0]))
-        return vae
-    if not os.path.isfile(spec):
+        weights = str(find_weights_file(folder, "VAE"))
+    elif os.path.isfile(spec):
+        config, weights = _clear_vae_config(release), spec
+    else:
         raise R2RUserError(
             f"init.weights {spec!r} does not exist: give an SD VAE (diffusers folder, SD-format .ckpt or "
             ".safetensors) or an existing Clear-VAE"
         )
-    state = _read_state_dict(spec)
-    vae = _clear_vae_from_config(_clear_vae_config(release))
-    if _is_sd_format_vae(state):
-        state = _sd_vae_to_diffusers(state, vae)
-    _load_vae_into_clear_vae(vae, state, repr(spec))
+    vae = _clear_vae_from_config(config)
+    state, unmatched, _fmt = to_diffusers_state_dict("clear_vae", read_state_dict(weights), dict(vae.config))
+    if unmatched:
+        raise R2RUserError(
+            f"{weights!r}: {len(unmatched)} tensor(s) fit no SD-VAE key rule, e.g. {unmatched[:4]}; "
+            "give an SD-1.x VAE or a Clear-VAE checkpoint"
+        )
+    _load_vae_into_clear_vae(vae, state, repr(weights))
     return vae
 
 
@@ -310,6 +276,7 @@ def build_stage(cfg: TrainingConfig, device, weight_dtype) -> tuple[StageModule,
 
     # ---- unet / controller
     from diffusers import DDPMScheduler
+
     from r2r.weights import load_components
 
     need = ["clear_vae"]

@@ -241,10 +241,12 @@ class Trainer:
                 if self_.on:
                     trainer.ema.store(trainer._net().parameters())
                     trainer.ema.copy_to(trainer._net().parameters())
+                trainer._ema_swapped = self_.on
 
             def __exit__(self_, *exc):
                 if self_.on:
                     trainer.ema.restore(trainer._net().parameters())
+                trainer._ema_swapped = False
 
         return _Swap()
 
@@ -253,7 +255,13 @@ class Trainer:
         rel = STAGE_COMPONENT_DIR[cfg.stage]
         out = {}
         with self._with_output_weights():
-            metrics = self.validate(self.state["global_step"], final=True) if self.val_ds is not None else {}
+            metrics = {}
+            if self.val_ds is not None:
+                last = self.state["val"][-1] if self.state["val"] else None
+                if last and last["step"] == self.state["global_step"] and not getattr(self, "_ema_swapped", False):
+                    metrics = last["validation"]  # already measured at this step with these weights
+                else:
+                    metrics = self.validate(self.state["global_step"], final=True)
             acc.wait_for_everyone()
             if acc.is_main_process:
                 net = self._net()
@@ -312,7 +320,7 @@ class Trainer:
             with self.acc.autocast():
                 out = pipe(comp01, batch["mask"].float(), num_inference_steps=self.cfg.log.inference_steps,
                            generator=self.cfg.seed, max_side=self.cfg.data.resolution,
-                           use_controller=self.cfg.stage == "controller")
+                           use_controller=self.cfg.stage == "controller", feather=0)
             return out.images.float()
         finally:
             net.train(was_training)
@@ -367,7 +375,7 @@ class Trainer:
                 m = (batch["mask"][i, 0].cpu().numpy() * 255).astype(np.uint8)
                 rows.append([_to_uint8(batch["composite"][i], True), _to_uint8(pred[i], False),
                              _to_uint8(batch["real"][i], True), m])
-            tile = min(256, self.cfg.data.resolution)
+            tile = max(128, min(256, self.cfg.data.resolution))
             sheet = ckpt.sample_sheet(rows, ["composite", "prediction", "ground truth", "mask"], tile=tile)
             ckpt.write_png(os.path.join(self.out, "samples", f"step-{step:06d}.png"), sheet)
         self.acc.wait_for_everyone()
