@@ -433,7 +433,10 @@ def prepare(composite, mask, max_side: int = 1024, resize_mode: str = "fit", can
         pre = _to_canvas(pre, geometry).clamp(0, 1)
     comp_pm1 = (comp_w - 0.5) / 0.5
     hint = assemble_hint((pre - 0.5) / 0.5, comp_pm1, mask_w)
-    return Prepared(comp_pm1, mask_w, hint, latent_mask, geometry, comp, soft)
+    # contiguous NCHW (as torchvision's ToTensor gives the official code): the memory layout picks the
+    # conv kernels, so a channels-last view would change results in the last bits
+    return Prepared(comp_pm1.contiguous(), mask_w.contiguous(), hint.contiguous(), latent_mask.contiguous(),
+                    geometry, comp.contiguous(), soft.contiguous())
 
 
 # --------------------------------------------------------------------------- restore

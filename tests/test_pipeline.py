@@ -1,0 +1,211 @@
+"""R2RPipeline on the tiny release: seed-compatibility with the official flow, dtypes, stages, paste-back."""
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from r2r.errors import R2RUserError
+from r2r.pipeline import R2RPipeline, make_generator, resolve_device, resolve_dtype
+
+SD = "stable-diffusion-inpainting"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # tiny models are dominated by per-op overhead; 2 threads on a shared 2-core box only add contention
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_components):
+    return R2RPipeline(tiny_components)
+
+
+def _scene(h=64, w=128, seed=0):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([xx / w, yy / h, 0.5 + 0 * xx], -1) * 200 + rng.normal(0, 8, (h, w, 3))
+    mask = np.zeros((h, w), np.uint8)
+    mask[h // 4 : 3 * h // 4, w // 4 : w // 2 + 8] = 255
+    comp = base.copy()
+    comp[mask > 0] = comp[mask > 0] * [1.3, 0.8, 0.6] + 30  # disharmonious foreground
+    return np.clip(comp, 0, 255).astype(np.uint8), mask
+
+
+def _official_restatement(release, comp_u8, mask_u8, seed, steps):
+    """Straight re-statement of StableDiffusionHarmonyPipeline (ref §a.2-a.3), independent of r2r's loader,
+    preprocessing and sampling code: text encoder on "", hint by hand, encode twice, official RNG order."""
+    from diffusers import EulerAncestralDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from r2r.models import ClearVAE, HarmonyController
+
+    sd = release / SD
+    unet = UNet2DConditionModel.from_pretrained(sd / "unet").eval()
+    controller = HarmonyController.from_pretrained(sd / "controlnet").eval()
+    vae = ClearVAE.from_pretrained(release / "clear_vae", torch_dtype=torch.float32).eval()
+    tokenizer = CLIPTokenizer.from_pretrained(sd / "tokenizer")
+    text_encoder = CLIPTextModel.from_pretrained(sd / "text_encoder").eval()
+    config = json.loads((sd / "scheduler" / "scheduler_config.json").read_text())
+    scheduler = EulerAncestralDiscreteScheduler.from_config(config)
+    with torch.no_grad():
+        ids = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                        return_tensors="pt").input_ids
+        text = text_encoder(ids)[0]
+        # hint (§a.2), no resize: white outside, BGR2GRAY on RGB, Canny 100/200, compose
+        m = mask_u8 >= 128
+        white = comp_u8.copy()
+        white[~m] = 255
+        edges = cv2.Canny(cv2.cvtColor(white, cv2.COLOR_BGR2GRAY), 100, 200)
+        pre = np.where(m[..., None], np.stack([edges] * 3, -1), comp_u8)
+
+        def pm1(a):
+            return (torch.from_numpy(a).permute(2, 0, 1).contiguous()[None].float() / 255 - 0.5) / 0.5  # ToTensor
+
+        image = pm1(comp_u8)
+        mask = torch.from_numpy(m.astype(np.float32))[None, None]
+        hint = torch.cat([pm1(pre), image, mask], 1)
+        b, _, h, w = image.shape
+        s = vae.config.scaling_factor
+        gen = torch.Generator().manual_seed(seed)
+        scheduler.set_timesteps(steps)
+        latents = torch.randn((b, 4, h // 8, w // 8), generator=gen) * scheduler.init_noise_sigma
+        z_comp = vae.encode(image).latent_dist.sample(generator=gen) * s
+        latent_mask = F.interpolate(mask, size=(h // 8, w // 8))
+        for t in scheduler.timesteps:
+            x_in = scheduler.scale_model_input(latents, t)
+            down, mid = controller(hint, t, text, latent_mask)
+            eps = unet(torch.cat([x_in, latent_mask, z_comp], 1), t, encoder_hidden_states=text,
+                       down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
+            latents = scheduler.step(eps, t, latents, generator=gen).prev_sample
+        posterior, skips = vae.encode_with_skips(image)  # decode_with_cond re-encodes the composite ...
+        posterior.sample(generator=gen)  # ... and draws an unused posterior sample
+        out = vae.decode_with_skips(latents / s, skips)
+        after = torch.randn(4, generator=gen)
+    return (out / 2 + 0.5).clamp(0, 1), after
+
+
+def test_seed_compatible_with_official_flow(pipe, tiny_release):
+    comp, mask = _scene(64, 128)
+    ref, ref_after = _official_restatement(tiny_release, comp, mask, seed=42, steps=4)
+    gen = torch.Generator().manual_seed(42)
+    out = pipe(comp, mask, num_inference_steps=4, generator=gen, max_side=128, paste_back=False)
+    assert out.prepared.geometry.working_size == (64, 128)
+    assert torch.equal(out.working_images, ref), float((out.working_images - ref).abs().max())
+    assert torch.equal(torch.randn(4, generator=gen), ref_after)
+    # no resize happened, so the restored image is the working image itself
+    assert torch.allclose(out.images, out.working_images, atol=1e-6)
+
+
+def test_output_and_paste_back(pipe):
+    comp, mask = _scene(90, 150)
+    out = pipe(comp, mask, num_inference_steps=2, generator=0, max_side=128, feather=3)
+    assert out.images.shape == (1, 3, 90, 150) and out.working_images.shape == (1, 3, 64, 128)
+    assert out.images.min() >= 0 and out.images.max() <= 1 and out.latents.shape == (1, 4, 8, 16)
+    dist = cv2.distanceTransform((mask == 0).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    far = dist > 3
+    u8 = out.to_numpy()[0]
+    assert u8.dtype == np.uint8 and u8.shape == (90, 150, 3)
+    assert np.array_equal(u8[far], comp[far]), "background must be bit-exact outside the feathered band"
+    assert not np.array_equal(u8[mask > 0], comp[mask > 0]), "the foreground must change"
+    free = pipe(comp, mask, num_inference_steps=2, generator=0, max_side=128, paste_back=False)
+    assert torch.equal(free.working_images, out.working_images)
+    assert not np.array_equal(free.to_numpy()[0][far], comp[far])
+
+
+def test_determinism_and_seeds(pipe):
+    comp, mask = _scene()
+    a = pipe(comp, mask, num_inference_steps=2, generator=7, max_side=128).images
+    b = pipe(comp, mask, num_inference_steps=2, generator=torch.Generator().manual_seed(7), max_side=128).images
+    c = pipe(comp, mask, num_inference_steps=2, generator=8, max_side=128).images
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_stages_equal_call_and_options(pipe):
+    comp, mask = _scene()
+    ref = pipe(comp, mask, num_inference_steps=3, generator=3, max_side=128, paste_back=False)
+    prepared = pipe.prepare(comp, mask, max_side=128)
+    sched = pipe.make_scheduler()
+    from r2r.sampling import set_timesteps
+
+    ts = set_timesteps(sched, 3)
+    residuals = pipe.residuals(prepared, ts, timestep_batch=1)
+    encoded = pipe.encode(prepared)
+    ticks = []
+    latents = pipe.denoise(prepared, encoded, residuals, 3, 3, sched, callback=lambda i, n: ticks.append(i))
+    working = pipe.decode(latents, encoded)
+    assert ticks == [1, 2, 3] and torch.equal(working, ref.working_images)
+    # the official double encode (skips dropped, recomputed at decode) gives the same image
+    again = pipe(comp, mask, num_inference_steps=3, generator=3, max_side=128, paste_back=False, keep_skips=False)
+    assert torch.equal(again.working_images, ref.working_images)
+    # timesteps batched through the controller: same numbers up to float summation order
+    batched = pipe(comp, mask, num_inference_steps=3, generator=3, max_side=128, paste_back=False, timestep_batch=3)
+    assert torch.allclose(batched.working_images, ref.working_images, atol=1e-4)
+    no_ctrl = pipe(comp, mask, num_inference_steps=3, generator=3, max_side=128, paste_back=False, use_controller=False)
+    assert not torch.equal(no_ctrl.working_images, ref.working_images)
+    other = pipe(comp, mask, num_inference_steps=3, generator=3, max_side=128, scheduler="dpmpp_2m")
+    assert torch.isfinite(other.images).all()
+
+
+def test_batch_matches_single_items(pipe):
+    comp, mask = _scene()
+    comp2, _ = _scene(seed=1)
+    batch = torch.stack([torch.from_numpy(c).permute(2, 0, 1).float() / 255 for c in (comp, comp2)])
+    gens = [torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)]
+    out = pipe(batch, mask, num_inference_steps=2, generator=gens, max_side=128)
+    assert out.images.shape == (2, 3, 64, 128)
+    single = pipe(comp2, mask, num_inference_steps=2, generator=2, max_side=128)
+    assert torch.allclose(out.images[1], single.images[0], atol=1e-4)
+
+
+def test_bf16_on_cpu(tiny_release, pipe):
+    comp, mask = _scene()
+    bf = R2RPipeline.from_pretrained(tiny_release, torch_dtype="bf16", device="cpu")
+    assert bf.dtype == torch.bfloat16 and bf.clear_vae.dtype == torch.bfloat16
+    out = bf(comp, mask, num_inference_steps=2, generator=0, max_side=128)
+    ref = pipe(comp, mask, num_inference_steps=2, generator=0, max_side=128)
+    assert out.images.dtype == torch.float32 and out.latents.dtype == torch.float32
+    assert torch.isfinite(out.images).all()
+    assert (out.images - ref.images).abs().mean() < 0.05
+
+
+def test_cancel_from_callback(pipe):
+    comp, mask = _scene()
+
+    class Stop(Exception):
+        pass
+
+    def cb(i, n):
+        if i == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        pipe(comp, mask, num_inference_steps=3, generator=0, max_side=128, callback=cb)
+
+
+def test_user_errors(pipe):
+    comp, mask = _scene()
+    with pytest.raises(R2RUserError, match="dtype"):
+        resolve_dtype("int8")
+    with pytest.raises(R2RUserError, match="device"):
+        resolve_device("tpu:9")
+    if not torch.cuda.is_available():
+        with pytest.raises(R2RUserError, match="CUDA is not available"):
+            resolve_device("cuda")
+    with pytest.raises(R2RUserError, match="generator"):
+        make_generator("seven")
+    with pytest.raises(R2RUserError, match="num_inference_steps"):
+        pipe(comp, mask, num_inference_steps=0, max_side=128)
+    with pytest.raises(R2RUserError, match="Unknown scheduler"):
+        pipe(comp, mask, num_inference_steps=1, max_side=128, scheduler="nope")
+    with pytest.raises(R2RUserError, match="is empty"):
+        pipe(comp, np.zeros_like(mask), max_side=128)
+    with pytest.raises(R2RUserError, match="R2RComponents"):
+        R2RPipeline(object())
