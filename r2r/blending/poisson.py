@@ -50,14 +50,26 @@ __all__ = [
     "poisson_residual",
     "PoissonSolution",
     "MODES",
+    "set_num_threads",
 ]
 
 MODES = ("box", "masked")
 _DEFAULT_EROSION = {"box": 3, "masked": 0}
 
 
+_NUM_THREADS = None
+
+
+def set_num_threads(n: int | None) -> None:
+    """Threads the numpy path's FFTs may use (None = all cores, the default)."""
+    global _NUM_THREADS
+    if n is not None and (int(n) != n or n < 1):
+        raise R2RUserError(f"the number of threads must be a whole number >= 1 or None; got {n!r}.")
+    _NUM_THREADS = None if n is None else int(n)
+
+
 def _workers() -> int:
-    return max(1, os.cpu_count() or 1)
+    return _NUM_THREADS or max(1, os.cpu_count() or 1)
 
 
 # ----------------------------------------------------------------------------- validation
@@ -451,15 +463,22 @@ def _prepare_numpy(target, source, mask):
 
 
 def solve_poisson(target, source, mask, *, mode="box", mixed=False, erode=None, margin=None, tol=5e-4,
-                  max_iter=2000) -> PoissonSolution:
+                  max_iter=2000, fft_friendly=False) -> PoissonSolution:
     """Solve the blending problem on numpy images; returns the raw float solution window.
 
     Values are in the input's units (0..255 for uint8, as given for float). ``tol`` is
     the largest allowed discrete Poisson residual as a fraction of the value range
-    (masked mode; box mode is a direct solve). Raises R2RUserError for bad input.
+    (masked mode; box mode is a direct solve). ``fft_friendly`` (box mode) lets the
+    frame grow by a few pixels to sizes the FFT handles fastest (the answer then differs
+    slightly from OpenCV's; masked mode always does this, its answer does not depend on
+    the frame). Raises R2RUserError for bad input.
     """
     _check_mode(mode)
     T, S, M = _prepare_numpy(target, source, mask)
+    return _solve_checked(T, S, M, mode, mixed, erode, margin, tol, max_iter, fft_friendly)
+
+
+def _solve_checked(T, S, M, mode, mixed, erode, margin, tol, max_iter, fft_friendly):
     if not M.any():
         raise R2RUserError(
             "The mask is empty (no pixel above 0.5), so there is nothing to blend. "
@@ -467,7 +486,7 @@ def solve_poisson(target, source, mask, *, mode="box", mixed=False, erode=None, 
         )
     erode, margin = _resolve_erode_margin(mode, erode, margin)
     value_range = 255.0 if T.dtype == np.uint8 else _float_range(T, S)
-    box = _make_box(M, margin, fast=(mode == "masked"))
+    box = _make_box(M, margin, fast=(mode == "masked" or bool(fft_friendly)))
     Tb = _window_numpy(T, box)
     Sb = _window_numpy(S, box)
     Mb = _window_mask_numpy(M, box)
@@ -510,7 +529,7 @@ def _masked_unknowns(Mb, erode):
 
 
 def poisson_blend(target, source, mask, mode="box", mixed=False, *, erode=None, margin=None, tol=5e-4,
-                  max_iter=2000, clip=True):
+                  max_iter=2000, clip=True, fft_friendly=False):
     """Blend ``source``'s gradients into ``target`` inside ``mask``; returns a new image.
 
     numpy: ``HxWxC``/``HxW`` uint8 or float (result has the target's dtype; uint8 is
@@ -520,18 +539,22 @@ def poisson_blend(target, source, mask, mode="box", mixed=False, *, erode=None, 
     mode: "box" (default, OpenCV seamlessClone's problem) or "masked" (Perez, unknowns
     only in the mask). mixed: mixed-gradient cloning. erode: pixels the mask is eroded
     by before choosing the guidance (default 3 for box = OpenCV, 0 for masked).
-    margin: pixels added around the mask's bounding box (box mode's Dirichlet frame).
-    Only pixels inside the (uneroded) mask differ from the target.
+    margin: pixels added around the mask's bounding box (box mode's Dirichlet frame;
+    default 0 = OpenCV's frame when eroding, else 1). fft_friendly: let box mode's frame
+    grow to FFT-fast sizes (faster, no longer OpenCV-identical). tol / max_iter: masked
+    mode's convergence (residual <= tol x value range). Only pixels inside the
+    (uneroded) mask differ from the target.
     """
     if _is_torch(target) or _is_torch(source) or _is_torch(mask):
         from .torch_poisson import poisson_blend_torch
 
         return poisson_blend_torch(target, source, mask, mode=mode, mixed=mixed, erode=erode,
-                                   margin=margin, tol=tol, max_iter=max_iter, clip=clip)
-    T = _as_numpy_image(target, "target")
+                                   margin=margin, tol=tol, max_iter=max_iter, clip=clip,
+                                   fft_friendly=fft_friendly)
+    _check_mode(mode)
+    T, S, M = _prepare_numpy(target, source, mask)
     squeeze = np.asarray(target).ndim == 2
-    sol = solve_poisson(target, source, mask, mode=mode, mixed=mixed, erode=erode, margin=margin,
-                        tol=tol, max_iter=max_iter)
+    sol = _solve_checked(T, S, M, mode, mixed, erode, margin, tol, max_iter, fft_friendly)
     out = T.copy()
     box = sol.box
     cy0, cy1, cx0, cx1 = box.crop

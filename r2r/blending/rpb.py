@@ -29,6 +29,8 @@ import numpy as np
 from ..errors import R2RUserError
 from .poisson import MODES, _as_bool_mask, _as_numpy_image, poisson_blend
 
+_WINDOW_PAD = 12  # pixels around the dilated mask's bounding box that the solve may use
+
 __all__ = ["RPBResult", "random_poisson_blend", "random_poisson_blend_torch", "rpb_diagnostics",
            "passes_filter"]
 
@@ -185,6 +187,23 @@ def rpb_diagnostics(composite, real, mask) -> dict:
     }
 
 
+def _fg_diagnostics(comp_fg, real_fg, n_pixels):
+    """rpb_diagnostics when only the foreground differs (what RPB guarantees), from (n, 3) values."""
+    n = comp_fg.shape[0]
+    d = comp_fg.astype(np.float64) - real_fg
+    sq = float((d * d).sum())
+    shift = d.mean(axis=0) if n else np.zeros(3)
+    mse = sq / (3 * n_pixels)
+    return {
+        "fmse": sq / (3 * n) if n else 0.0,
+        "mse": mse,
+        "psnr": float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse)),
+        "color_shift": [float(v) for v in shift],
+        "color_shift_norm": float(np.linalg.norm(shift)),
+        "fg_ratio": n / n_pixels,
+    }
+
+
 def passes_filter(diagnostics, *, min_fmse=None, max_fmse=None, min_color_shift=None) -> bool:
     """True when the sample is neither too easy (fMSE / colour shift too small) nor broken."""
     f = diagnostics["fmse"]
@@ -281,9 +300,16 @@ def random_poisson_blend(real, mask, seed=None, *, rng=None, reference=None, ref
     if dilate:
         solve_mask = cv2.dilate(M.astype(np.uint8), np.ones((3, 3), np.uint8), iterations=int(dilate)) > 0
     H, W = R.shape[:2]
-    win = _window(solve_mask, 2)  # the part of the canvas the solve can see
+    # the work window: the part of the canvas the solve sees, with room for the solver to
+    # grow its frame to FFT-friendly sizes; everything below works on this crop only
+    win = _window(solve_mask, _WINDOW_PAD)
     wh, ww = win[1] - win[0], win[3] - win[2]
-    Rf = R.astype(np.float32)
+    crop = (slice(win[0], win[1]), slice(win[2], win[3]))
+    Mw = M[crop]
+    Rw = R[crop].astype(np.float32)
+    SMw = solve_mask[crop]
+    real_fg = Rw[Mw]
+    scale = 1.0 if R.dtype == np.uint8 else 255.0
 
     result = None
     for attempt in range(1, int(max_tries) + 1):
@@ -331,19 +357,19 @@ def random_poisson_blend(real, mask, seed=None, *, rng=None, reference=None, ref
         a = _sample_alpha(gen, alpha)
 
         # ---- Poisson-clone the real foreground into the canvas, mix by alpha
+        comp = R.copy()
         if a == 0.0:
-            comp = R.copy()
+            fg = R[crop][Mw]
         else:
-            canvas = Rf.copy()
-            canvas[win[0]:win[1], win[2]:win[3]] = patch
-            blended = poisson_blend(canvas, Rf, solve_mask, mode=mode, mixed=mixed, clip=False)
-            fg = a * blended[M] + (1.0 - a) * Rf[M]
-            comp = R.copy()
+            # the canvas is the reference patch over the whole work window
+            blended = poisson_blend(patch, Rw, SMw, mode=mode, mixed=mixed, clip=False, fft_friendly=True)
+            fg = a * blended[Mw] + (1.0 - a) * real_fg
             if R.dtype == np.uint8:
-                comp[M] = np.clip(np.rint(fg), 0, 255).astype(np.uint8)
+                fg = np.clip(np.rint(fg), 0, 255).astype(np.uint8)
             else:
-                comp[M] = np.clip(fg, 0.0, 1.0).astype(R.dtype)
-        diag = rpb_diagnostics(comp, R, M)
+                fg = np.clip(fg, 0.0, 1.0).astype(R.dtype)
+            comp[crop][Mw] = fg
+        diag = _fg_diagnostics(fg.astype(np.float32) * scale, real_fg * scale, H * W)
         accepted = passes_filter(diag, min_fmse=min_fmse, max_fmse=max_fmse, min_color_shift=min_color_shift)
         diag.update({
             "alpha": a, "reference": kind, "reference_rect": [int(v) for v in rect], "mode": mode,

@@ -148,7 +148,7 @@ def solve_window_torch(Tb, Sb, Mb, *, mode, mixed, erode, tol, max_iter, value_r
 
 
 def poisson_blend_torch(target, source, mask, *, mode="box", mixed=False, erode=None, margin=None, tol=5e-4,
-                        max_iter=2000, clip=True, backend="auto"):
+                        max_iter=2000, clip=True, fft_friendly=False, backend="auto"):
     """Torch front end of :func:`r2r.blending.poisson_blend` (see there for the parameters).
 
     backend: "auto" (numpy/scipy for CPU tensors, torch otherwise), "torch" or "numpy".
@@ -188,12 +188,12 @@ def poisson_blend_torch(target, source, mask, *, mode="box", mixed=False, erode=
                 T[i].detach().float().permute(1, 2, 0).cpu().numpy(),
                 S[i].detach().float().permute(1, 2, 0).cpu().numpy(),
                 mi.cpu().numpy(), mode=mode, mixed=mixed, erode=erode_, margin=margin_, tol=tol,
-                max_iter=max_iter, clip=clip,
+                max_iter=max_iter, clip=clip, fft_friendly=fft_friendly,
             )
             out[i] = torch.from_numpy(res).permute(2, 0, 1).to(device=T.device, dtype=T.dtype)
             continue
         mnp = mi.cpu().numpy()
-        box = _make_box(mnp, margin_, fast=(mode == "masked"))
+        box = _make_box(mnp, margin_, fast=(mode == "masked" or bool(fft_friendly)))
         Tb = _window_torch(T[i].float(), box)
         Sb = _window_torch(S[i].float(), box)
         Mb = _window_torch(mi[None].float(), box)[0] > 0.5
