@@ -97,7 +97,7 @@ def _atomic_save(tensor, path: Path, identity: str) -> None:
             tmp.unlink()
 
 
-def load_text_encoder(text_encoder, torch_dtype=None, device="cpu"):
+def load_text_encoder(text_encoder, torch_dtype=None, device="cpu", config=None):
     """CLIPTextModel from a transformers folder, a .safetensors file, or an SD checkpoint
     (``cond_stage_model.transformer.*``)."""
     import torch
@@ -129,10 +129,20 @@ def load_text_encoder(text_encoder, torch_dtype=None, device="cpu"):
     state = read_state_dict(file)
     if any(k.startswith("cond_stage_model.transformer.") for k in state):
         state = text_encoder_sd_to_transformers(state)
-    state.pop("text_model.embeddings.position_ids", None)
+    if config is not None:
+        cfg = dict(config)
     cfg = {k: v for k, v in cfg.items() if k not in ("architectures", "transformers_version", "torch_dtype", "dtype")}
     model = CLIPTextModel(CLIPTextConfig(**cfg))
     expected = model.state_dict()
+    # transformers < 5 (the official release) prefixes every key with "text_model."; 5.x does not
+    model_prefixed = any(k.startswith("text_model.") for k in expected)
+    state_prefixed = any(k.startswith("text_model.") for k in state)
+    if state_prefixed and not model_prefixed:
+        state = {k.removeprefix("text_model."): v for k, v in state.items()}
+    elif model_prefixed and not state_prefixed:
+        state = {f"text_model.{k}": v for k, v in state.items()}
+    for k in [k for k in state if k.endswith("embeddings.position_ids")]:
+        state.pop(k)
     missing = [k for k in expected if k not in state and not k.endswith("position_ids")]
     unexpected = [k for k in state if k not in expected]
     bad = [k for k in state if k in expected and tuple(state[k].shape) != tuple(expected[k].shape)]
@@ -142,7 +152,7 @@ def load_text_encoder(text_encoder, torch_dtype=None, device="cpu"):
             f"{missing[:4]}, unexpected {unexpected[:4]}, wrong shapes {bad[:4]}. Expected "
             "stable-diffusion-inpainting/text_encoder/ of 1243asdad/region2region (CLIP ViT-L/14 text tower)."
         )
-    model.load_state_dict(state, strict=False)
+    model.load_state_dict(state, strict=False)  # strictness checked above (position_ids is derived)
     return model.to(device=device, dtype=torch_dtype).eval()
 
 
@@ -157,13 +167,16 @@ def load_tokenizer(tokenizer):
     return CLIPTokenizer.from_pretrained(str(p))
 
 
-def compute_prompt_embeds(text_encoder, tokenizer=None, text: str = "", device="cpu"):
+def compute_prompt_embeds(text_encoder, tokenizer=None, text: str = "", device="cpu", config=None):
     """``[1, 77, D]`` float32 ``last_hidden_state`` of ``text`` (padded to 77 tokens)."""
     import torch
 
     if not isinstance(text, str):
         raise R2RUserError(f"prompt must be a string, got {type(text).__name__}.")
-    model = text_encoder if hasattr(text_encoder, "text_model") else load_text_encoder(text_encoder, device=device)
+    if isinstance(text_encoder, (str, os.PathLike)):
+        model = load_text_encoder(text_encoder, device=device, config=config)
+    else:
+        model = text_encoder
     tok = load_tokenizer(tokenizer)
     ids = tok([text], padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
     with torch.no_grad():
@@ -171,7 +184,8 @@ def compute_prompt_embeds(text_encoder, tokenizer=None, text: str = "", device="
     return out.float()
 
 
-def empty_prompt_embeds(root, text_encoder=None, tokenizer=None, *, key: str | None = None, write_to_root: bool = True):
+def empty_prompt_embeds(root, text_encoder=None, tokenizer=None, *, key: str | None = None, write_to_root: bool = True,
+                        config=None):
     """The cached empty-prompt embedding; computed from the text encoder and cached on first use."""
     cached = find_cached_prompt(root, key, text_encoder)
     if cached is not None:
@@ -184,7 +198,7 @@ def empty_prompt_embeds(root, text_encoder=None, tokenizer=None, *, key: str | N
             "and tokenizer/ of 1243asdad/region2region into the release folder once; the embedding is then "
             "cached and the text encoder is no longer needed."
         )
-    emb = compute_prompt_embeds(text_encoder, tokenizer, "")
+    emb = compute_prompt_embeds(text_encoder, tokenizer, "", config=config)
     identity = _identity(text_encoder)
     targets = []
     if root is not None and write_to_root:
@@ -199,7 +213,7 @@ def empty_prompt_embeds(root, text_encoder=None, tokenizer=None, *, key: str | N
     return emb
 
 
-def prompt_embeds_from_files(text_encoder=None, tokenizer=None, prompt_embeds=None):
+def prompt_embeds_from_files(text_encoder=None, tokenizer=None, prompt_embeds=None, config=None):
     """Empty-prompt embedding for a dict source: a cached .safetensors, or computed (and cached by key)."""
     if prompt_embeds is not None:
         p = Path(prompt_embeds)
@@ -218,7 +232,7 @@ def prompt_embeds_from_files(text_encoder=None, tokenizer=None, prompt_embeds=No
             f"checkpoint with cond_stage_model.*) or 'prompt_embeds' (a cached {CACHE_NAME})."
         )
     key = f"file:{Path(text_encoder).resolve()}"
-    return empty_prompt_embeds(None, text_encoder, tokenizer, key=key, write_to_root=False)
+    return empty_prompt_embeds(None, text_encoder, tokenizer, key=key, write_to_root=False, config=config)
 
 
 def encode_prompt(source, text: str = "", *, torch_dtype=None, device="cpu"):
@@ -232,7 +246,9 @@ def encode_prompt(source, text: str = "", *, torch_dtype=None, device="cpu"):
     if isinstance(source, dict):
         te, tok, root, key = source.get("text_encoder"), source.get("tokenizer"), None, None
         if text == "":
-            return prompt_embeds_from_files(te, tok, source.get("prompt_embeds")).to(device=device, dtype=torch_dtype)
+            return prompt_embeds_from_files(te, tok, source.get("prompt_embeds"), source.get("text_encoder_config")).to(
+                device=device, dtype=torch_dtype
+            )
     else:
         if looks_like_repo_id(str(source)):
             key = f"hub:{source}"
@@ -247,4 +263,5 @@ def encode_prompt(source, text: str = "", *, torch_dtype=None, device="cpu"):
             )
     if te is None:
         raise R2RWeightsNotFound("A custom prompt needs the text encoder; give 'text_encoder' in the source.")
-    return compute_prompt_embeds(te, tok, text).to(device=device, dtype=torch_dtype)
+    cfg = source.get("text_encoder_config") if isinstance(source, dict) else None
+    return compute_prompt_embeds(te, tok, text, config=cfg).to(device=device, dtype=torch_dtype)

@@ -609,7 +609,7 @@ def load_components(source=OFFICIAL_REPO, *, torch_dtype=None, device="cpu", com
         source: a release folder (hub layout), a hub repo id, or a dict of single files with keys
             ``unet``, ``controller``, ``clear_vae`` (folders, .safetensors or SD-format .ckpt) and optionally
             ``text_encoder``, ``tokenizer``, ``prompt_embeds`` (a cached .safetensors), ``scheduler_config``,
-            ``unet_config``, ``controller_config``, ``clear_vae_config``.
+            ``unet_config``, ``controller_config``, ``clear_vae_config``, ``text_encoder_config``.
         components: which of unet/controller/clear_vae to load (others are None).
     """
     from . import prompt
@@ -659,7 +659,7 @@ def _load_from_dict(source: dict, out: R2RComponents, components, torch_dtype, d
     from . import prompt
 
     known = set(MODEL_COMPONENTS) | {"text_encoder", "tokenizer", "prompt_embeds", "scheduler_config"} | {
-        f"{k}_config" for k in MODEL_COMPONENTS
+        f"{k}_config" for k in MODEL_COMPONENTS + ("text_encoder",)
     }
     unknown = sorted(set(source) - known)
     if unknown:
@@ -684,7 +684,7 @@ def _load_from_dict(source: dict, out: R2RComponents, components, torch_dtype, d
     else:
         out.scheduler_config = official_config("scheduler")
     out.prompt_embeds = prompt.prompt_embeds_from_files(
-        source.get("text_encoder"), source.get("tokenizer"), source.get("prompt_embeds")
+        source.get("text_encoder"), source.get("tokenizer"), source.get("prompt_embeds"), source.get("text_encoder_config")
     ).to(device=device, dtype=torch_dtype)
     out.source = json.dumps({k: str(v) for k, v in source.items() if not isinstance(v, dict)}, sort_keys=True)
     return out
