@@ -1,0 +1,153 @@
+"""Make the bundled example composites in r2r/assets/examples/ (run once; the outputs are committed).
+
+    python -m r2r.assets.make_examples [--out r2r/assets/examples]
+
+Each example is a real photo from scikit-image's bundled data (see PROVENANCE.md), a foreground
+mask derived from the photo itself, and a *composite* made by shifting the foreground's colour
+and illumination (as iHarmony4's composites are made), so the foreground no longer matches the
+scene. Files per example: ``<name>_composite.png`` and ``<name>_mask.png`` (white = foreground);
+``--with-real`` also writes ``<name>_real.png`` (the untouched photo = the ground truth; not
+bundled, to keep the package small). Longer side 448 px.
+
+Needs scikit-image (a development dependency); deterministic (OpenCV's RNG is seeded for GrabCut).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import numpy as np
+
+MAX_SIDE = 448  # keeps every PNG under 400 KB
+
+
+def _largest_component(mask):
+    import cv2
+
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8))
+    if n <= 1:
+        return mask.astype(bool)
+    return labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+
+
+def _fill_holes(mask):
+    import cv2
+
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    out = np.zeros(mask.shape, np.uint8)
+    cv2.drawContours(out, contours, -1, 1, -1)
+    return out.astype(bool)
+
+
+def motorcycle_mask(disparity):
+    """The motorcycle: near pixels of the stereo disparity map, the floor strip cut off."""
+    import cv2
+
+    d = np.where(np.isfinite(disparity), disparity, 0)
+    near = d > 45
+    near[int(0.87 * d.shape[0]) :] = False  # the floor in front of the bike is as near as the bike
+    near = cv2.morphologyEx(near.astype(np.uint8), cv2.MORPH_OPEN, np.ones((7, 1), np.uint8))  # thin floor line
+    near = cv2.morphologyEx(near, cv2.MORPH_CLOSE, np.ones((7, 7), np.uint8))
+    return _fill_holes(_largest_component(near))
+
+
+def coffee_mask(rgb):
+    """Cup + saucer: GrabCut seeded with two hand-placed ellipses (probable fg) inside a wider band."""
+    import cv2
+
+    init = np.full(rgb.shape[:2], cv2.GC_BGD, np.uint8)
+    band = np.zeros(rgb.shape[:2], np.uint8)
+    cv2.ellipse(band, (280, 250), (225, 165), -8, 0, 360, 1, -1)
+    cv2.ellipse(band, (290, 110), (140, 105), 0, 0, 360, 1, -1)
+    init[band > 0] = cv2.GC_PR_BGD
+    seed = np.zeros(rgb.shape[:2], np.uint8)
+    cv2.ellipse(seed, (275, 255), (190, 125), -8, 0, 360, 1, -1)
+    cv2.ellipse(seed, (290, 110), (115, 85), 0, 0, 360, 1, -1)
+    init[seed > 0] = cv2.GC_PR_FGD
+    cv2.setRNGSeed(0)
+    bgd, fgd = np.zeros((1, 65)), np.zeros((1, 65))
+    cv2.grabCut(np.ascontiguousarray(rgb[..., ::-1]), init, None, bgd, fgd, 8, cv2.GC_INIT_WITH_MASK)
+    return _largest_component((init == cv2.GC_FGD) | (init == cv2.GC_PR_FGD))
+
+
+def astronaut_mask(rgb):
+    """The orange space suit: an HSV threshold, closed, largest component, holes filled."""
+    import cv2
+
+    hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)
+    m = (hsv[..., 0] >= 3) & (hsv[..., 0] <= 20) & (hsv[..., 1] > 110) & (hsv[..., 2] > 90)
+    m[:150] = False  # skin and hair above the collar share the hue
+    m = cv2.morphologyEx(m.astype(np.uint8), cv2.MORPH_CLOSE, np.ones((15, 15), np.uint8))
+    m = _fill_holes(_largest_component(m))
+    return cv2.morphologyEx(m.astype(np.uint8), cv2.MORPH_OPEN, np.ones((5, 5), np.uint8)) > 0
+
+
+def shift_foreground(rgb, mask, gain, gamma, saturation):
+    """Colour/illumination shift of the foreground only: per-channel gain, gamma, saturation scale."""
+    x = rgb.astype(np.float64) / 255.0
+    fg = np.clip(x * np.asarray(gain), 0, 1) ** gamma
+    grey = fg.mean(axis=2, keepdims=True)
+    fg = np.clip(grey + (fg - grey) * saturation, 0, 1)
+    out = np.where(mask[..., None], fg, x)
+    return (out * 255.0).round().astype(np.uint8)
+
+
+def _resize(rgb, mask):
+    import cv2
+
+    h, w = mask.shape
+    s = MAX_SIDE / max(h, w)
+    size = (round(w * s), round(h * s))
+    rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+    m = cv2.resize(mask.astype(np.float32), size, interpolation=cv2.INTER_AREA) >= 0.5
+    return rgb, m
+
+
+def examples():
+    """(name, real RGB uint8, mask bool, foreground shift) for every example, at <= MAX_SIDE px."""
+    from skimage import data
+
+    left, _, disparity = data.stereo_motorcycle()
+    coffee = data.coffee()
+    astronaut = data.astronaut()
+    return [
+        ("motorcycle", *_resize(left, motorcycle_mask(disparity)), dict(gain=(0.72, 0.88, 1.2), gamma=1.35, saturation=0.8)),
+        ("coffee", *_resize(coffee, coffee_mask(coffee)), dict(gain=(0.85, 1.15, 0.95), gamma=0.75, saturation=0.7)),
+        ("astronaut", *_resize(astronaut, astronaut_mask(astronaut)), dict(gain=(0.8, 0.95, 1.25), gamma=1.2, saturation=0.55)),
+    ]
+
+
+def _write_png(path: Path, array):
+    import cv2
+
+    if array.ndim == 3:
+        array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".png", array, [cv2.IMWRITE_PNG_COMPRESSION, 9])
+    if not ok:
+        raise RuntimeError(f"could not encode {path}")
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(buf.tobytes())
+    os.replace(tmp, path)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "examples"))
+    parser.add_argument("--with-real", action="store_true", help="also write the untouched photos (ground truth)")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, real, mask, shift in examples():
+        comp = shift_foreground(real, mask, **shift)
+        if args.with_real:
+            _write_png(out / f"{name}_real.png", real)
+        _write_png(out / f"{name}_mask.png", mask.astype(np.uint8) * 255)
+        _write_png(out / f"{name}_composite.png", comp)
+        print(f"{name}: {real.shape[1]}x{real.shape[0]}, foreground {mask.mean():.1%}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

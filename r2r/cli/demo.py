@@ -1,0 +1,126 @@
+"""``python -m r2r demo``: harmonize the bundled example composites and write a before/after sheet.
+
+    python -m r2r demo --out demo_output [--weights PATH_OR_REPO] [--steps 10] [--max-side 512]
+
+Uses R2R when weights are found (``--weights``, ``$R2R_WEIGHTS`` or ``./models/r2r/region2region``);
+otherwise it prints exactly what to download and where, and runs the weight-free statistics
+harmonizer so the command always produces results. Writes ``<name>_harmonized.png`` per example
+and ``contact_sheet.png`` (composite | mask | result, one row per example).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .harmonize import add_model_arguments
+
+EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "assets" / "examples"
+SHEET_HEIGHT = 256
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--out", default="demo_output", metavar="DIR", help="output folder (created)")
+    parser.add_argument("--examples", default=None, metavar="DIR",
+                        help="folder with <name>_composite.png + <name>_mask.png pairs (default: the bundled ones)")
+    parser.add_argument("--method", choices=("auto", "r2r", "statistics"), default="auto",
+                        help="auto = R2R if weights are found, else the weight-free harmonizer")
+    add_model_arguments(parser)
+    parser.set_defaults(max_side=512)
+
+
+def find_examples(folder) -> list[tuple[str, Path, Path]]:
+    from ..errors import R2RUserError
+
+    folder = Path(folder)
+    pairs = []
+    for comp in sorted(folder.glob("*_composite.png")):
+        name = comp.name[: -len("_composite.png")]
+        mask = folder / f"{name}_mask.png"
+        if mask.is_file():
+            pairs.append((name, comp, mask))
+    if not pairs:
+        raise R2RUserError(
+            f"No examples in {folder}: expected <name>_composite.png with <name>_mask.png next to it. "
+            "Point --examples at such a folder (the bundled ones are in r2r/assets/examples)."
+        )
+    return pairs
+
+
+def _label(image, text):
+    import cv2
+    import numpy as np
+
+    bar = np.full((28, image.shape[1], 3), 255, np.uint8)
+    cv2.putText(bar, text, (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
+    return np.vstack([bar, image])
+
+
+def contact_sheet(rows, method_label: str):
+    """rows: (name, composite, mask, result) uint8 arrays -> one RGB sheet."""
+    import cv2
+    import numpy as np
+
+    lines = []
+    for name, comp, mask, result in rows:
+        h, w = comp.shape[:2]
+        size = (max(1, round(w * SHEET_HEIGHT / h)), SHEET_HEIGHT)
+        overlay = comp.copy()
+        contours, _ = cv2.findContours((mask >= 128).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        cv2.drawContours(overlay, contours, -1, (255, 255, 0), max(1, round(2 * h / SHEET_HEIGHT)))
+        cells = [
+            _label(cv2.resize(comp, size, interpolation=cv2.INTER_AREA), f"{name}: composite"),
+            _label(cv2.resize(overlay, size, interpolation=cv2.INTER_AREA), "mask"),
+            _label(cv2.resize(result, size, interpolation=cv2.INTER_AREA), f"harmonized ({method_label})"),
+        ]
+        line = np.hstack([np.pad(c, ((0, 0), (0, 4), (0, 0)), constant_values=255) for c in cells])
+        lines.append(line)
+    width = max(line.shape[1] for line in lines)
+    lines = [np.pad(ln, ((0, 4), (0, width - ln.shape[1]), (0, 0)), constant_values=255) for ln in lines]
+    return np.vstack(lines)
+
+
+def run(args) -> int:
+    from ..errors import R2RWeightsNotFound
+    from .harmonize import (
+        harmonize_with_pipeline,
+        load_pipeline,
+        read_image,
+        read_mask,
+        resolve_weights,
+        write_image,
+    )
+
+    examples = find_examples(args.examples or EXAMPLES_DIR)
+    out_dir = Path(args.out)
+    pipe = None
+    if args.method in ("auto", "r2r"):
+        try:
+            pipe = load_pipeline(args)
+        except R2RWeightsNotFound as exc:
+            if args.method == "r2r":
+                raise
+            print(
+                "R2R weights not found, so the demo uses the weight-free statistics harmonizer instead.\n"
+                f"{exc}\n"
+                f"(Looked in --weights, then $R2R_WEIGHTS, then ./models/r2r/region2region; tried "
+                f"{resolve_weights(args.weights)}.)\n"
+            )
+    method_label = "R2R" if pipe is not None else "statistics, no weights"
+    if pipe is not None:
+        print(f"R2R weights: {pipe.components.source} ({pipe.dtype}, {pipe.device}); "
+              f"{args.steps} steps at max side {args.max_side}")
+    rows = []
+    for name, comp_path, mask_path in examples:
+        composite, mask = read_image(comp_path), read_mask(mask_path)
+        if pipe is not None:
+            result = harmonize_with_pipeline(pipe, composite, mask, args, desc=name)
+        else:
+            from ..blending import harmonize_statistics
+
+            result = harmonize_statistics(composite, mask)
+        path = write_image(out_dir / f"{name}_harmonized.png", result)
+        print(f"wrote {path}")
+        rows.append((name, composite, mask, result))
+    sheet = write_image(out_dir / "contact_sheet.png", contact_sheet(rows, method_label))
+    print(f"wrote {sheet} (before/after contact sheet)")
+    return 0
