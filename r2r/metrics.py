@@ -276,8 +276,14 @@ def index_predictions(pred_dir) -> dict[str, Path]:
     return found
 
 
+def _eval_one(job) -> dict:
+    pred, mask, real, file_name, subset, resolution, use_gt_bg = job
+    out, gt, m = load_triplet(pred, mask, real, resolution)
+    return {"file_name": file_name, "subset": subset, **image_metrics(out, gt, m, use_gt_bg=use_gt_bg)}
+
+
 def evaluate(pred_dir, data_root, split: str = "test", resolution: int | None = 256, use_gt_bg: bool = False,
-             progress: bool = False) -> EvalReport:
+             progress: bool = False, workers: int = 1) -> EvalReport:
     """Evaluate the predictions in ``pred_dir`` (named like the composites: ``<name>_<k>_<j>.png``)
     against the dataset at ``data_root`` (its ``<split>.jsonl``/``.txt`` list)."""
     from .dataset.layouts import read_split
@@ -291,18 +297,30 @@ def evaluate(pred_dir, data_root, split: str = "test", resolution: int | None = 
             f"(matched by file stem), e.g. {', '.join(missing[:10])}. Run the harmonizer on the whole split or "
             "evaluate a list with only the images you have (--split path/to/list.jsonl)"
         )
-    rows = []
-    it = samples
+    jobs = [(str(preds[s.stem]), str(s.mask), str(s.real), s.file_name, s.subset, resolution, use_gt_bg)
+            for s in samples]
+    bar = None
     if progress:
         from tqdm import tqdm
 
-        it = tqdm(samples, desc="evaluate", unit="img")
-    for s in it:
-        out, gt, m = load_triplet(preds[s.stem], s.mask, s.real, resolution)
-        if out.shape != gt.shape:  # pragma: no cover - load_triplet resizes
-            raise R2RUserError(f"{s.file_name}: prediction and ground truth sizes differ")
-        res = image_metrics(out, gt, m, use_gt_bg=use_gt_bg)
-        rows.append({"file_name": s.file_name, "subset": s.subset, **res})
+        bar = tqdm(total=len(jobs), desc="evaluate", unit="img")
+    rows = []
+    if workers > 1 and len(jobs) > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+            for row in pool.map(_eval_one, jobs, chunksize=16):
+                rows.append(row)
+                if bar is not None:
+                    bar.update(1)
+    else:
+        for job in jobs:
+            rows.append(_eval_one(job))
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
     rep = summarize(rows)
     rep.settings = {
         "pred": str(pred_dir),

@@ -200,11 +200,13 @@ def test_evaluate_cli_json(tiny_eval, tmp_path, capsys):
     data, pred = tiny_eval
     out_json = tmp_path / "res" / "r.json"
     rc = main(["evaluate", "--pred", str(pred), "--data", str(data), "--use-gt-bg", "--json", str(out_json),
-               "--no-progress"])
+               "--no-progress", "--workers", "2"])
     assert rc == 0
     text = capsys.readouterr().out
     assert "PSNR" in text and "HCOCO" in text and "15-100%" in text
     res = json.loads(out_json.read_text())
     assert res["settings"]["use_gt_bg"] is True and res["overall"]["n"] == 3 and len(res["per_image"]) == 3
+    single = metrics.evaluate(pred, data, use_gt_bg=True)  # the worker processes give the same numbers
+    assert [r["ssim"] for r in single.per_image] == [r["ssim"] for r in res["per_image"]]
     rc = main(["evaluate", "--pred", str(tmp_path / "nope"), "--data", str(data)])
     assert rc == 2 and "does not exist" in capsys.readouterr().err

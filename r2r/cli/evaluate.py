@@ -18,6 +18,7 @@ def add_arguments(p) -> None:
     p.add_argument("--use-gt-bg", action="store_true",
                    help="paste the ground-truth background before measuring (out*m + gt*(1-m)), as the official runs")
     p.add_argument("--json", dest="json_out", default=None, help="write all results (incl. per image) to this JSON file")
+    p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
@@ -38,6 +39,7 @@ def run(args) -> int:
         resolution=None if args.full_resolution else args.resolution,
         use_gt_bg=args.use_gt_bg,
         progress=args.progress,
+        workers=max(1, args.workers),
     )
     print(format_table(rep))
     if args.json_out:
