@@ -309,6 +309,17 @@ def _from_canvas(x, geometry: Geometry):
     return resize(x, geometry.original_size)
 
 
+def to_working(x, geometry: Geometry, pad_value=None):
+    """Bring an original-resolution ``[B,C,H,W]`` tensor onto the working canvas (as ``prepare`` does):
+    resize to the content size, then pad (edge replicate, or ``pad_value``, e.g. 0.0 for masks)."""
+    return _to_canvas(x, geometry, pad_value)
+
+
+def from_working(x, geometry: Geometry):
+    """Inverse of :func:`to_working`: crop the padding off and resize to the original size."""
+    return _from_canvas(x, geometry)
+
+
 def latent_mask_from(mask_working):
     """Latent mask: ``F.interpolate`` nearest (top-left sampling) to 1/8 size, as the official pipeline."""
     import torch.nn.functional as F
@@ -455,6 +466,8 @@ def feather_alpha(mask_soft, feather: int):
     import cv2
     import torch
 
+    if not isinstance(mask_soft, torch.Tensor) or mask_soft.ndim != 4:
+        mask_soft = to_mask_tensor(mask_soft, "mask")
     if feather is None or feather <= 0:
         return mask_soft
     binary = (mask_soft >= 0.5).cpu().numpy()
