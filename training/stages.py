@@ -302,7 +302,7 @@ def build_stage(cfg: TrainingConfig, device, weight_dtype) -> tuple[StageModule,
     unet = comps.unet
     if stage == "unet":
         if cfg.init.weights:
-            unet = _load_unet_init(cfg.init.weights)
+            unet = _load_unet_init(cfg.init.weights, cfg.init.release)
             info["init"] = cfg.init.weights
         else:
             info["init"] = f"{cfg.init.release} (unet)"
@@ -313,7 +313,7 @@ def build_stage(cfg: TrainingConfig, device, weight_dtype) -> tuple[StageModule,
 
     # controller
     if cfg.init.unet:
-        unet = _load_unet_init(cfg.init.unet)
+        unet = _load_unet_init(cfg.init.unet, cfg.init.release)
         info["unet"] = cfg.init.unet
     unet.to(device=device, dtype=weight_dtype).requires_grad_(False).eval()
     if cfg.init.weights == "from_unet" or not cfg.init.weights:
@@ -322,7 +322,9 @@ def build_stage(cfg: TrainingConfig, device, weight_dtype) -> tuple[StageModule,
     else:
         from r2r.weights import load_controller
 
-        ctrl = load_controller(cfg.init.weights)
+        single_file = os.path.isfile(cfg.init.weights)
+        ctrl = load_controller(cfg.init.weights, config=_release_controller_config(cfg.init.release) if single_file else None,
+                               torch_dtype=torch.float32)
         info["init"] = cfg.init.weights
     ctrl.to(device=device, dtype=torch.float32).requires_grad_(True).train()
     ctrl.conv_in.requires_grad_(False)  # the controller ignores the noisy latent: conv_in is dead weight
@@ -342,12 +344,18 @@ def _release_controller_config(release: str | None) -> dict | None:
     return None
 
 
-def _load_unet_init(spec: str):
+def _load_unet_init(spec: str, release: str | None = None):
+    """U-Net from a diffusers folder, an SD pipeline folder (its unet/), or a single file (SD-format
+    DiffHarmony-style .ckpt or .safetensors; the geometry then comes from the release's unet/config.json)."""
     from r2r.weights import load_unet
 
     if os.path.isdir(spec) and os.path.isdir(os.path.join(spec, "unet")) and not os.path.isfile(os.path.join(spec, "config.json")):
         spec = os.path.join(spec, "unet")  # an SD-1.5-inpainting pipeline folder
-    return load_unet(spec)
+    config = None
+    if os.path.isfile(spec) and release and os.path.isdir(release):
+        cand = os.path.join(release, "stable-diffusion-inpainting", "unet", "config.json")
+        config = cand if os.path.isfile(cand) else None
+    return load_unet(spec, config=config, torch_dtype=torch.float32)
 
 
 def component_dir(stage: str) -> str:

@@ -48,7 +48,10 @@ class Trainer:
         self.out = cfg.output.dir
         self.stop_after = stop_after
         if accelerator is None:
+            # several processes without CUDA (e.g. torchrun --nproc_per_node 2 on CPU): gloo DDP on the CPU
+            multi_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
             accelerator = Accelerator(
+                cpu=multi_cpu,
                 mixed_precision=cfg.train.mixed_precision,
                 gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
                 kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
