@@ -52,6 +52,11 @@ def output_path(out_dir: str, composite_path) -> str:
     return os.path.join(out_dir, os.path.splitext(os.path.basename(str(composite_path)))[0] + ".png")
 
 
+def shard(items: list, process_index: int, num_processes: int) -> list:
+    """The items of one process: every ``num_processes``-th item starting at ``process_index``."""
+    return items[process_index::num_processes]
+
+
 def run(args) -> int:
     import numpy as np
     import torch
@@ -63,7 +68,8 @@ def run(args) -> int:
     from ..pipeline import R2RPipeline
 
     _check_args(args)
-    state = PartialState()
+    # several processes without CUDA (torchrun on CPU): gloo
+    state = PartialState(cpu=int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available())
     samples = read_split(args.data, args.split)
     if args.limit:
         samples = samples[: args.limit]
@@ -76,7 +82,7 @@ def run(args) -> int:
                 "split the list per subset and use one --out folder for each"
             )
         stems[key] = s.composite
-    mine = samples[state.process_index :: state.num_processes]
+    mine = shard(samples, state.process_index, state.num_processes)
     todo = [s for s in mine if not os.path.exists(output_path(args.out, s.composite))]
     if state.is_main_process:
         os.makedirs(args.out, exist_ok=True)
