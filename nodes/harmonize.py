@@ -12,7 +12,10 @@ composite it is given, which is exactly what the official ``decode_with_cond`` d
 
 from __future__ import annotations
 
+import functools
+
 from ..r2r.errors import R2RUserError
+from ..r2r.sampling import DEFAULT_SCHEDULER, SCHEDULERS  # cheap: diffusers is imported lazily there
 from . import _convert, _host
 from ._types import LATENT_KEY, R2R_CLEAR_VAE, R2R_CONTROLLER, R2R_MODEL, ControlSettings, image_fingerprint
 
@@ -30,7 +33,12 @@ INVERT_TIP = ("Flip the mask (1 - mask). R2R needs foreground = 1 (white = the p
 MASK_TIP = ("Foreground mask [batch, height, width]: 1 (white) = the pasted object to harmonize, 0 = background. "
             "A different size with the same aspect ratio is resized.")
 IMAGE_TIP = "The composite: the image with the pasted foreground (IMAGE, 0..1). A batch is processed together."
-SAMPLERS = ["euler_ancestral", "euler", "ddim", "dpmpp_2m", "unipc", "heun", "lms", "pndm"]
+SAMPLERS = list(SCHEDULERS)
+FULLRES_MODES = ["upsample", "color_transform"]
+FULLRES_TIP = ("How the result reaches the original resolution: upsample = resize the working-resolution result "
+               "(simple; fine detail limited by max_side); color_transform = apply the model's colour change to "
+               "the full-resolution composite (keeps every original detail; best for large images). Only with "
+               "paste_back on.")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -104,7 +112,8 @@ def encode(clear_vae, comp, mask, max_side=1024, resize_mode="fit"):
         dist = vae.encode(prepared.composite_pm1.to(device=device, dtype=clear_vae.dtype)).latent_dist
     out_dev = _host.intermediate_device()
     info = {
-        "std": dist.std.detach().to(out_dev, torch.float32),
+        "logvar": dist.logvar.detach().to(out_dev, torch.float32),
+        "scaling_factor": float(getattr(vae.config, "scaling_factor", 0.18215)),
         "latent_mask": prepared.latent_mask.to(out_dev),
         "max_side": int(max_side),
         "resize_mode": resize_mode,
@@ -135,6 +144,7 @@ def attach_controller(model, controller, comp, mask, reference_mask=None, streng
 def sample(model, latent, seed=0, steps=10, sampler="euler_ancestral"):
     """Denoise: init noise, the composite's posterior sample, one draw per step (official order)."""
     import torch
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
     from ..r2r import sampling
 
@@ -144,19 +154,11 @@ def sample(model, latent, seed=0, steps=10, sampler="euler_ancestral"):
             "R2R Sampler: this LATENT was already sampled. Connect the LATENT of R2R Clear-VAE Encode, not the "
             "output of another R2R Sampler."
         )
-    if sampler not in SAMPLERS:
-        raise R2RUserError(f"R2R Sampler: sampler must be one of {SAMPLERS}; got {sampler!r}.")
+    if sampler not in sampling.SCHEDULERS:
+        raise R2RUserError(f"R2R Sampler: sampler must be one of {list(sampling.SCHEDULERS)}; got {sampler!r}.")
     steps = int(steps)
-    if steps < 1:
-        raise R2RUserError(f"R2R Sampler: steps must be at least 1; got {steps}.")
     device = _host.compute_device()
-    mean = latent["samples"]
-    std = info["std"]
-    batch = mean.shape[0]
-    latent_mask = info["latent_mask"]
     control = model.control
-
-    residuals = None
     if control is not None:
         if control.composite_id != (info["composite_id"], info["mask_id"]):
             raise R2RUserError(
@@ -169,44 +171,58 @@ def sample(model, latent, seed=0, steps=10, sampler="euler_ancestral"):
             ref_lat = _reference_latent_mask(control.reference_mask, prepared)
 
     scheduler = sampling.make_scheduler(model.scheduler_config, sampler)
-    scheduler.set_timesteps(steps, device="cpu")
-    timesteps = scheduler.timesteps
-
-    progress = _host.Progress(steps + (1 if control is not None else 0), desc="R2R sampler")
+    timesteps = sampling.set_timesteps(scheduler, steps, device=device)
+    progress = _host.Progress(steps * (2 if control is not None else 1), desc="R2R sampler")
     try:
-        unet = model.unet.load()
-        dtype = model.unet.dtype
-        prompt = model.prompt_embeds.to(device=device, dtype=dtype)
+        residuals = None
         if control is not None:
             ctrl = control.controller.load()
-            residuals = sampling.controller_residuals(
-                ctrl, prepared.hint.to(device=device, dtype=control.controller.dtype),
-                prepared.latent_mask.to(device=device, dtype=control.controller.dtype),
-                timesteps, prompt.to(control.controller.dtype),
-                reference_mask=None if ref_lat is None else ref_lat.to(device=device, dtype=control.controller.dtype),
-                conditioning_scale=control.strength,
+            cdt = control.controller.dtype
+            forward = functools.partial(
+                ctrl, conditioning_scale=control.strength,
+                reference_mask=None if ref_lat is None else ref_lat.to(device=device, dtype=cdt),
             )
-            progress.update(1)
+            with torch.no_grad():
+                residuals = sampling.controller_residuals(
+                    forward, prepared.hint.to(device=device, dtype=cdt),
+                    prepared.latent_mask.to(device=device, dtype=cdt), timesteps,
+                    model.prompt_embeds.to(device=device, dtype=cdt),
+                    callback=lambda i, total: progress.update(1),
+                )
+        unet = model.unet.load()
+        dtype = model.unet.dtype
+        params = torch.cat([latent["samples"], info["logvar"]], dim=1).to(device=device, dtype=dtype)
+        posterior = DiagonalGaussianDistribution(params)
         generator = torch.Generator("cpu").manual_seed(int(seed) & 0xFFFFFFFFFFFFFFFF)
-        latents = sampling.denoise(
-            unet, scheduler, mean.to(device=device, dtype=dtype), std.to(device=device, dtype=dtype),
-            latent_mask.to(device=device, dtype=dtype), prompt.expand(batch, -1, -1), residuals, generator,
-            steps, callback=lambda step, total: progress.update(1),
-        )
+        with torch.no_grad():
+            latents = sampling.denoise(
+                unet, scheduler, posterior, info["latent_mask"].to(device=device, dtype=dtype),
+                model.prompt_embeds.to(device=device, dtype=dtype), residuals, generator, steps,
+                callback=lambda step, total: progress.update(1), scaling_factor=info["scaling_factor"],
+            )
+        del residuals
     finally:
         progress.close()
     out_info = dict(info)
-    out_info.pop("std", None)
+    out_info.pop("logvar", None)
     out_info["stage"] = "sampled"
-    return {"samples": latents.detach().to(_host.intermediate_device(), torch.float32), LATENT_KEY: out_info}
+    samples = (latents / info["scaling_factor"]).detach().to(_host.intermediate_device(), torch.float32)
+    return {"samples": samples, LATENT_KEY: out_info}
 
 
-def decode(clear_vae, latent, comp, mask, paste_back=True, feather=-1):
-    """Clear-VAE decode with the composite's skips; back to the original size, background pasted back."""
+def decode(clear_vae, latent, comp, mask, paste_back=True, feather=-1, fullres_mode="upsample"):
+    """Clear-VAE decode with the composite's skips; back to the original size, background pasted back.
+
+    ``fullres_mode``: "upsample" resizes the working-resolution result to the original size;
+    "color_transform" carries only the colour change to the full-resolution composite
+    (r2r.fullres), keeping every original detail of the foreground (for large images).
+    """
     import torch
 
-    from ..r2r.imaging import restore
+    from ..r2r import imaging, tiling
 
+    if fullres_mode not in FULLRES_MODES:
+        raise R2RUserError(f"R2R Clear-VAE Decode: fullres_mode must be one of {FULLRES_MODES}; got {fullres_mode!r}.")
     info = _r2r_info(latent, "Clear-VAE Decode")
     _check_same_composite(info, comp, mask, "Clear-VAE Decode")
     prepared = _prepare(comp, mask, info["max_side"], info["resize_mode"])
@@ -221,12 +237,26 @@ def decode(clear_vae, latent, comp, mask, paste_back=True, feather=-1):
     device = next(vae.parameters()).device
     with torch.no_grad():
         x = prepared.composite_pm1.to(device=device, dtype=clear_vae.dtype)
-        _dist, skips = vae.encode_with_skips(x)
-        out_pm1 = vae.decode_with_skips(z.to(device=device, dtype=clear_vae.dtype), skips)
+        _dist, skips = tiling.encode_with_skips_auto(vae, x)
+        del x, _dist
+        _host.check_interrupt()
+        out_pm1 = tiling.decode_with_skips_auto(vae, z.to(device=device, dtype=clear_vae.dtype), skips,
+                                                consume_skips=True)
         del skips
     result = (out_pm1.float().clamp(-1, 1) / 2 + 0.5).cpu()
-    restored = restore(result, prepared, comp, mask, paste_back=bool(paste_back),
-                       feather=None if int(feather) < 0 else int(feather))
+    feather = None if int(feather) < 0 else int(feather)
+    if fullres_mode == "color_transform" and paste_back:
+        from ..r2r.fullres import transfer_harmonization
+
+        geometry = prepared.geometry
+        top, bottom, left, right = geometry.padding
+        h, w = result.shape[-2:]
+        low = result[..., top : h - bottom, left : w - right]
+        comp_low = (prepared.composite_pm1[..., top : h - bottom, left : w - right].float() / 2 + 0.5).cpu()
+        alpha = imaging.feather_alpha(mask, imaging.default_feather(geometry) if feather is None else feather)
+        restored = transfer_harmonization(comp, low, alpha, "color_transform", composite_low=comp_low)
+    else:
+        restored = imaging.restore(result, prepared, comp, mask, paste_back=bool(paste_back), feather=feather)
     return _convert.nchw_to_image(restored)
 
 
@@ -319,7 +349,7 @@ class R2RSampler:
                                  "tooltip": "Random seed (CPU generator, so results match across devices)."}),
                 "steps": ("INT", {"default": 10, "min": 1, "max": 200, "step": 1,
                                   "tooltip": "Denoising steps. The release was tuned for 10."}),
-                "sampler": (SAMPLERS, {"default": "euler_ancestral",
+                "sampler": (SAMPLERS, {"default": DEFAULT_SCHEDULER,
                                        "tooltip": "Scheduler. euler_ancestral is the official one; the others are "
                                                   "diffusers schedulers on the same noise schedule."}),
             }
@@ -354,12 +384,14 @@ class R2RClearVAEDecode:
                 "feather": ("INT", {"default": -1, "min": -1, "max": 256, "step": 1,
                                     "tooltip": "Width in original pixels of the soft edge outside the mask for the "
                                                "paste-back. -1 = automatic (one latent cell), 0 = hard edge."}),
+                "fullres_mode": (FULLRES_MODES, {"default": "upsample", "tooltip": FULLRES_TIP}),
             }
         }
 
-    def decode(self, clear_vae, latent, image, mask, invert_mask=False, paste_back=True, feather=-1):
+    def decode(self, clear_vae, latent, image, mask, invert_mask=False, paste_back=True, feather=-1,
+               fullres_mode="upsample"):
         comp, m, _ = _inputs(image, mask, invert_mask)
-        return (decode(clear_vae, latent, comp, m, paste_back, feather),)
+        return (decode(clear_vae, latent, comp, m, paste_back, feather, fullres_mode),)
 
 
 class R2RHarmonize:
@@ -384,7 +416,7 @@ class R2RHarmonize:
                                  "control_after_generate": True, "tooltip": "Random seed."}),
                 "steps": ("INT", {"default": 10, "min": 1, "max": 200, "step": 1,
                                   "tooltip": "Denoising steps (official: 10)."}),
-                "sampler": (SAMPLERS, {"default": "euler_ancestral", "tooltip": "Scheduler (official: "
+                "sampler": (SAMPLERS, {"default": DEFAULT_SCHEDULER, "tooltip": "Scheduler (official: "
                                                                                "euler_ancestral)."}),
                 "max_side": ("INT", dict(MAX_SIDE)),
                 "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05,
@@ -395,6 +427,7 @@ class R2RHarmonize:
                 "feather": ("INT", {"default": -1, "min": -1, "max": 256, "step": 1,
                                     "tooltip": "Paste-back soft edge in original pixels; -1 = automatic, 0 = hard."}),
                 "resize_mode": (RESIZE_MODES, {"default": "fit", "tooltip": RESIZE_TIP}),
+                "fullres_mode": (FULLRES_MODES, {"default": "upsample", "tooltip": FULLRES_TIP}),
             },
             "optional": {
                 "reference_mask": ("MASK", {"tooltip": "Optional region whose colours steer MACA instead of the "
@@ -404,9 +437,9 @@ class R2RHarmonize:
 
     def harmonize(self, model, clear_vae, controller, image, mask, seed=0, steps=10, sampler="euler_ancestral",
                   max_side=1024, strength=1.0, invert_mask=False, paste_back=True, feather=-1, resize_mode="fit",
-                  reference_mask=None):
+                  fullres_mode="upsample", reference_mask=None):
         comp, m, ref = _inputs(image, mask, invert_mask, reference_mask)
         latent = encode(clear_vae, comp, m, max_side, resize_mode)
         controlled = attach_controller(model, controller, comp, m, ref, strength) if strength > 0 else model
         sampled = sample(controlled, latent, seed, steps, sampler)
-        return (decode(clear_vae, sampled, comp, m, paste_back, feather),)
+        return (decode(clear_vae, sampled, comp, m, paste_back, feather, fullres_mode),)

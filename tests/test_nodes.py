@@ -1,0 +1,351 @@
+"""Every node's execute path, without ComfyUI, on the tiny official-layout release.
+
+The pack root is imported as a package the way ComfyUI does (tests/comfy_pack.py), so
+the pack's ``r2r`` is its own copy: errors are checked against the pack's classes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from comfy_pack import PACK_ROOT, load_pack, pack_module
+
+pack = load_pack()
+NODES = pack.NODE_CLASS_MAPPINGS
+errors = pack_module("r2r.errors")
+R2RUserError = errors.R2RUserError
+host = pack_module("nodes._host")
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def models_dir(tiny_release, tmp_path_factory):
+    """A models/r2r folder holding the tiny release as 'region2region' plus a single-file Clear-VAE."""
+    root = tmp_path_factory.mktemp("models_r2r")
+    os.symlink(tiny_release, root / "region2region")
+    old = os.environ.get("R2R_MODELS_DIR")
+    os.environ["R2R_MODELS_DIR"] = str(root)
+    yield root
+    if old is None:
+        os.environ.pop("R2R_MODELS_DIR", None)
+    else:
+        os.environ["R2R_MODELS_DIR"] = old
+
+
+@pytest.fixture(scope="module")
+def loaded(models_dir):
+    model, vae, ctrl = NODES["R2RCheckpointLoader"]().load("region2region", "fp32", False)
+    return model, vae, ctrl
+
+
+def _scene(b=1, h=80, w=112, seed=0):
+    """A composite IMAGE [B,H,W,3] with a smooth background and a colour-shifted box, and its MASK."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
+    base = torch.stack([0.3 + 0.4 * xx, 0.2 + 0.5 * yy, 0.6 - 0.3 * xx], -1)
+    img = base[None].repeat(b, 1, 1, 1) + 0.05 * torch.rand(b, h, w, 3, generator=g)
+    mask = torch.zeros(b, h, w)
+    mask[:, h // 4 : h // 4 + h // 2, w // 3 : w // 3 + w // 3] = 1.0
+    img = torch.where(mask[..., None] > 0, img * torch.tensor([1.3, 0.7, 0.6]), img)
+    return img.clamp(0, 1), mask
+
+
+# ----------------------------------------------------------------------------- registry
+
+
+def test_registry_ids_categories_tooltips():
+    assert len(NODES) >= 11
+    for node_id, cls in NODES.items():
+        assert node_id.startswith("R2R") and node_id.isidentifier()
+        assert node_id in pack.NODE_DISPLAY_NAME_MAPPINGS
+        assert cls.CATEGORY == "R2R" or cls.CATEGORY.startswith("R2R/")
+        assert len(cls.DESCRIPTION) > 40
+        assert callable(getattr(cls, cls.FUNCTION))
+        spec = cls.INPUT_TYPES()
+        for section in ("required", "optional"):
+            for name, (typ, opts) in spec.get(section, {}).items():
+                assert opts.get("tooltip"), f"{node_id}.{name} has no tooltip"
+                if typ in ("INT", "FLOAT"):
+                    for key in ("min", "max", "step", "default"):
+                        assert key in opts, f"{node_id}.{name} lacks {key}"
+                    assert opts["min"] <= opts["default"] <= opts["max"]
+                if isinstance(typ, list):
+                    assert opts.get("default", typ[0]) in typ
+        if getattr(cls, "RETURN_NAMES", None):
+            assert len(cls.RETURN_NAMES) == len(cls.RETURN_TYPES) == len(cls.OUTPUT_TOOLTIPS)
+
+
+def test_pack_import_is_light_and_comfy_free():
+    code = (
+        "import sys; sys.path.insert(0, 'tests'); from comfy_pack import load_pack; p = load_pack(); "
+        "[c.INPUT_TYPES() for c in p.NODE_CLASS_MAPPINGS.values()]; "
+        "bad = [m for m in ('torch', 'diffusers', 'cv2', 'comfy', 'folder_paths') if m in sys.modules]; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    res = subprocess.run([sys.executable, "-c", code], cwd=PACK_ROOT, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_no_absolute_imports_of_r2r_in_nodes():
+    for fn in os.listdir(os.path.join(PACK_ROOT, "nodes")):
+        if fn.endswith(".py"):
+            src = open(os.path.join(PACK_ROOT, "nodes", fn), encoding="utf-8").read()
+            assert "\nimport r2r" not in src and "\nfrom r2r" not in src, fn
+            assert "import comfy" not in src.split('"""', 2)[-1].split("def ", 1)[0], fn  # not at module top
+
+
+# ----------------------------------------------------------------------------- loaders
+
+
+def test_checkpoint_loader_lists_and_loads(models_dir, loaded):
+    choices = NODES["R2RCheckpointLoader"].INPUT_TYPES()["required"]["checkpoint"][0]
+    assert choices[0] == "region2region"
+    model, vae, ctrl = loaded
+    assert model.prompt_embeds.ndim == 3 and model.scheduler_config
+    assert vae.model.__class__.__name__ == "ClearVAE"
+    assert ctrl.model.__class__.__name__ == "HarmonyController"
+    assert next(vae.model.parameters()).dtype == torch.float32
+
+    vae_choices = NODES["R2RClearVAELoader"].INPUT_TYPES()["required"]["name"][0]
+    assert "region2region/clear_vae" in vae_choices
+    (vae2,) = NODES["R2RClearVAELoader"]().load("region2region/clear_vae", "fp32")
+    sd1, sd2 = vae.model.state_dict(), vae2.model.state_dict()
+    assert all(torch.equal(sd1[k], sd2[k]) for k in sd1)
+    ctrl_name = "region2region/stable-diffusion-inpainting/controlnet"
+    assert ctrl_name in NODES["R2RControllerLoader"].INPUT_TYPES()["required"]["name"][0]
+    (ctrl2,) = NODES["R2RControllerLoader"]().load(ctrl_name, "fp32")
+    assert ctrl2.model.__class__.__name__ == "HarmonyController"
+
+
+def test_loader_missing_release_is_actionable(models_dir, tmp_path, monkeypatch):
+    cls = NODES["R2RCheckpointLoader"]
+    msg = cls.VALIDATE_INPUTS("nope")
+    assert isinstance(msg, str) and "models/r2r" in msg
+    empty = tmp_path / "empty_models"
+    empty.mkdir()
+    monkeypatch.setenv("R2R_MODELS_DIR", str(empty))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(errors.R2RWeightsNotFound) as exc:
+        cls().load("region2region", "auto", False)
+    assert str(empty) in str(exc.value) and "download_if_missing" in str(exc.value)
+    # offline download: names the files and the target folder, writes nothing half-done
+    with pytest.raises(errors.R2RWeightsNotFound) as exc:
+        cls().load("region2region", "auto", True)
+    text = str(exc.value)
+    assert str(empty / "region2region") in text and "clear_vae" in text and "unet" in text
+    with pytest.raises(errors.R2RWeightsNotFound):
+        NODES["R2RClearVAELoader"]().load("missing.safetensors", "auto")
+
+
+def test_model_folder_registration_merges(monkeypatch, tmp_path):
+    """Inside ComfyUI the pack merges models/r2r into an existing folder_paths entry."""
+    import types
+
+    fp = types.ModuleType("folder_paths")
+    fp.models_dir = str(tmp_path / "models")
+    fp.folder_names_and_paths = {"r2r": (["/elsewhere/r2r"], {".gguf"})}
+    fp.get_folder_paths = lambda name: list(fp.folder_names_and_paths[name][0])
+    monkeypatch.setitem(sys.modules, "folder_paths", fp)
+    monkeypatch.setitem(sys.modules, "comfy.model_management", types.ModuleType("comfy.model_management"))
+    monkeypatch.delenv("R2R_HOST", raising=False)
+    host.register_model_folder()
+    paths, exts = fp.folder_names_and_paths["r2r"]
+    assert paths == ["/elsewhere/r2r", str(tmp_path / "models" / "r2r")]
+    assert {".gguf", ".safetensors", ".ckpt"} <= exts
+    host.register_model_folder()  # idempotent
+    assert len(fp.folder_names_and_paths["r2r"][0]) == 2
+    assert host.model_dirs() == paths
+    fp.folder_names_and_paths = {}
+    host.register_model_folder()
+    assert fp.folder_names_and_paths["r2r"][0] == [str(tmp_path / "models" / "r2r")]
+
+
+# ----------------------------------------------------------------------------- diffusion nodes
+
+
+def _graph(loaded, image, mask, seed=3, steps=2, reference_mask=None, strength=1.0, max_side=128, paste_back=True,
+           feather=-1, sampler="euler_ancestral", fullres="upsample"):
+    model, vae, ctrl = loaded
+    (latent,) = NODES["R2RClearVAEEncode"]().encode(vae, image, mask, max_side, False, "fit")
+    (cmodel,) = NODES["R2RMACAControllerApply"]().apply(model, ctrl, image, mask, strength, False, reference_mask)
+    (sampled,) = NODES["R2RSampler"]().sample(cmodel, latent, seed, steps, sampler)
+    (out,) = NODES["R2RClearVAEDecode"]().decode(vae, sampled, image, mask, False, paste_back, feather, fullres)
+    return latent, sampled, out
+
+
+def test_graph_equals_harmonize_node_and_pipeline(loaded, tiny_components):
+    image, mask = _scene(b=2)
+    latent, sampled, out = _graph(loaded, image, mask)
+    assert latent["samples"].shape == (2, 4, 8, 16)  # 80x112 at max_side 128 -> 64x128 working
+    assert sampled["samples"].shape == (2, 4, 8, 16) and "logvar" not in sampled["r2r"]
+    assert out.shape == image.shape and out.dtype == torch.float32
+    assert 0.0 <= float(out.min()) and float(out.max()) <= 1.0
+    # background outside the feather band is the original, bit for bit
+    far = torch.nn.functional.max_pool2d(mask[:, None], 41, 1, 20)[:, 0] == 0
+    assert torch.equal(out[far], image[far])
+    assert not torch.allclose(out[mask > 0], image[mask > 0], atol=1e-3)
+
+    model, vae, ctrl = loaded
+    (one,) = NODES["R2RHarmonize"]().harmonize(model, vae, ctrl, image, mask, seed=3, steps=2, max_side=128)
+    assert torch.equal(one, out)
+
+    from r2r.pipeline import R2RPipeline
+
+    pipe = R2RPipeline(tiny_components)
+    ref = pipe(image.permute(0, 3, 1, 2), mask[:, None], num_inference_steps=2, generator=3, max_side=128)
+    assert torch.allclose(ref.images.permute(0, 2, 3, 1), out, atol=2e-5), float(
+        (ref.images.permute(0, 2, 3, 1) - out).abs().max())
+
+
+def test_seed_steps_sampler_reference_and_paste_back(loaded):
+    image, mask = _scene()
+    _, s1, out1 = _graph(loaded, image, mask, seed=1)
+    _, s2, out2 = _graph(loaded, image, mask, seed=1)
+    assert torch.equal(out1, out2)
+    _, s3, _ = _graph(loaded, image, mask, seed=2)
+    assert not torch.equal(s1["samples"], s3["samples"])
+    ref = torch.zeros_like(mask)
+    ref[:, :, :30] = 1.0
+    _, s4, _ = _graph(loaded, image, mask, seed=1, reference_mask=ref)
+    assert not torch.equal(s1["samples"], s4["samples"])
+    _, s5, _ = _graph(loaded, image, mask, seed=1, strength=0.5)
+    assert not torch.equal(s1["samples"], s5["samples"])
+    _, _, raw = _graph(loaded, image, mask, seed=1, paste_back=False)
+    assert not torch.equal(raw[mask == 0], image[mask == 0])
+    _, _, hard = _graph(loaded, image, mask, seed=1, feather=0)
+    assert torch.equal(hard[mask == 0], image[mask == 0])
+    _, s6, _ = _graph(loaded, image, mask, seed=1, sampler="euler", steps=3)
+    assert s6["samples"].shape == s1["samples"].shape
+
+
+def test_sampler_progress_and_interrupt(loaded, monkeypatch):
+    image, mask = _scene()
+    model, vae, ctrl = loaded
+    (latent,) = NODES["R2RClearVAEEncode"]().encode(vae, image, mask, 64, False, "fit")
+    (cmodel,) = NODES["R2RMACAControllerApply"]().apply(model, ctrl, image, mask, 1.0, False, None)
+    seen = []
+    orig_update = host.Progress.update
+
+    def spy(self, n=1):
+        seen.append(self.total)
+        if len(seen) == 4:
+            host.request_interrupt()
+        orig_update(self, n)
+
+    monkeypatch.setattr(host.Progress, "update", spy)
+    with pytest.raises(InterruptedError):
+        NODES["R2RSampler"]().sample(cmodel, latent, 0, 5, "euler_ancestral")
+    assert len(seen) == 4 and seen[0] == 10  # 5 controller steps + 5 denoising steps
+    host.request_interrupt(False)
+
+
+def test_diffusion_node_errors(loaded):
+    model, vae, ctrl = loaded
+    image, mask = _scene()
+    enc = NODES["R2RClearVAEEncode"]()
+    with pytest.raises(R2RUserError, match="no alpha"):
+        enc.encode(vae, image, torch.zeros(1, 64, 64), 64, False, "fit")
+    with pytest.raises(R2RUserError, match="invert_mask"):
+        enc.encode(vae, image, torch.zeros_like(mask), 64, False, "fit")
+    with pytest.raises(R2RUserError, match="switch it off"):
+        enc.encode(vae, image, mask * 0 + 1, 64, True, "fit")
+    with pytest.raises(R2RUserError, match="batch sizes"):
+        enc.encode(vae, image.repeat(3, 1, 1, 1), mask.repeat(2, 1, 1), 64, False, "fit")
+    with pytest.raises(R2RUserError, match="aspect ratio"):
+        enc.encode(vae, image, torch.ones(1, 80, 80), 64, False, "fit")
+    with pytest.raises(R2RUserError, match="IMAGE"):
+        enc.encode(vae, mask, mask, 64, False, "fit")
+    # a half-size mask with the same aspect ratio is resized, and a batch of 1 mask broadcasts
+    small = torch.nn.functional.interpolate(mask[:, None], size=(40, 56))[:, 0]
+    (lat,) = enc.encode(vae, image.repeat(2, 1, 1, 1), small, 64, False, "fit")
+    assert lat["samples"].shape[0] == 2
+
+    (latent,) = enc.encode(vae, image, mask, 64, False, "fit")
+    with pytest.raises(R2RUserError, match="did not come from"):
+        NODES["R2RSampler"]().sample(model, {"samples": latent["samples"]}, 0, 2, "euler_ancestral")
+    other = torch.flip(image, dims=[2])
+    (cm,) = NODES["R2RMACAControllerApply"]().apply(model, ctrl, other, mask, 1.0, False, None)
+    with pytest.raises(R2RUserError, match="different image"):
+        NODES["R2RSampler"]().sample(cm, latent, 0, 2, "euler_ancestral")
+    (sampled,) = NODES["R2RSampler"]().sample(model, latent, 0, 2, "euler_ancestral")  # no controller: U-Net only
+    with pytest.raises(R2RUserError, match="already sampled"):
+        NODES["R2RSampler"]().sample(model, sampled, 0, 2, "euler_ancestral")
+    with pytest.raises(R2RUserError, match="not the ones"):
+        NODES["R2RClearVAEDecode"]().decode(vae, sampled, other, mask, False, True, -1)
+    ref = torch.zeros_like(mask)
+    ref[:, 0, 0] = 1.0
+    (cm,) = NODES["R2RMACAControllerApply"]().apply(model, ctrl, image, mask, 1.0, False, ref)
+    with pytest.raises(R2RUserError, match="reference_mask"):
+        NODES["R2RSampler"]().sample(cm, latent, 0, 2, "euler_ancestral")
+
+
+# ----------------------------------------------------------------------------- weight-free nodes
+
+
+def test_random_poisson_blend_batch():
+    image, mask = _scene(b=3, h=64, w=80)
+    node = NODES["R2RRandomPoissonBlend"]()
+    comp, m, real = node.blend(image, mask, 5, 0.75, False, None, None)
+    assert comp.shape == image.shape and m.shape == mask.shape and real.shape == image.shape
+    assert torch.equal(real, image.clamp(0, 1)) and torch.equal(m, mask)
+    assert not torch.allclose(comp[mask > 0], image[mask > 0], atol=1e-3)
+    again, _, _ = node.blend(image, mask, 5, 0.75, False, None, None)
+    assert torch.equal(comp, again)
+    # item i uses seed + i: item 1 of seed 5 == item 0 of seed 6
+    shifted, _, _ = node.blend(image[1:2], mask[1:2], 6, 0.75, False, None, None)
+    assert torch.equal(shifted[0], comp[1])
+    none, _, _ = node.blend(image, mask, 5, 0.0, False, None, None)
+    assert torch.allclose(none, image, atol=1 / 255)
+    ref = torch.zeros_like(mask[:1])
+    ref[:, :, :20] = 1
+    withref, _, _ = node.blend(image, mask, 5, 0.75, False, image[:1], ref)
+    assert withref.shape == image.shape
+    with pytest.raises(R2RUserError, match="same size"):
+        node.blend(image, mask, 5, 0.75, False, image[:, :32], None)
+
+
+def test_weight_free_harmonize():
+    image, mask = _scene(b=2)
+    node = NODES["R2RWeightFreeHarmonize"]()
+    (out,) = node.harmonize(image, mask, 1.0, False, None)
+    assert out.shape == image.shape
+    assert torch.allclose(out[mask == 0], image[mask == 0], atol=1 / 255)
+    fg_before = (image[mask > 0].mean(0) - image[mask == 0].mean(0)).abs().sum()
+    fg_after = (out[mask > 0].mean(0) - out[mask == 0].mean(0)).abs().sum()
+    assert fg_after < fg_before
+    (zero,) = node.harmonize(image, mask, 0.0, False, None)
+    assert torch.allclose(zero, image, atol=1 / 255)
+    with pytest.raises(R2RUserError, match="invert_mask"):
+        node.harmonize(image, torch.zeros_like(mask), 1.0, False, None)
+
+
+def test_save_harmonization_dataset(tmp_path, monkeypatch):
+    monkeypatch.setenv("R2R_OUTPUT_DIR", str(tmp_path))
+    image, mask = _scene(b=2, h=64, w=64)
+    comp, m, real = NODES["R2RRandomPoissonBlend"]().blend(image, mask, 0, 0.75, False, None, None)
+    node = NODES["R2RSaveHarmonizationDataset"]()
+    res = node.save(comp, m, real, "ds/MyHarmony", "R-Test", "train", "png")
+    assert res["result"] == () and "saved 2" in res["ui"]["text"][0]
+    node.save(comp[:1], m[:1], real[:1], "ds/MyHarmony", "R-Test", "test", "png")
+    root = tmp_path / "ds" / "MyHarmony"
+    train = [json.loads(line)["file_name"] for line in (root / "train.jsonl").read_text().splitlines()]
+    assert train == (root / "train.txt").read_text().split()
+    assert len(train) == 2 and len((root / "test.txt").read_text().split()) == 1
+    for name in train:
+        assert (root / name).is_file()
+        assert name.startswith("R-Test/composite_images/")
+    saved = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(root / train[0]))
+    assert saved.shape == (64, 64, 3)
+    assert not [p for p in root.rglob("*") if ".tmp-" in p.name]
+    with pytest.raises(R2RUserError, match="outside the output folder"):
+        node.save(comp, m, real, "../escape", "R-Test", "train", "png")
+    with pytest.raises(R2RUserError):
+        node.save(comp, m, real, "ds/MyHarmony", "bad/subset", "train", "png")
