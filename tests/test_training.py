@@ -349,3 +349,44 @@ def test_cli_reports_user_errors(tmp_path, capsys):
     (tmp_path / "bad.yaml").write_text(json.dumps({"train": {"batch_size": 0}}))
     assert main(["unet", "--config", str(tmp_path / "bad.yaml")]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("stage", ["clear_vae", "unet", "controller"])
+def test_gradient_checkpointing_gives_the_same_gradients(stage, tiny_release, tiny_dataset, tmp_path, single_thread):
+    from training.data import build_dataset, collate
+    from training.stages import build_stage
+
+    results = []
+    for gc in (False, True):
+        cfg = tiny_config(stage, tiny_dataset, tmp_path / "o", release=tiny_release, train={"gradient_checkpointing": gc})
+        cfg["loss"]["cr_weight"] = 0.0
+        c = load_cfg(cfg, tmp_path, f"gc{gc}.yaml")
+        module, _ = build_stage(c, torch.device("cpu"), torch.float32)
+        module.train()
+        if gc and stage != "clear_vae":
+            assert module.net.is_gradient_checkpointing
+        elif gc:
+            assert "checkpoint" in repr(module.net.decoder.up_blocks[0].resnets[0].forward)
+        for m in module.net.modules():  # no dropout: compare exactly
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
+        ds, _ = build_dataset(c.data.train, c.data, seed=0, need_hint=stage == "controller", augment=False)
+        loss, _ = module(collate([ds.load(0, 0), ds.load(1, 0)]), torch.Generator().manual_seed(0))
+        loss.backward()
+        grads = [p.grad.clone() for p in module.net.parameters() if p.grad is not None]
+        results.append((loss.item(), grads))
+    (l0, g0), (l1, g1) = results
+    assert l0 == pytest.approx(l1, rel=1e-5) and len(g0) == len(g1) > 0
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(g0, g1))
+
+
+def test_bf16_mixed_precision_step_on_cpu(tiny_release, tiny_dataset, tmp_path, single_thread):
+    from training.trainer import run_training
+
+    reset_accelerate()
+    cfg = tiny_config("unet", tiny_dataset, tmp_path / "o", release=tiny_release,
+                      train={"max_steps": 1, "mixed_precision": "bf16"})
+    cfg["data"]["val"] = []
+    res = run_training(load_cfg(cfg, tmp_path))
+    reset_accelerate()
+    assert res["finished"] and np.isfinite(res["history"][0][1])

@@ -110,7 +110,7 @@ def _resize_rgb(img: np.ndarray, size: int) -> np.ndarray:
 
     if img.shape[0] == size and img.shape[1] == size:
         return img
-    return np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR))
+    return np.array(Image.fromarray(img).resize((size, size), Image.BILINEAR))
 
 
 def _resize_mask(mask: np.ndarray, size: int) -> np.ndarray:

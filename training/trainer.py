@@ -58,8 +58,8 @@ class Trainer:
             )
         self.acc = accelerator
         self.resume_dir = ckpt.resolve_resume(resume, self.out)
-        if resume and resume != "latest" and self.resume_dir is None:
-            raise R2RUserError(f"no checkpoint to resume from in {self.out}/checkpoints")
+        if resume == "latest" and self.resume_dir is None:
+            self._log(f"--resume latest: no checkpoint in {self.out}/checkpoints yet, starting from step 0")
 
     # ------------------------------------------------------------------ setup
     def setup(self):
@@ -124,6 +124,9 @@ class Trainer:
             acc.load_state(self.resume_dir)
             self.state.update(saved)
             self._log(f"resumed from {self.resume_dir} at step {self.state['global_step']}")
+        elif ckpt.checkpoint_dirs(self.out):
+            self._log(f"starting from step 0 although {self.out}/checkpoints holds checkpoints "
+                      "(pass --resume latest to continue the earlier run)")
 
     def _net(self):
         return self.acc.unwrap_model(self.model).net
