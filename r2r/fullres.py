@@ -365,3 +365,39 @@ def _transfer_torch(composite_full, harmonized_low, mask_full, mode, composite_l
     res = torch.stack(outs).to(device=composite_full.device, dtype=composite_full.dtype)
     # keep the background bit-exact in the caller's dtype too
     return torch.where(mask_full > 0, res, composite_full)
+
+
+def restore_fullres(result_working, prepared, mode: str = DEFAULT_MODE, feather: int | None = None, **kwargs):
+    """Drop-in for :func:`r2r.imaging.restore` (paste-back on) with a choice of full-resolution mode.
+
+    ``result_working``: the decoded ``[B,3,h,w]`` image in [0,1] on the working canvas of
+    ``prepared`` (from :func:`r2r.imaging.prepare`). The padding is cropped off, the colour
+    transform is fitted against the composite exactly as the model saw it, and the result is
+    pasted over ``prepared.original_composite`` with the same feathered alpha as
+    ``imaging.restore`` (``feather=None``: one latent cell; 0: the soft mask itself).
+    Extra keyword arguments go to :func:`transfer_harmonization` (``radius``, ``eps``, ``presmooth``).
+    """
+    from . import imaging
+
+    _check_mode(mode)
+    geom = prepared.geometry
+    if tuple(result_working.shape[-2:]) != tuple(geom.working_size):
+        raise R2RUserError(
+            f"restore_fullres expects a result at the working resolution {tuple(geom.working_size)}; got "
+            f"{tuple(result_working.shape[-2:])}. Pass the decoded image from the same prepare() call."
+        )
+    top, bottom, left, right = geom.padding
+    h, w = geom.working_size
+    low = result_working[..., top: h - bottom, left: w - right].float().clamp(0, 1)
+    comp_low = (prepared.composite_pm1.float() * 0.5 + 0.5)[..., top: h - bottom, left: w - right].clamp(0, 1)
+    orig = prepared.original_composite.float()
+    soft = prepared.original_mask.float()
+    if soft.shape[0] != orig.shape[0]:
+        soft = soft.expand(orig.shape[0], *soft.shape[1:])
+    if low.shape[0] != orig.shape[0]:
+        raise R2RUserError(
+            f"restore_fullres: {low.shape[0]} results for {orig.shape[0]} composites; pass one result per composite."
+        )
+    alpha = imaging.feather_alpha(soft, imaging.default_feather(geom) if feather is None else int(feather))
+    return transfer_harmonization(orig, low.to(orig.device), alpha, mode=mode,
+                                  composite_low=comp_low.to(orig.device), **kwargs)

@@ -122,3 +122,30 @@ def test_bad_inputs_raise_user_errors():
         transfer_harmonization(img, low, mask, composite_low=img)
     with pytest.raises(R2RUserError, match="eps"):
         transfer_harmonization(img, low, mask, eps=0)
+
+
+def test_restore_fullres_with_prepared():
+    from r2r import imaging
+    from r2r.fullres import restore_fullres
+
+    img, mask = _scene(h=300, w=500, seed=5)
+    truth = _harmonize(img, mask)
+    img8 = np.rint(img * 255).astype(np.uint8)
+    prepared = imaging.prepare(img8, (mask * 255).astype(np.uint8), max_side=256, resize_mode="pad")
+    h, w = prepared.geometry.working_size
+    # the "model output": the true harmonization brought onto the working canvas
+    t_truth = torch.from_numpy(truth).permute(2, 0, 1)[None]
+    working = imaging.to_working(t_truth, prepared.geometry)
+    assert tuple(working.shape[-2:]) == (h, w)
+    out = restore_fullres(working, prepared)
+    assert out.shape == (1, 3, 300, 500)
+    orig = prepared.original_composite
+    far = imaging.feather_alpha(prepared.original_mask, imaging.default_feather(prepared.geometry)) == 0
+    assert torch.equal(out[far.expand_as(out)], orig[far.expand_as(orig)])
+    fg = torch.from_numpy(cv2.erode(mask, np.ones((9, 9), np.uint8)) > 0)
+    err_ct = (out[0].permute(1, 2, 0) - t_truth[0].permute(1, 2, 0))[fg].abs().mean()
+    up = restore_fullres(working, prepared, mode="upsample")
+    err_up = (up[0].permute(1, 2, 0) - t_truth[0].permute(1, 2, 0))[fg].abs().mean()
+    assert err_ct < err_up
+    with pytest.raises(R2RUserError, match="working resolution"):
+        restore_fullres(working[..., :64, :64], prepared)
