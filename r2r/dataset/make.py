@@ -390,11 +390,18 @@ def process_unit(unit: dict, cfg: dict, generator=None) -> dict:
 
 
 def _worker_init():
+    """One thread per worker process (the processes are the parallelism)."""
     try:
         import cv2
 
         cv2.setNumThreads(1)
     except Exception:  # noqa: BLE001 - only a speed setting
+        pass
+    try:
+        from ..blending import poisson
+
+        poisson.set_num_threads(1)
+    except (ImportError, AttributeError):
         pass
 
 
