@@ -81,6 +81,8 @@ def add_arguments(p) -> None:
     r = p.add_argument_group("running")
     r.add_argument("--workers", type=int, default=1, help="worker processes (0 = one per CPU)")
     r.add_argument("--shard", type=_shard, default=(0, 1), help="i/n: this machine's share (union of shards = one run)")
+    r.add_argument("--keep-going", dest="keep_going", action="store_true", default=True,
+                   help="record bad images and go on (default); the exit status is 1 if any failed")
     r.add_argument("--stop-on-error", dest="keep_going", action="store_false",
                    help="stop at the first bad image (default: record it and keep going)")
     r.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
