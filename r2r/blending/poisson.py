@@ -144,6 +144,13 @@ def _dst1_numpy(x, axes):
 
 
 def _dst1_numpy_axis(x, axis):
+    """Orthonormal DST-I along one axis (scipy.fft if available, else numpy.fft)."""
+    try:
+        import scipy.fft as sfft
+    except ImportError:
+        sfft = None
+    if sfft is not None:
+        return sfft.dst(x, type=1, axis=axis, norm="ortho", workers=_workers())
     x = np.moveaxis(x, axis, -1)
     n = x.shape[-1]
     ext = np.zeros(x.shape[:-1] + (2 * (n + 1),), dtype=x.dtype)
@@ -151,6 +158,63 @@ def _dst1_numpy_axis(x, axis):
     ext[..., n + 2 :] = -x[..., ::-1]
     y = -np.fft.rfft(ext, axis=-1).imag[..., 1 : n + 1] * np.sqrt(0.5 / (n + 1))
     return np.moveaxis(y.astype(x.dtype, copy=False), -1, axis)
+
+
+def _largest_prime_factor(n):
+    p, best = 2, 1
+    while p * p <= n:
+        while n % p == 0:
+            best, n = p, n // p
+        p += 1
+    return max(best, n)
+
+
+_THOMAS_CACHE: dict = {}
+
+
+def _thomas_factors(n, m):
+    """1 / pivots of the tridiagonal systems (2 + mu_k) u_i - u_{i-1} - u_{i+1} = g_i, i < n,
+    one per DST-I frequency k < m of the other axis; shape (n, m), cached per size."""
+    key = (n, m)
+    f = _THOMAS_CACHE.get(key)
+    if f is None:
+        d = 4.0 - 2.0 * np.cos(np.pi * np.arange(1, m + 1) / (m + 1))
+        f = np.empty((n, m))
+        cp = np.zeros(m)
+        for i in range(n):
+            f[i] = 1.0 / (d + cp)
+            cp = -f[i]
+        f = f.astype(np.float32)
+        if len(_THOMAS_CACHE) > 16:
+            _THOMAS_CACHE.clear()
+        _THOMAS_CACHE[key] = f
+    return f
+
+
+def _solve_laplace_numpy(g):
+    """Exact solve of (-Delta) u = g on (C, h, w) with u = 0 outside (zero Dirichlet frame).
+
+    Diagonalise one axis with an orthonormal DST-I and solve the remaining tridiagonal
+    systems along the other axis (vectorised Thomas sweeps): exact, half the FFT work of a
+    2-D DST, and no slow FFT lengths (the DST runs along the axis whose length suits the
+    FFT; the sweeps along the other one).
+    """
+    C, h, w = g.shape
+    lh, lw = _largest_prime_factor(h + 1), _largest_prime_factor(w + 1)
+    # DST along the longer axis (wide vector ops, short sweep loop) unless its FFT is slow
+    along_w = (lw <= 13 and (w >= h or lh > 13)) or (lh > 13 and lw <= lh)
+    x = g if along_w else g.transpose(0, 2, 1)
+    n, m = x.shape[1], x.shape[2]  # sweep axis, DST axis
+    inv = _thomas_factors(n, m)
+    G = np.ascontiguousarray(_dst1_numpy_axis(x, 2).transpose(1, 0, 2))  # (n, C, m)
+    G[0] *= inv[0]
+    for i in range(1, n):
+        G[i] += G[i - 1]
+        G[i] *= inv[i]
+    for i in range(n - 2, -1, -1):
+        G[i] += inv[i] * G[i + 1]
+    u = _dst1_numpy_axis(G.transpose(1, 0, 2), 2)
+    return np.ascontiguousarray(u if along_w else u.transpose(0, 2, 1))
 
 
 def _laplacian_eigs(h, w, xp_mod, dtype, device=None):
@@ -310,11 +374,8 @@ def _box_rhs_numpy(Tb, Sb, Mb, mixed):
 def _solve_box_numpy(Tb, Sb, Mb, mixed, erode):
     Me = _erode_numpy(Mb, erode)
     rhs = _box_rhs_numpy(Tb, Sb, Me, mixed)  # Delta u
-    h, w = rhs.shape[1:]
-    lam = _laplacian_eigs(h, w, np, rhs.dtype)
-    F = _dst1_numpy(rhs, axes=(1, 2))
-    F /= -lam
-    u = _dst1_numpy(F, axes=(1, 2))
+    rhs *= -1.0
+    u = _solve_laplace_numpy(rhs)
     return u, {"iterations": 0}
 
 
@@ -358,20 +419,38 @@ def _apply_masked_laplacian_numpy(u, omf, out=None):
 
 
 def _cdot(a, b):
-    return np.einsum("cij,cij->c", a, b, dtype=np.float64)[:, None, None]
+    """Per-channel dot products of (C, h, w) arrays, shape (C, 1, 1) float64."""
+    C = a.shape[0]
+    af, bf = a.reshape(C, -1), b.reshape(C, -1)
+    return np.array([float(np.dot(af[c], bf[c])) for c in range(C)])[:, None, None]
+
+
+def _absmax(x):
+    return max(float(x.max()), -float(x.min())) if x.size else 0.0
+
+
+_JACOBI = 0.8 / 4.0  # damped Jacobi weight / diagonal of the 5-point Laplacian
 
 
 def _solve_masked_numpy(Tb, Sb, Mb, mixed, tol, max_iter, value_range):
     b, om = _masked_system_numpy(Tb, Sb, Mb, mixed)
     omf = om.astype(b.dtype)
-    h, w = om.shape
-    inv_lam = (1.0 / _laplacian_eigs(h, w, np, np.float64)).astype(b.dtype)
+
+    buf = np.empty_like(b)
 
     def precond(r):
-        z = _dst1_numpy(r, axes=(1, 2))
-        z *= inv_lam
-        z = _dst1_numpy(z, axes=(1, 2))
-        z *= omf
+        # symmetric two-step preconditioner: damped Jacobi, exact box-Laplacian solve of the
+        # remaining residual (restricted to the mask), damped Jacobi again. The Jacobi steps
+        # remove the high-frequency error the box solve leaves along the mask's border
+        # (about 30 % fewer iterations than the box solve alone).
+        z = r * _JACOBI
+        t = np.subtract(r, _apply_masked_laplacian_numpy(z, omf, buf), out=buf)
+        t = _solve_laplace_numpy(t)
+        t *= omf
+        z += t
+        t = np.subtract(r, _apply_masked_laplacian_numpy(z, omf, buf), out=buf)
+        t *= _JACOBI
+        z += t
         return z
 
     thresh = tol * value_range
@@ -383,15 +462,16 @@ def _solve_masked_numpy(Tb, Sb, Mb, mixed, tol, max_iter, value_range):
     p = z.copy()
     rz = _cdot(r, z)
     it = 0
-    res = float(np.abs(r).max()) if r.size else 0.0
+    res = _absmax(r)
+    tmp = np.empty_like(u)
     while res > thresh and it < max_iter:
         _apply_masked_laplacian_numpy(p, omf, Ap)
         pAp = _cdot(p, Ap)
         alpha = np.divide(rz, pAp, out=np.zeros_like(rz), where=pAp > 0).astype(b.dtype)
-        u += alpha * p
-        r -= alpha * Ap
+        u += np.multiply(p, alpha, out=tmp)
+        r -= np.multiply(Ap, alpha, out=tmp)
         it += 1
-        res = float(np.abs(r).max())
+        res = _absmax(r)
         if res <= thresh:
             break
         if it % 50 == 0:  # refresh the recursive residual against float32 drift
@@ -402,8 +482,7 @@ def _solve_masked_numpy(Tb, Sb, Mb, mixed, tol, max_iter, value_range):
         rz = rz_new
         p *= beta
         p += z
-    r = b - _apply_masked_laplacian_numpy(u, omf)
-    res = float(np.abs(r).max()) if r.size else 0.0
+    res = _absmax(b - _apply_masked_laplacian_numpy(u, omf))
     if res > thresh:
         raise R2RUserError(
             f"The masked Poisson solve did not converge: residual {res:.3g} > {thresh:.3g} after "

@@ -13,6 +13,7 @@ import numpy as np
 
 from ..errors import R2RUserError
 from .poisson import (
+    _JACOBI,
     MODES,
     _apply_masked_laplacian_numpy,
     _box_rhs_numpy,
@@ -107,8 +108,10 @@ def solve_window_torch(Tb, Sb, Mb, *, mode, mixed, erode, tol, max_iter, value_r
     h, w = om.shape
     inv_lam = 1.0 / _laplacian_eigs(h, w, torch, b.dtype, b.device)
 
-    def precond(r):
-        return _dst1_torch(_dst1_torch(r) * inv_lam) * omf
+    def precond(r):  # the same symmetric Jacobi / box-solve / Jacobi preconditioner as numpy
+        z = r * _JACOBI
+        z = z + _dst1_torch(_dst1_torch(r - _apply_masked_laplacian_numpy(z, omf)) * inv_lam) * omf
+        return z + (r - _apply_masked_laplacian_numpy(z, omf)) * _JACOBI
 
     def cdot(a, c):
         return (a.double() * c.double()).sum(dim=(1, 2), keepdim=True)
