@@ -41,13 +41,13 @@ def _fixed_batch_loss(trainer, seeds=(0, 1, 2, 3)) -> float:
     return sum(losses) / len(losses)
 
 
-@pytest.mark.parametrize("stage,lr", [("clear_vae", 1e-3), ("unet", 1e-3), ("controller", 1e-2)])
-def test_stage_overfits_a_fixed_batch(stage, lr, tiny_release, tiny_dataset, tmp_path):
+@pytest.mark.parametrize("stage,lr,steps", [("clear_vae", 1e-3, 6), ("unet", 1e-3, 6), ("controller", 1e-2, 8)])
+def test_stage_overfits_a_fixed_batch(stage, lr, steps, tiny_release, tiny_dataset, tmp_path):
     from training.trainer import Trainer
 
     reset_accelerate()
     cfg = tiny_config(stage, tiny_dataset, tmp_path / "out", release=tiny_release,
-                      train={"batch_size": 2, "max_steps": 6, "learning_rate": lr})
+                      train={"batch_size": 2, "max_steps": steps, "learning_rate": lr})
     cfg["data"].update(flip=False, crop_enabled=False)
     cfg["data"]["train"][0]["limit"] = 2  # the same two items every step
     cfg["data"]["val"] = []
@@ -56,7 +56,7 @@ def test_stage_overfits_a_fixed_batch(stage, lr, tiny_release, tiny_dataset, tmp
     before = _fixed_batch_loss(trainer)
     result = trainer.train()
     after = _fixed_batch_loss(trainer)
-    assert result["finished"] and result["steps"] == 6
+    assert result["finished"] and result["steps"] == steps
     assert after < 0.97 * before, (before, after, result["history"])
     out = Path(result["component_dir"])
     assert (out / "config.json").is_file() and (out / "diffusion_pytorch_model.safetensors").is_file()
@@ -97,6 +97,8 @@ def test_resume_continues_exactly(tiny_release, tiny_dataset, tmp_path):
     assert not (tmp_path / "b" / "clear_vae").exists()  # no output before the run finishes
     ckpts = sorted(os.listdir(tmp_path / "b" / "checkpoints"))
     assert ckpts == ["checkpoint-000002"]
+    with open(tmp_path / "b" / "metrics.jsonl", "a") as fh:  # a crash after the checkpoint: stale + cut lines
+        fh.write('{"step": 3, "loss": 99.0}\n{"step": 4, "lo')
     resumed = _run(cfg_b, tmp_path, "b.yaml", resume="latest")
     assert resumed["finished"]
     assert [h[1] for h in full["history"]] == [h[1] for h in resumed["history"]]
@@ -111,6 +113,7 @@ def test_resume_continues_exactly(tiny_release, tiny_dataset, tmp_path):
     assert meta["init"]["vgg16"] == "RANDOM (tests only)"
     lines = (tmp_path / "b" / "metrics.jsonl").read_text().strip().splitlines()
     assert [json.loads(x)["step"] for x in lines] == [1, 2, 3, 4]
+    assert [json.loads(x)["loss"] for x in lines] == [h[1] for h in full["history"]]
     assert (tmp_path / "b" / "loss_curve.png").is_file()
 
 

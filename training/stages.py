@@ -123,7 +123,7 @@ def _controller_config_from_unet(unet_config: dict) -> dict:
     return cfg
 
 
-def controller_from_unet(unet, controller_config: dict | None = None):
+def controller_from_unet(unet, controller_config: dict | None = None, seed: int = 0):
     """Harmony Controller initialised from the U-Net's encoder half (ref §g.3).
 
     Every controller key that the U-Net has with the same shape is copied (time embedding, down
@@ -134,7 +134,9 @@ def controller_from_unet(unet, controller_config: dict | None = None):
 
     cfg = dict(controller_config) if controller_config else _controller_config_from_unet(dict(unet.config))
     cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
-    ctrl = HarmonyController.from_config(cfg)
+    with torch.random.fork_rng(devices=[]):  # fresh layers (hint block) get the same init for a given seed
+        torch.manual_seed(seed)
+        ctrl = HarmonyController.from_config(cfg)
     c_sd, u_sd = ctrl.state_dict(), unet.state_dict()
     copied = {k: u_sd[k] for k in c_sd if k in u_sd and not k.startswith("conv_in.") and u_sd[k].shape == c_sd[k].shape}
     if not any(k.startswith("down_blocks.") for k in copied):
@@ -317,7 +319,7 @@ def build_stage(cfg: TrainingConfig, device, weight_dtype) -> tuple[StageModule,
         info["unet"] = cfg.init.unet
     unet.to(device=device, dtype=weight_dtype).requires_grad_(False).eval()
     if cfg.init.weights == "from_unet" or not cfg.init.weights:
-        ctrl = controller_from_unet(unet, _release_controller_config(cfg.init.release))
+        ctrl = controller_from_unet(unet, _release_controller_config(cfg.init.release), seed=cfg.seed)
         info["init"] = "the U-Net's encoder half (MACA, hint block and zero convs freshly initialised)"
     else:
         from r2r.weights import load_controller

@@ -57,6 +57,11 @@ class Trainer:
                 kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
             )
         self.acc = accelerator
+        if accelerator.device.type == "cpu" and accelerator.mixed_precision == "fp16":
+            raise R2RUserError(
+                "train.mixed_precision is fp16, which needs a CUDA GPU, but this run is on the CPU; "
+                "use --set train.mixed_precision=bf16 (or no) on CPUs"
+            )
         self.resume_dir = ckpt.resolve_resume(resume, self.out)
         if resume == "latest" and self.resume_dir is None:
             self._log(f"--resume latest: no checkpoint in {self.out}/checkpoints yet, starting from step 0")
@@ -141,8 +146,21 @@ class Trainer:
         accum = cfg.train.gradient_accumulation_steps
         max_steps = cfg.train.max_steps
         metrics_path = os.path.join(self.out, "metrics.jsonl")
-        if acc.is_main_process and not self.resume_dir and os.path.exists(metrics_path):
-            os.replace(metrics_path, metrics_path + ".previous")
+        if acc.is_main_process and os.path.exists(metrics_path):
+            if not self.resume_dir:
+                os.replace(metrics_path, metrics_path + ".previous")
+            else:  # drop lines logged after the checkpoint we resume from (they will be logged again)
+                import json
+
+                def _step(line):
+                    try:
+                        return int(json.loads(line).get("step", 0))
+                    except (ValueError, AttributeError):
+                        return None  # a line cut by a crash
+
+                with open(metrics_path, encoding="utf-8") as fh:
+                    keep = [ln for ln in fh if ln.strip() and (_step(ln) or 0) <= st["global_step"] and _step(ln) is not None]
+                ckpt.atomic_write_bytes(metrics_path, "".join(keep).encode("utf-8"))
         self._log(
             f"{self.num_trainable:,} trainable parameters; {len(self.train_ds)} training items, "
             f"{self.plan.batches_per_epoch} batches/epoch/process; {acc.num_processes} process(es) on {acc.device}; "
