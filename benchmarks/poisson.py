@@ -56,15 +56,25 @@ def blob_mask(np, ndi, H, W, seed, frac=0.2):
     return lab == 1 + np.argmax(ndi.sum(m, lab, range(1, n + 1)))
 
 
-def median_time(fn, runs):
-    fn()  # warm-up
-    ts = []
+def _timed(fn):
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def paired_times(ours, theirs, runs):
+    """Run the two alternately (so load changes on a shared machine hit both alike); returns
+    (median ours, median theirs, median of the per-pair ratios ours / theirs)."""
+    ours()  # warm-up
+    theirs()
+    a, b, r = [], [], []
     for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    ts.sort()
-    return ts[len(ts) // 2]
+        ta, tb = _timed(ours), _timed(theirs)
+        a.append(ta)
+        b.append(tb)
+        r.append(ta / tb)
+    med = lambda v: sorted(v)[len(v) // 2]  # noqa: E731
+    return med(a), med(b), med(r)
 
 
 def scipy_masked_system(np, sp, T, S, M):
@@ -134,9 +144,9 @@ def main(argv=None):
             ratios, mads, res, tcs, tos = [], [], [], [], []
             for i in range(2):  # two image pairs per size
                 T, S, M = pair(N, i)
-                tc = median_time(lambda T=T, S=S, M=M, flag=flag: cv2_in_place(T, S, M, flag), args.runs)
-                to = median_time(lambda T=T, S=S, M=M, mixed=mixed: poisson_blend(T, S, M, mode="box", mixed=mixed),
-                                 args.runs)
+                to, tc, ratio = paired_times(
+                    lambda T=T, S=S, M=M, mixed=mixed: poisson_blend(T, S, M, mode="box", mixed=mixed),
+                    lambda T=T, S=S, M=M, flag=flag: cv2_in_place(T, S, M, flag), args.runs)
                 ref = cv2_in_place(T, S, M, flag).astype(np.float64)
                 out = poisson_blend(T, S, M, mode="box", mixed=mixed).astype(np.float64)
                 inner = cv2.erode(M.astype(np.uint8), np.ones((3, 3), np.uint8), iterations=3) > 0
@@ -144,7 +154,7 @@ def main(argv=None):
                 res.append(poisson_residual(solve_poisson(T, S, M, mode="box", mixed=mixed)) / 255.0)
                 tcs.append(tc)
                 tos.append(to)
-                ratios.append(to / tc)
+                ratios.append(ratio)
             key = f"{N}_{'mixed' if mixed else 'normal'}"
             report["box"][key] = {"cv2_s": float(np.median(tcs)), "ours_s": float(np.median(tos)),
                                   "ratio": float(np.median(ratios)), "mad_255": max(mads),
@@ -158,18 +168,19 @@ def main(argv=None):
         T, S, M = pair(N, 0)
         Tf, Sf = T.astype(np.float32) / 255, S.astype(np.float32) / 255
         A, b, (ys, xs) = scipy_masked_system(np, sp, Tf, Sf, M)
-        runs = max(1, min(args.runs, 3 if N >= 1024 else args.runs))
-        ts = median_time(lambda A=A, b=b: spl.spsolve(A, b), runs)
+        runs = args.runs if N < 1024 else max(1, min(args.runs, 3))
+        to, ts, ratio = paired_times(
+            lambda Tf=Tf, Sf=Sf, M=M: poisson_blend(Tf, Sf, M, mode="masked", clip=False),
+            lambda A=A, b=b: spl.spsolve(A, b), runs)
         x = spl.spsolve(A, b)
-        to = median_time(lambda Tf=Tf, Sf=Sf, M=M: poisson_blend(Tf, Sf, M, mode="masked", clip=False), args.runs)
         out = poisson_blend(Tf, Sf, M, mode="masked", clip=False)
         sol = solve_poisson(Tf, Sf, M, mode="masked")
         diff = float(np.abs(out[ys, xs] - x).max())
         resid = poisson_residual(sol)
-        report["masked"][str(N)] = {"scipy_s": ts, "ours_s": to, "ratio": to / ts, "max_diff_rel": diff,
+        report["masked"][str(N)] = {"scipy_s": ts, "ours_s": to, "ratio": ratio, "max_diff_rel": diff,
                                     "residual_rel": resid, "iterations": sol.info["iterations"],
                                     "unknowns": int(M.sum())}
-        print(f"{N:>6} {ts:8.3f} {to:8.3f} {to / ts:6.3f} {diff:14.2e} {resid:12.2e} {sol.info['iterations']:>6}",
+        print(f"{N:>6} {ts:8.3f} {to:8.3f} {ratio:6.3f} {diff:14.2e} {resid:12.2e} {sol.info['iterations']:>6}",
               flush=True)
 
     # RPB throughput at 512^2, one thread

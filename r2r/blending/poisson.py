@@ -607,6 +607,16 @@ def _masked_unknowns(Mb, erode):
     return Mm if Mm[1:-1, 1:-1].any() else Mb
 
 
+def _field_on(sol, base_hwc):
+    """``base`` (HxWxC float32) with the solution written over the whole solve window interior."""
+    out = base_hwc.astype(np.float32, copy=True)
+    cy0, cy1, cx0, cx1 = sol.box.crop
+    pt, pb, pl, pr = sol.box.pads
+    Fc = sol.field[:, pt : sol.field.shape[1] - pb, pl : sol.field.shape[2] - pr]
+    out[cy0:cy1, cx0:cx1] = Fc.transpose(1, 2, 0)
+    return out
+
+
 def poisson_blend(target, source, mask, mode="box", mixed=False, *, erode=None, margin=None, tol=5e-4,
                   max_iter=2000, clip=True, fft_friendly=False):
     """Blend ``source``'s gradients into ``target`` inside ``mask``; returns a new image.

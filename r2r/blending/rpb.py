@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import R2RUserError
-from .poisson import MODES, _as_bool_mask, _as_numpy_image, poisson_blend
+from .poisson import MODES, _as_bool_mask, _as_numpy_image, _field_on, _solve_checked
 
 _WINDOW_PAD = 12  # pixels around the dilated mask's bounding box that the solve may use
 
@@ -187,12 +187,12 @@ def rpb_diagnostics(composite, real, mask) -> dict:
     }
 
 
-def _fg_diagnostics(comp_fg, real_fg, n_pixels):
-    """rpb_diagnostics when only the foreground differs (what RPB guarantees), from (n, 3) values."""
-    n = comp_fg.shape[0]
-    d = comp_fg.astype(np.float64) - real_fg
-    sq = float((d * d).sum())
-    shift = d.mean(axis=0) if n else np.zeros(3)
+def _fg_diagnostics(comp_w, real_w, mask_w, n, n_pixels, scale):
+    """rpb_diagnostics when only the foreground differs (what RPB guarantees), on the work window."""
+    d = (comp_w - real_w) * (mask_w[:, :, None] * np.float32(scale))
+    dd = d.reshape(-1, d.shape[2]).astype(np.float64)
+    sq = float(np.einsum("ij,ij->", dd, dd))
+    shift = dd.sum(axis=0) / max(n, 1)
     mse = sq / (3 * n_pixels)
     return {
         "fmse": sq / (3 * n) if n else 0.0,
@@ -308,7 +308,7 @@ def random_poisson_blend(real, mask, seed=None, *, rng=None, reference=None, ref
     Mw = M[crop]
     Rw = R[crop].astype(np.float32)
     SMw = solve_mask[crop]
-    real_fg = Rw[Mw]
+    n_fg = int(M.sum())
     scale = 1.0 if R.dtype == np.uint8 else 255.0
 
     result = None
@@ -359,17 +359,22 @@ def random_poisson_blend(real, mask, seed=None, *, rng=None, reference=None, ref
         # ---- Poisson-clone the real foreground into the canvas, mix by alpha
         comp = R.copy()
         if a == 0.0:
-            fg = R[crop][Mw]
+            diag = _fg_diagnostics(Rw, Rw, Mw, n_fg, H * W, scale)
         else:
-            # the canvas is the reference patch over the whole work window
-            blended = poisson_blend(patch, Rw, SMw, mode=mode, mixed=mixed, clip=False, fft_friendly=True)
-            fg = a * blended[Mw] + (1.0 - a) * real_fg
+            # the canvas is the reference patch over the whole work window; the solve only
+            # writes the window's interior, which holds the (dilated) mask
+            sol = _solve_checked(patch, Rw, SMw, mode, mixed, None, None, 5e-4, 2000, True)
+            blended = _field_on(sol, patch)
+            mixw = blended * a
+            mixw += Rw * (1.0 - a)
             if R.dtype == np.uint8:
-                fg = np.clip(np.rint(fg), 0, 255).astype(np.uint8)
+                np.rint(mixw, out=mixw)
+                np.clip(mixw, 0, 255, out=mixw)
             else:
-                fg = np.clip(fg, 0.0, 1.0).astype(R.dtype)
-            comp[crop][Mw] = fg
-        diag = _fg_diagnostics(fg.astype(np.float32) * scale, real_fg * scale, H * W)
+                np.clip(mixw, 0.0, 1.0, out=mixw)
+            fgw = mixw.astype(R.dtype)
+            np.copyto(comp[crop], fgw, where=Mw[:, :, None])
+            diag = _fg_diagnostics(fgw.astype(np.float32), Rw, Mw, n_fg, H * W, scale)
         accepted = passes_filter(diag, min_fmse=min_fmse, max_fmse=max_fmse, min_color_shift=min_color_shift)
         diag.update({
             "alpha": a, "reference": kind, "reference_rect": [int(v) for v in rect], "mode": mode,
