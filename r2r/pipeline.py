@@ -185,7 +185,8 @@ class R2RPipeline:
 
     @torch.inference_mode()
     def denoise(self, prepared: imaging.Prepared, encoded: EncodedComposite, residuals, generator=None,
-                num_inference_steps: int = 10, scheduler=None, callback=None, draw_decode_noise: bool = True):
+                num_inference_steps: int = 10, scheduler=None, callback=None, draw_decode_noise: bool = True,
+                free_residuals: bool = False):
         """The denoising loop (official RNG order); returns float32 latents (scaled)."""
         if scheduler is None or isinstance(scheduler, str):
             scheduler = self.make_scheduler(scheduler)
@@ -193,6 +194,7 @@ class R2RPipeline:
             self.unet, scheduler, encoded.posterior, prepared.latent_mask.to(self.device), self.prompt_embeds,
             residuals, make_generator(generator, self.device), num_inference_steps, callback,
             scaling_factor=encoded.scaling_factor, draw_decode_noise=draw_decode_noise,
+            free_residuals=free_residuals,
         )
 
     @torch.inference_mode()
@@ -234,7 +236,8 @@ class R2RPipeline:
         timesteps = sampling.set_timesteps(sched, num_inference_steps, device=self.device)
         residuals = self.residuals(prepared, timesteps, timestep_batch) if use_controller else None
         encoded = self.encode(prepared, keep_skips=keep_skips)
-        latents = self.denoise(prepared, encoded, residuals, generator, num_inference_steps, sched, callback)
+        latents = self.denoise(prepared, encoded, residuals, generator, num_inference_steps, sched, callback,
+                               free_residuals=True)
         del residuals
         working = self.decode(latents, encoded, prepared)
         del encoded

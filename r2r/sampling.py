@@ -143,7 +143,8 @@ def initial_noise(shape, generator, device, dtype, scheduler):
 
 def denoise(unet, scheduler, z_comp, latent_mask, prompt_embeds, residuals, generator,
             num_inference_steps: int = 10, callback: Callable[[int, int], None] | None = None, *,
-            scaling_factor: float = 0.18215, init_latents=None, draw_decode_noise: bool = True):
+            scaling_factor: float = 0.18215, init_latents=None, draw_decode_noise: bool = True,
+            free_residuals: bool = False):
     """Run the R2R denoising loop; returns the final latents (float32, still scaled).
 
     * ``z_comp``: the composite latent. Either a Clear-VAE posterior (anything with
@@ -159,7 +160,8 @@ def denoise(unet, scheduler, z_comp, latent_mask, prompt_embeds, residuals, gene
       ``init_noise_sigma``) instead of RNG draw (1).
 
     ``draw_decode_noise`` draws the discarded tensor (4) at the end so the generator
-    is left where the official pipeline leaves it.
+    is left where the official pipeline leaves it. ``free_residuals`` drops each entry of
+    a residual list once used (lower peak memory; the list is left full of ``None``).
     """
     import torch
 
@@ -208,6 +210,8 @@ def denoise(unet, scheduler, z_comp, latent_mask, prompt_embeds, residuals, gene
             down, mid = residuals(i, t)
         else:
             down, mid = residuals[i]
+            if free_residuals and isinstance(residuals, list):
+                residuals[i] = None
         if down is not None:
             down = [d.to(device=device, dtype=dtype) for d in down]
             mid = mid.to(device=device, dtype=dtype)

@@ -146,6 +146,10 @@ def test_denoise_uses_residuals_per_step_and_checks_count():
     lazy = denoise(FakeUNet(), make_scheduler(CONFIG), posterior, mask, embeds, lambda i, t: res[i],
                    torch.Generator().manual_seed(0), 4)
     assert torch.equal(lazy, with_c)
+    freed = list(res)
+    again = denoise(FakeUNet(), make_scheduler(CONFIG), posterior, mask, embeds, freed, torch.Generator().manual_seed(0), 4,
+                    free_residuals=True)
+    assert torch.equal(again, with_c) and freed == [None] * 4 and res[0] is not None
     with pytest.raises(R2RUserError, match="residuals for 4 timesteps"):
         denoise(FakeUNet(), make_scheduler(CONFIG), posterior, mask, embeds, res, None, 10)
 
