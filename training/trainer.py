@@ -27,6 +27,14 @@ from .data import EpochPlan, build_dataset, iterate_batches
 from .stages import build_stage
 
 
+def _get(d: dict, dotted: str):
+    for part in dotted.split("."):
+        if not isinstance(d, dict):
+            return None
+        d = d.get(part)
+    return d
+
+
 def _step_seed(seed: int, micro_step: int, process_index: int) -> int:
     return int(np.random.default_rng([int(seed), int(micro_step), int(process_index), 3]).integers(2**62))
 
@@ -108,7 +116,7 @@ class Trainer:
             from diffusers.training_utils import EMAModel
 
             e = cfg.train.ema
-            self.ema = EMAModel(self._net().parameters(), decay=e.decay, update_after_step=e.update_after_step,
+            self.ema = EMAModel(self._ema_params(), decay=e.decay, update_after_step=e.update_after_step,
                                 use_ema_warmup=e.use_ema_warmup)
             self.ema.to(acc.device)
             acc.register_for_checkpointing(self.ema)
@@ -126,8 +134,15 @@ class Trainer:
                     f"checkpoint {self.resume_dir} was written by {saved.get('num_processes')} process(es), this run "
                     f"has {acc.num_processes}; exact resume needs the same number of processes and batch size"
                 )
+            old = saved.get("config") or {}
+            changed = [k for k in ("seed", "train.batch_size", "train.gradient_accumulation_steps", "data.train",
+                                   "data.resolution")
+                       if _get(old, k) is not None and _get(old, k) != _get(cfg.to_dict(), k)]
+            if changed:
+                self._log(f"warning: {', '.join(changed)} differ from the checkpoint's config; the run will not "
+                          "continue exactly as the original one")
             acc.load_state(self.resume_dir)
-            self.state.update(saved)
+            self.state.update({k: v for k, v in saved.items() if k not in ("config", "num_processes")})
             self._log(f"resumed from {self.resume_dir} at step {self.state['global_step']}")
         elif ckpt.checkpoint_dirs(self.out):
             self._log(f"starting from step 0 although {self.out}/checkpoints holds checkpoints "
@@ -135,6 +150,10 @@ class Trainer:
 
     def _net(self):
         return self.acc.unwrap_model(self.model).net
+
+    def _ema_params(self) -> list:
+        """The trained parameters (the EMA follows only these; frozen ones never change)."""
+        return [p for p in self._net().parameters() if p.requires_grad]
 
     def _log(self, msg: str):
         if self.acc.is_main_process:
@@ -206,7 +225,7 @@ class Trainer:
                     continue
                 # ---- one optimizer step done
                 if self.ema is not None:
-                    self.ema.step(self._net().parameters())
+                    self.ema.step(self._ema_params())
                 st["global_step"] += 1
                 gs = st["global_step"]
                 step_loss = float(np.mean(step_losses))
@@ -263,13 +282,13 @@ class Trainer:
             def __enter__(self_):
                 self_.on = trainer.ema is not None and trainer.cfg.train.ema.use_for_output
                 if self_.on:
-                    trainer.ema.store(trainer._net().parameters())
-                    trainer.ema.copy_to(trainer._net().parameters())
+                    trainer.ema.store(trainer._ema_params())
+                    trainer.ema.copy_to(trainer._ema_params())
                 trainer._ema_swapped = self_.on
 
             def __exit__(self_, *exc):
                 if self_.on:
-                    trainer.ema.restore(trainer._net().parameters())
+                    trainer.ema.restore(trainer._ema_params())
                 trainer._ema_swapped = False
 
         return _Swap()
