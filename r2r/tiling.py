@@ -66,30 +66,38 @@ def _band_rows(channels: int, width: int, batch: int, band_elements: int) -> int
 
 def _gn_scale_shift(x, gn, rows: int):
     """Global GroupNorm statistics of ``x`` -> per-channel (scale, shift) so that
-    ``gn(x) == x * scale + shift`` (computed band by band, float64 accumulation)."""
+    ``gn(x) == x * scale + shift``.
+
+    Band by band: per-channel mean/variance of each band (``torch.var_mean`` in the working
+    precision, no copy of the band), merged exactly in float64 with the parallel-variance formula
+    ``var = mean_i(var_i + (mean_i - mean)^2)`` (no cancellation), then channels -> groups.
+    """
     torch = _torch()
     b, c = x.shape[:2]
     g = gn.num_groups
     if c % g:
         raise R2RUserError(f"GroupNorm with {g} groups cannot normalise {c} channels; check the VAE config.")
-    s1 = torch.zeros(b, g, dtype=torch.float64, device=x.device)
-    s2 = torch.zeros(b, g, dtype=torch.float64, device=x.device)
+    acc = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+    means, vars_, counts = [], [], []
     for r0, r1 in _bands(x.shape[2], rows):
-        xb = x[:, :, r0:r1].to(torch.float64).reshape(b, g, -1)
-        s1 += xb.sum(-1)
-        s2 += (xb * xb).sum(-1)
-        del xb
-    n = (c // g) * x.shape[2] * x.shape[3]
-    mean = s1 / n
-    var = (s2 / n - mean * mean).clamp_min(0.0)
-    rstd = torch.rsqrt(var + gn.eps)
-    # per channel
-    mean_c = mean.repeat_interleave(c // g, dim=1)
-    rstd_c = rstd.repeat_interleave(c // g, dim=1)
-    w = gn.weight.to(torch.float64) if gn.weight is not None else torch.ones(c, dtype=torch.float64, device=x.device)
-    bias = gn.bias.to(torch.float64) if gn.bias is not None else torch.zeros(c, dtype=torch.float64, device=x.device)
+        v, m = torch.var_mean(x[:, :, r0:r1].to(acc), dim=(2, 3), correction=0)
+        means.append(m.double())
+        vars_.append(v.double())
+        counts.append(float(r1 - r0))
+    n = torch.tensor(counts, dtype=torch.float64, device=x.device)[:, None, None] / sum(counts)
+    m_i = torch.stack(means)  # [bands, B, C]
+    v_i = torch.stack(vars_)
+    mean_c = (n * m_i).sum(0)
+    var_c = (n * (v_i + (m_i - mean_c) ** 2)).sum(0)
+    mean_cg = mean_c.view(b, g, c // g)
+    mean_g = mean_cg.mean(-1, keepdim=True)
+    var_g = (var_c.view(b, g, c // g) + (mean_cg - mean_g) ** 2).mean(-1, keepdim=True)
+    rstd_c = torch.rsqrt(var_g + gn.eps).expand(b, g, c // g).reshape(b, c)
+    mean_gc = mean_g.expand(b, g, c // g).reshape(b, c)
+    w = gn.weight.double() if gn.weight is not None else torch.ones(c, dtype=torch.float64, device=x.device)
+    bias = gn.bias.double() if gn.bias is not None else torch.zeros(c, dtype=torch.float64, device=x.device)
     scale = rstd_c * w[None]
-    shift = bias[None] - mean_c * scale
+    shift = bias[None] - mean_gc * scale
     return (scale.to(x.dtype)[:, :, None, None], shift.to(x.dtype)[:, :, None, None])
 
 
@@ -120,10 +128,24 @@ def _upsampled_rows(x):
     return get
 
 
+def _is_cl(x) -> bool:
+    torch = _torch()
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def _empty_like_fmt(like, channels, h, w, dtype=None):
+    torch = _torch()
+    fmt = torch.channels_last if _is_cl(like) else torch.contiguous_format
+    return torch.empty(like.shape[0], channels, h, w, dtype=dtype or like.dtype, device=like.device,
+                       memory_format=fmt)
+
+
 def _conv_band(conv, rows_fn, h_in: int, r0: int, r1: int, pads):
     """Output rows [r0, r1) of ``conv`` applied to the (virtual) input given by ``rows_fn``.
 
-    ``pads`` = (top, bottom, left, right) zero padding the untiled layer applies.
+    ``pads`` = (top, bottom, left, right) zero padding the untiled layer applies. Symmetric
+    horizontal padding is left to the convolution itself and the memory format (channels_last or
+    not) of the band is preserved, so oneDNN never reorders between bands.
     """
     torch = _torch()
     F = torch.nn.functional
@@ -136,20 +158,27 @@ def _conv_band(conv, rows_fn, h_in: int, r0: int, r1: int, pads):
     b = (r1 - 1) * s - top + k
     a_c, b_c = max(a, 0), min(b, h_in)
     t = rows_fn(a_c, b_c)
+    cl = _is_cl(t)
     pad_top, pad_bottom = a_c - a, b - b_c
-    if pad_top or pad_bottom or left or right:
-        t = F.pad(t, (left, right, pad_top, pad_bottom))
-    return F.conv2d(t, conv.weight, conv.bias, stride=conv.stride)
+    hpad = (0, 0) if left == right else (left, right)
+    if pad_top or pad_bottom or hpad != (0, 0):
+        t = F.pad(t, (*hpad, pad_top, pad_bottom))
+        if cl:
+            t = t.contiguous(memory_format=torch.channels_last)
+    return F.conv2d(t, conv.weight, conv.bias, stride=conv.stride, padding=(0, left if left == right else 0))
 
 
-def _conv_full(conv, rows_fn, x_shape, pads, rows: int, dtype, device):
+def _conv_full(conv, rows_fn, x_shape, pads, rows: int, dtype, device, like=None):
     torch = _torch()
     b, _, h_in, w_in = x_shape
     k, s = conv.kernel_size[0], conv.stride[0]
     top, bottom, left, right = pads
     h_out = (h_in + top + bottom - k) // s + 1
     w_out = (w_in + left + right - conv.kernel_size[1]) // conv.stride[1] + 1
-    out = torch.empty(b, conv.out_channels, h_out, w_out, dtype=dtype, device=device)
+    if like is not None:
+        out = _empty_like_fmt(like, conv.out_channels, h_out, w_out, dtype)
+    else:
+        out = torch.empty(b, conv.out_channels, h_out, w_out, dtype=dtype, device=device)
     for r0, r1 in _bands(h_out, rows):
         out[:, :, r0:r1] = _conv_band(conv, rows_fn, h_in, r0, r1, pads)
     return out
@@ -173,7 +202,7 @@ def _resnet(res, x, rows_for, skip_rows=None, inplace: bool = False):
     rows = rows_for(max(c_in, c_out), w)
     sc1, sh1 = _gn_scale_shift(x, res.norm1, rows)
     act1 = _norm_silu_rows(x, sc1, sh1)
-    hid = torch.empty(b, c_out, h, w, dtype=x.dtype, device=x.device)
+    hid = _empty_like_fmt(x, c_out, h, w)
     pads = _pads_same(res.conv1)
     for r0, r1 in _bands(h, rows):
         y = _conv_band(res.conv1, act1, h, r0, r1, pads)
@@ -184,7 +213,7 @@ def _resnet(res, x, rows_for, skip_rows=None, inplace: bool = False):
     sc2, sh2 = _gn_scale_shift(hid, res.norm2, rows)
     act2 = _norm_silu_rows(hid, sc2, sh2)
     shortcut = res.conv_shortcut
-    out = x if (inplace and shortcut is None) else torch.empty(b, c_out, h, w, dtype=x.dtype, device=x.device)
+    out = x if (inplace and shortcut is None) else _empty_like_fmt(x, c_out, h, w)
     pads2 = _pads_same(res.conv2)
     osf = res.output_scale_factor
     for r0, r1 in _bands(h, rows):
@@ -230,7 +259,7 @@ def tiled_encode_with_skips(vae, x_pm1, *, band_elements: int = DEFAULT_BAND_ELE
     with torch.no_grad():
         x = x_pm1.to(dtype=enc.conv_in.weight.dtype)
         h = _conv_full(enc.conv_in, _raw_rows(x), x.shape, _pads_same(enc.conv_in),
-                       rows_for(enc.conv_in.out_channels, x.shape[3]), x.dtype, x.device)
+                       rows_for(enc.conv_in.out_channels, x.shape[3]), x.dtype, x.device, like=x)
         skips = [h]
         for block in enc.down_blocks:
             for res in block.resnets:
@@ -243,7 +272,7 @@ def tiled_encode_with_skips(vae, x_pm1, *, band_elements: int = DEFAULT_BAND_ELE
                     conv = down.conv
                     pads = (0, 1, 0, 1) if down.padding == 0 else (down.padding,) * 4
                     h = _conv_full(conv, _raw_rows(h), h.shape, pads,
-                                   rows_for(conv.out_channels * 2, h.shape[3]), h.dtype, h.device)
+                                   rows_for(conv.out_channels * 2, h.shape[3]), h.dtype, h.device, like=h)
                 skips.append(h)
         # latent-resolution tail: stock modules (64x fewer pixels than the image)
         m = enc.mid_block(h)
@@ -335,11 +364,11 @@ def tiled_decode_with_skips(vae, z, skips, *, band_elements: int = DEFAULT_BAND_
                         raise R2RUserError("tiled VAE: unsupported upsampler; unsupported config.")
                     shape = (h.shape[0], h.shape[1], h.shape[2] * 2, h.shape[3] * 2)
                     h = _conv_full(conv, _upsampled_rows(h), shape, _pads_same(conv),
-                                   rows_for(conv.out_channels, shape[3]), h.dtype, h.device)
+                                   rows_for(conv.out_channels, shape[3]), h.dtype, h.device, like=h)
         rows = rows_for(h.shape[1], h.shape[3])
         sc, sh = _gn_scale_shift(h, dec.conv_norm_out, rows)
         act = _norm_silu_rows(h, sc, sh)
-        out = _conv_full(dec.conv_out, act, h.shape, _pads_same(dec.conv_out), rows, h.dtype, h.device)
+        out = _conv_full(dec.conv_out, act, h.shape, _pads_same(dec.conv_out), rows, h.dtype, h.device, like=h)
     return out
 
 

@@ -117,3 +117,17 @@ def test_bad_inputs_are_user_errors(vae):
             tiling.tiled_encode_with_skips(vae, x)
     finally:
         vae.eval()
+
+
+def test_channels_last_model_and_input(vae):
+    import copy
+
+    x = torch.rand(1, 3, 128, 192) * 2 - 1
+    post, skips, ref = _untiled(vae, x)
+    cl = copy.deepcopy(vae).to(memory_format=torch.channels_last)
+    xc = x.contiguous(memory_format=torch.channels_last)
+    post_t, skips_t = tiling.tiled_encode_with_skips(cl, xc, band_elements=4000)
+    assert skips_t[0].is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(post_t.mean, post.mean, atol=1e-4)
+    out = tiling.tiled_decode_with_skips(cl, post.mode(), skips_t, band_elements=4000)
+    assert (out - ref).abs().max().item() < 1e-4
