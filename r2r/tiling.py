@@ -193,7 +193,6 @@ def _pads_same(conv):
 
 def _resnet(res, x, rows_for, skip_rows=None, inplace: bool = False):
     """Banded ResnetBlock2D (no time embedding), optionally with a Clear-VAE decoder skip."""
-    torch = _torch()
     if getattr(res, "time_emb_proj", None) is not None or getattr(res, "upsample", None) is not None \
             or getattr(res, "downsample", None) is not None:
         raise R2RUserError("tiled VAE: unexpected resnet type (time embedding or resampling); unsupported config.")
