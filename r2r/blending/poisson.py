@@ -123,7 +123,7 @@ def _as_bool_mask(mask, shape_hw, name="mask"):
     if m.dtype == np.uint8:
         return m > 127
     if np.issubdtype(m.dtype, np.floating) and not np.isfinite(m).all():
-        raise R2RUserError(f"{name} contains NaN or infinite values.")
+        raise R2RUserError(f"{name} contains NaN or infinite values; use a 0..1 float or 0/255 uint8 mask.")
     return m > 0.5 if np.issubdtype(m.dtype, np.floating) else m > 0
 
 

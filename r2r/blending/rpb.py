@@ -278,11 +278,20 @@ def random_poisson_blend(real, mask, seed=None, *, rng=None, reference=None, ref
             "against. Use a mask that leaves part of the image out."
         )
     if mode not in MODES:
-        raise R2RUserError(f"mode must be one of {MODES}; got {mode!r}.")
+        raise R2RUserError(
+            f"mode must be one of {MODES}; got {mode!r}. Use 'box' (default, like the official prototype) "
+            "or 'masked'."
+        )
     if placement not in ("auto", "same", "random"):
-        raise R2RUserError(f"placement must be 'auto', 'same' or 'random'; got {placement!r}.")
-    if int(dilate) != dilate or dilate < 0 or int(max_tries) < 1:
-        raise R2RUserError(f"dilate must be an int >= 0 and max_tries >= 1; got {dilate!r}, {max_tries!r}.")
+        raise R2RUserError(
+            f"placement must be 'auto', 'same' or 'random'; got {placement!r}. Leave it at 'auto' unless you "
+            "need one behaviour."
+        )
+    if int(dilate) != dilate or dilate < 0 or int(max_tries) != max_tries or max_tries < 1:
+        raise R2RUserError(
+            f"dilate must be a whole number >= 0 and max_tries one >= 1; got dilate={dilate!r}, "
+            f"max_tries={max_tries!r}. The defaults are dilate=1, max_tries=8."
+        )
     pool_list = None
     if reference is None and reference_mask is None and pool is not None:
         if isinstance(pool, (str, bytes)) or not isinstance(pool, Sequence) or len(pool) == 0:
@@ -400,7 +409,8 @@ def random_poisson_blend_torch(real, mask, seed=None, **kwargs):
 
     if not torch.is_tensor(real) or real.ndim != 4 or real.shape[1] != 3:
         raise R2RUserError(
-            f"real must be a [B,3,H,W] float tensor in [0,1]; got {getattr(real, 'shape', type(real))}."
+            f"real must be a [B,3,H,W] float tensor in [0,1]; got {getattr(real, 'shape', type(real))}. "
+            "Permute HxWx3 images with .permute(2, 0, 1)[None]."
         )
     m = mask
     if torch.is_tensor(m) and m.ndim == 4:
@@ -408,7 +418,7 @@ def random_poisson_blend_torch(real, mask, seed=None, **kwargs):
     if not torch.is_tensor(m) or m.ndim != 3 or m.shape[0] != real.shape[0] or m.shape[1:] != real.shape[2:]:
         raise R2RUserError(
             f"mask must be [B,1,H,W] or [B,H,W] matching real {tuple(real.shape)}; "
-            f"got {getattr(mask, 'shape', type(mask))}."
+            f"got {getattr(mask, 'shape', type(mask))}. Resize the mask to the image first."
         )
     gen = _rng(seed)
     reals = real.detach().float().permute(0, 2, 3, 1).cpu().numpy()
