@@ -19,6 +19,7 @@ OFFICIAL_REPO = "1243asdad/region2region"
 OFFICIAL_NAME = "region2region"
 SD_FOLDER = "stable-diffusion-inpainting"
 _MAX_DEPTH = 4
+_NOT_MODELS = {"r2r_empty_prompt.safetensors"}  # the cached text embedding r2r writes next to a release
 
 
 def _rel(path: str, root: str) -> str:
@@ -51,14 +52,12 @@ def _config_kind(folder: str) -> str | None:
         return None
     if not isinstance(config, dict):
         return None
-    if config.get("conditioning_channels") == 7 or os.path.basename(folder) == "controlnet":
-        return "controller"
-    if "skip_channels" in config or "latent_channels" in config and os.path.basename(folder) == "clear_vae":
-        return "clear_vae"
     name = str(config.get("_class_name", ""))
-    if name == "ClearVAE":
+    blocks = " ".join(str(b) for b in config.get("down_block_types", []) or [])
+    if name in ("ClearVAE", "AutoencoderKL_Skip") or "Skip" in blocks:
         return "clear_vae"
-    if name == "HarmonyController":
+    if name in ("HarmonyController", "ControlNetModel") or config.get("conditioning_channels") == 7 or (
+            os.path.basename(folder) == "controlnet" and "cross_attention_dim" in config):
         return "controller"
     return None
 
@@ -84,6 +83,8 @@ def scan() -> dict[str, list[str]]:
                     seen.add((kind, rel))
                     found[kind].append(rel)
             for fn in filenames:
+                if fn in _NOT_MODELS:
+                    continue
                 if os.path.splitext(fn)[1].lower() in _host.MODEL_EXTENSIONS:
                     frel = _rel(os.path.join(dirpath, fn), root)
                     # files inside diffusers folders are loaded through their folder

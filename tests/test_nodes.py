@@ -349,3 +349,28 @@ def test_save_harmonization_dataset(tmp_path, monkeypatch):
         node.save(comp, m, real, "../escape", "R-Test", "train", "png")
     with pytest.raises(R2RUserError):
         node.save(comp, m, real, "ds/MyHarmony", "bad/subset", "train", "png")
+
+
+def test_loader_listing_kinds(tmp_path, monkeypatch, tiny_release):
+    """Release folders, component folders (by their config) and single files are told apart."""
+    import shutil
+
+    root = tmp_path / "r2r"
+    shutil.copytree(tiny_release / "clear_vae", root / "my_vae")
+    shutil.copytree(tiny_release / "stable-diffusion-inpainting" / "controlnet", root / "ctrl" / "controlnet")
+    (root / "single").mkdir()
+    (root / "single" / "clear_vae.ckpt").write_bytes(b"")
+    (root / "r2r_empty_prompt.safetensors").write_bytes(b"")
+    os.symlink(tiny_release, root / "rel")
+    monkeypatch.setenv("R2R_MODELS_DIR", str(root))
+    found = pack_module("nodes._files").scan()
+    assert found["release"] == ["rel"]
+    assert "my_vae" in found["clear_vae"] and "rel/clear_vae" in found["clear_vae"]
+    assert "ctrl/controlnet" in found["controller"] and "my_vae" not in found["controller"]
+    assert found["file"] == ["single/clear_vae.ckpt"]
+    vae_names = NODES["R2RClearVAELoader"].INPUT_TYPES()["required"]["name"][0]
+    assert "my_vae" in vae_names and "ctrl/controlnet" not in vae_names
+    (vae,) = NODES["R2RClearVAELoader"]().load("my_vae", "fp32")
+    assert vae.model.__class__.__name__ == "ClearVAE"
+    with pytest.raises(R2RUserError):
+        NODES["R2RClearVAELoader"]().load("single/clear_vae.ckpt", "fp32")  # an empty file: clear error
