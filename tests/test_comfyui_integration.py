@@ -158,3 +158,58 @@ def test_mask_error_reaches_the_user(server, tmp_path):
     res = _run(server, path, tmp_path, ["3.max_side=128", "5.steps=1"])
     assert res.returncode == 1, res.stdout + res.stderr
     assert "no alpha channel" in res.stdout + res.stderr and "MaskEditor" in res.stdout + res.stderr
+
+
+_WS_CLIENT = r'''
+import asyncio, json, sys, uuid
+import aiohttp
+
+async def main(url, prompt_file):
+    prompt = json.load(open(prompt_file))
+    cid = uuid.uuid4().hex
+    events = []
+    async with aiohttp.ClientSession() as s:
+        async with s.ws_connect(url.replace("http", "ws", 1) + "/ws?clientId=" + cid) as ws:
+            async with s.post(url + "/prompt", json={"prompt": prompt, "client_id": cid}) as r:
+                pid = (await r.json())["prompt_id"]
+            while True:
+                msg = await asyncio.wait_for(ws.receive(), 300)
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    continue
+                m = json.loads(msg.data)
+                data = m.get("data", {})
+                if m["type"] == "progress":
+                    events.append([data.get("node"), data["value"], data["max"]])
+                if m["type"] in ("execution_error", "execution_interrupted"):
+                    print(json.dumps({"error": m})); return
+                if m["type"] == "executing" and data.get("node") is None and data.get("prompt_id") == pid:
+                    break
+    print(json.dumps({"progress": events}))
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+'''
+
+
+def test_sampler_progress_reaches_the_ui(server, tmp_path):
+    """The frontend's progress bar: ComfyUI sends 'progress' websocket messages for the R2R Sampler."""
+    venv = os.environ.get("R2R_COMFY_VENV") or os.environ.get("VENV")
+    api = tmp_path / "basic.api.json"
+    conv = subprocess.run([sys.executable, os.path.join(server["harness"], "ui_to_api.py"),
+                           os.path.join(WF_DIR, "r2r_harmonize_basic.json"), "--url", server["url"], "-o", str(api)],
+                          capture_output=True, text=True, timeout=120)
+    assert conv.returncode == 0, conv.stderr
+    prompt = json.loads(api.read_text())
+    prompt = prompt.get("prompt", prompt)
+    prompt["3"]["inputs"]["max_side"] = 64
+    prompt["5"]["inputs"].update(steps=3, seed=12345)  # a new seed: not served from the cache
+    api.write_text(json.dumps(prompt))
+    client = tmp_path / "ws_client.py"
+    client.write_text(_WS_CLIENT)
+    res = subprocess.run([os.path.join(venv, "bin", "python"), str(client), server["url"], str(api)],
+                         capture_output=True, text=True, timeout=400)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert "progress" in out, out
+    sampler = [(v, m) for node, v, m in out["progress"] if str(node) == "5"]
+    assert sampler and all(m == 6 for _, m in sampler), out  # 3 controller steps + 3 denoising steps
+    assert sampler[-1][0] == 6 and [v for v, _ in sampler] == sorted(v for v, _ in sampler)
