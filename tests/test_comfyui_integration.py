@@ -69,6 +69,11 @@ def server(tmp_path_factory):
         pytest.skip("set R2R_COMFY_VENV (or VENV) to ComfyUI's virtualenv")
     work = tmp_path_factory.mktemp("comfy_work")
     make_tiny_release(work / "models" / "r2r" / "region2region")
+    # a second models folder declared in extra_model_paths.yaml (applied before the pack registers models/r2r)
+    extra = work / "elsewhere"
+    (extra / "r2r").mkdir(parents=True)
+    os.symlink(work / "models" / "r2r" / "region2region", extra / "r2r" / "extra_release")
+    (work / "extra_model_paths.yaml").write_text(f"mine:\n    base_path: {extra}\n    r2r: r2r\n")
     inputs = work / "inputs"
     inputs.mkdir()
     _scene(256, 384, 0).save(inputs / "r2r_composite.png")
@@ -81,7 +86,8 @@ def server(tmp_path_factory):
     ref[:, :100] = 255
     Image.fromarray(ref).convert("RGB").save(inputs / "r2r_reference_mask.png")
     env = dict(os.environ, VENV=venv, PACK_DIR=f"{PACK_LINK}={PACK_ROOT}", WORK_DIR=str(work),
-               PORT=os.environ.get("R2R_COMFY_PORT", "8237"), HF_HUB_OFFLINE="1")
+               PORT=os.environ.get("R2R_COMFY_PORT", "8237"), HF_HUB_OFFLINE="1",
+               EXTRA_MODEL_PATHS=str(work / "extra_model_paths.yaml"))
     res = subprocess.run(["bash", os.path.join(harness, "start.sh")], env=env, capture_output=True, text=True,
                          timeout=300)
     info = dict(line.split("=", 1) for line in res.stdout.splitlines() if "=" in line)
@@ -104,7 +110,9 @@ def test_object_info_lists_every_node(server):
         assert info[node_id]["python_module"] == f"custom_nodes.{PACK_LINK}"
         assert info[node_id]["category"] == cls.CATEGORY
         assert info[node_id]["display_name"] == pack.NODE_DISPLAY_NAME_MAPPINGS[node_id]
-    assert "region2region" in info["R2RCheckpointLoader"]["input"]["required"]["checkpoint"][0]
+    checkpoints = info["R2RCheckpointLoader"]["input"]["required"]["checkpoint"][0]
+    assert "region2region" in checkpoints
+    assert "extra_release" in checkpoints  # extra_model_paths.yaml entry merged with models/r2r
     vaes = info["R2RClearVAELoader"]["input"]["required"]["name"][0]
     assert "region2region/clear_vae" in vaes
     templates = _get(server["url"] + "/api/workflow_templates")
