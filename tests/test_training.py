@@ -315,8 +315,13 @@ def test_epoch_plan_shards_and_mixtures():
     one = EpochPlan([1.0] * 10, batch_size=2, seed=0)
     two = [EpochPlan([1.0] * 10, batch_size=2, seed=0, num_processes=2, process_index=p) for p in (0, 1)]
     assert one.batches_per_epoch == 5 and two[0].batches_per_epoch == 2
-    seen = [i for p in two for _, b in p.batches(0) for i, _ in b]
+    seen = [i for p in two for _, b in p.batches(0) for i, _, _ in b]
     assert len(seen) == len(set(seen)) == 8  # disjoint shards, last incomplete global batch dropped
+    # positions in the epoch order are global: 2 processes x batch 1 see what 1 process x batch 2 sees
+    one_b2 = [key for _, b in EpochPlan([1.0] * 10, batch_size=2, seed=0).batches(0) for key in b]
+    two_b1 = [EpochPlan([1.0] * 10, batch_size=1, seed=0, num_processes=2, process_index=p) for p in (0, 1)]
+    merged = sorted((key for p in two_b1 for _, b in p.batches(0) for key in b), key=lambda k: k[2])
+    assert merged == one_b2
     assert list(one.batches(1, start=3)) == list(one.batches(1))[3:]  # resume mid-epoch
     assert not np.array_equal(one.order(0), one.order(1))
     mix = EpochPlan([2.0] * 3 + [0.5] * 4, batch_size=1, seed=0)

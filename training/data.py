@@ -226,7 +226,12 @@ class HarmonizationDataset:
 
     def __getitem__(self, key):
         if isinstance(key, tuple):
-            return self.load(*key)
+            item = self.load(key[0], key[1])
+            if len(key) > 2:
+                import torch
+
+                item["position"] = torch.tensor(key[2])
+            return item
         return self.load(key, 0)
 
 
@@ -279,12 +284,13 @@ class EpochPlan:
         return items[rng.permutation(len(items))]
 
     def batches(self, epoch: int, start: int = 0):
-        """Yield ``(batch_in_epoch, [(index, epoch), ...])`` for this process from ``start``."""
+        """Yield ``(batch_in_epoch, [(index, epoch, position), ...])`` for this process from ``start``;
+        ``position`` is the item's place in the epoch order (keys its noise, independent of sharding)."""
         order = self.order(epoch)
         n, p, b = self.num_processes, self.process_index, self.batch_size
         for k in range(start, self.batches_per_epoch):
             lo = (k * n + p) * b
-            yield k, [(int(i), int(epoch)) for i in order[lo : lo + b]]
+            yield k, [(int(i), int(epoch), lo + j) for j, i in enumerate(order[lo : lo + b])]
 
 
 def collate(items: list[dict]) -> dict:

@@ -150,7 +150,8 @@ def controller_from_unet(unet, controller_config: dict | None = None, seed: int 
 
 # ============================================================================ stage modules
 class StageModule(nn.Module):
-    """Holds the trained network as ``self.net``; ``forward(batch, generator)`` returns ``(loss, logs)``.
+    """Holds the trained network as ``self.net``; ``forward(batch, generator)`` returns ``(loss, logs)``
+    (``generator``: one torch.Generator, or a list with one per sample).
 
     Frozen helpers (VAE encoder, frozen U-Net, VGG) live in ``self.aux`` (a plain dict, so they are not
     part of the state dict, the optimizer or DDP).
@@ -168,7 +169,7 @@ class ClearVAEStageModule(StageModule):
         real, comp, mask = batch["real"], batch["composite"], batch["mask"]
         with torch.no_grad():
             post_real = vae.encode(real).latent_dist
-            z = post_real.sample(generator=generator)  # unscaled, as decode_with_skips expects
+            z = _posterior_sample(post_real, generator)  # unscaled, as decode_with_skips expects
             _, skips = vae.encode_with_skips(comp)
             skips = [s.detach() for s in skips]
         pred = vae.decode_with_skips(z, skips)
@@ -183,11 +184,36 @@ class ClearVAEStageModule(StageModule):
         return loss, logs
 
 
+def _gens(generator, batch_size: int) -> list:
+    """One generator per sample: a list is used as is; a single generator is shared."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != batch_size:
+            raise ValueError(f"{len(generator)} generators for a batch of {batch_size}")
+        return list(generator)
+    return [generator] * batch_size
+
+
+def _randn(shape, generator, device) -> torch.Tensor:
+    """Standard normal noise drawn on the CPU (per-sample generators), moved to ``device``."""
+    gens = _gens(generator, shape[0])
+    return torch.cat([torch.randn((1, *shape[1:]), generator=g) for g in gens]).to(device)
+
+
 def _sample_timesteps(batch_size: int, generator, low_prob: float, low_max: int, num_train: int) -> torch.Tensor:
-    u = torch.rand(batch_size, generator=generator)
-    low = torch.randint(0, low_max, (batch_size,), generator=generator)
-    full = torch.randint(0, num_train, (batch_size,), generator=generator)
-    return torch.where(u < low_prob, low, full)
+    """Per sample: with probability ``low_prob`` uniform in [0, low_max), else in [0, num_train) (ref §c.5)."""
+    out = []
+    for g in _gens(generator, batch_size):
+        u = torch.rand(1, generator=g)
+        low = torch.randint(0, low_max, (1,), generator=g)
+        full = torch.randint(0, num_train, (1,), generator=g)
+        out.append(torch.where(u < low_prob, low, full))
+    return torch.cat(out)
+
+
+def _posterior_sample(dist, generator) -> torch.Tensor:
+    """``mean + std * N(0, I)`` with per-sample generators (DiagonalGaussianDistribution.sample semantics)."""
+    noise = _randn(dist.mean.shape, generator, dist.mean.device).to(dist.mean.dtype)
+    return dist.mean + dist.std * noise
 
 
 class DiffusionStageModule(StageModule):
@@ -202,9 +228,9 @@ class DiffusionStageModule(StageModule):
         s = vae.config.scaling_factor
         with torch.no_grad():
             wd = next(vae.parameters()).dtype
-            x0 = vae.encode(real.to(wd)).latent_dist.sample(generator=generator).float() * s
-            zc = vae.encode(comp.to(wd)).latent_dist.sample(generator=generator).float() * s
-        noise = torch.randn(x0.shape, generator=generator).to(dev)
+            x0 = _posterior_sample(vae.encode(real.to(wd)).latent_dist, generator).float() * s
+            zc = _posterior_sample(vae.encode(comp.to(wd)).latent_dist, generator).float() * s
+        noise = _randn(x0.shape, generator, dev)
         t = _sample_timesteps(b, generator, aux["low_prob"], aux["low_max"], scheduler.config.num_train_timesteps).to(dev)
         noisy = scheduler.add_noise(x0, noise, t)
         latent_mask = F.interpolate(mask, size=x0.shape[-2:], mode="nearest")

@@ -35,8 +35,8 @@ def _get(d: dict, dotted: str):
     return d
 
 
-def _step_seed(seed: int, micro_step: int, process_index: int) -> int:
-    return int(np.random.default_rng([int(seed), int(micro_step), int(process_index), 3]).integers(2**62))
+def _step_seed(seed: int, a: int, b: int, salt: int = 3) -> int:
+    return int(np.random.default_rng([int(seed), int(a), int(b), salt]).integers(2**62))
 
 
 def _to_uint8(x_pm1_or_01: torch.Tensor, pm1: bool) -> np.ndarray:
@@ -198,10 +198,12 @@ class Trainer:
         while st["global_step"] < max_steps and not stop:
             epoch, start = st["epoch"], st["batch_in_epoch"]
             for k, batch in iterate_batches(self.train_ds, self.plan, epoch, start, cfg.data.num_workers):
+                positions = batch.pop("position").tolist()
                 batch = {n: v.to(acc.device, non_blocking=True) for n, v in batch.items()}
-                seed = _step_seed(cfg.seed, st["micro_step"], acc.process_index)
-                torch.manual_seed(seed)  # dropout etc. (exact resume)
-                gen = torch.Generator().manual_seed(seed)
+                torch.manual_seed(_step_seed(cfg.seed, st["micro_step"], acc.process_index))  # dropout (exact resume)
+                # noise, timesteps and posterior samples per item, keyed by its place in the epoch order: the
+                # same for any number of processes (2 x batch 1 == 1 x batch 2) and on resume
+                gen = [torch.Generator().manual_seed(_step_seed(cfg.seed, epoch, pos, 5)) for pos in positions]
                 with acc.accumulate(self.model):
                     with acc.autocast():
                         loss, logs = self.model(batch, gen)
