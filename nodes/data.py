@@ -43,9 +43,11 @@ class R2RRandomPoissonBlend:
                                                                          "Image's MASK which is 1 - alpha."}),
             },
             "optional": {
-                "reference_image": ("IMAGE", {"tooltip": "Optional image to take the colours from (same size as "
-                                                         "image); default: the image itself."}),
-                "reference_mask": ("MASK", {"tooltip": "Optional region (1 = white) to take the colours from; "
+                "reference_image": ("IMAGE", {"tooltip": "Optional image to take the colours from (any size; "
+                                                         "resized to the image). Default: another region of the "
+                                                         "image itself."}),
+                "reference_mask": ("MASK", {"tooltip": "Optional region (1 = white) of reference_image (or of the "
+                                                       "image when no reference_image) to take the colours from; "
                                                        "default: a random region."}),
             },
         }
@@ -63,14 +65,11 @@ class R2RRandomPoissonBlend:
         ref = rmask = None
         if reference_image is not None:
             ref = _convert.image_to_nchw(reference_image, "reference_image")
-            if tuple(ref.shape[-2:]) != tuple(real.shape[-2:]):
-                raise R2RUserError(
-                    f"R2R Random Poisson Blend: reference_image is {ref.shape[-1]}x{ref.shape[-2]} but image is "
-                    f"{real.shape[-1]}x{real.shape[-2]}; they must have the same size (resize one of them)."
-                )
             named.append(("reference_image", ref))
         if reference_mask is not None:
-            rmask = _convert.mask_to_b1hw(reference_mask, real.shape[-2:], name="reference_mask")
+            # the region is picked in the reference image when there is one, else in the image itself
+            hw = ref.shape[-2:] if ref is not None else real.shape[-2:]
+            rmask = _convert.mask_to_b1hw(reference_mask, hw, name="reference_mask", allow_empty=True)
             named.append(("reference_mask", rmask))
         tensors = _convert.broadcast_batch(*named)
         real, m = tensors[0], tensors[1]
@@ -137,7 +136,7 @@ class R2RWeightFreeHarmonize:
         comp = _convert.image_to_nchw(image, "image")
         m = _convert.mask_to_b1hw(mask, comp.shape[-2:], invert=invert_mask, name="mask")
         if reference_mask is not None:
-            ref = _convert.mask_to_b1hw(reference_mask, comp.shape[-2:], name="reference_mask")
+            ref = _convert.mask_to_b1hw(reference_mask, comp.shape[-2:], name="reference_mask", allow_empty=True)
             comp, m, ref = _convert.broadcast_batch(("image", comp), ("mask", m), ("reference_mask", ref))
         else:
             comp, m = _convert.broadcast_batch(("image", comp), ("mask", m))

@@ -49,7 +49,7 @@ def _inputs(image, mask, invert_mask, reference_mask=None):
     m = _convert.mask_to_b1hw(mask, comp.shape[-2:], invert=invert_mask, name="mask")
     ref = None
     if reference_mask is not None:
-        ref = _convert.mask_to_b1hw(reference_mask, comp.shape[-2:], invert=False, name="reference_mask")
+        ref = _convert.mask_to_b1hw(reference_mask, comp.shape[-2:], invert=False, name="reference_mask", allow_empty=True)
         comp, m, ref = _convert.broadcast_batch(("image", comp), ("mask", m), ("reference_mask", ref))
     else:
         comp, m = _convert.broadcast_batch(("image", comp), ("mask", m))

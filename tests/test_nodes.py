@@ -308,8 +308,13 @@ def test_random_poisson_blend_batch():
     ref[:, :, :20] = 1
     withref, _, _ = node.blend(image, mask, 5, 0.75, False, image[:1], ref)
     assert withref.shape == image.shape
-    with pytest.raises(R2RUserError, match="same size"):
-        node.blend(image, mask, 5, 0.75, False, image[:, :32], None)
+    other = torch.rand(1, 48, 40, 3, generator=torch.Generator().manual_seed(1))
+    small_ref = torch.zeros(1, 48, 40)
+    small_ref[:, :, :20] = 1
+    from_other, _, _ = node.blend(image, mask, 5, 0.75, False, other, small_ref)  # any size: resized
+    assert from_other.shape == image.shape and not torch.equal(from_other, comp)
+    with pytest.raises(R2RUserError, match="aspect ratio"):
+        node.blend(image, mask, 5, 0.75, False, other, torch.ones(1, 64, 80))
 
 
 def test_weight_free_harmonize():
