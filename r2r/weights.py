@@ -149,6 +149,13 @@ def find_weights_file(folder: Path, what: str = "weights") -> Path:
     )
 
 
+def _bad_safetensors(path, exc) -> R2RUserError:
+    return R2RUserError(
+        f"{path} could not be read as safetensors ({exc}); the file is probably truncated or not a "
+        "safetensors file: download it again."
+    )
+
+
 def read_state_dict(path, device="cpu") -> dict:
     """Tensors of a .safetensors / sharded index / .ckpt/.bin/.pt file (pickles via weights_only=True)."""
     import torch
@@ -173,10 +180,7 @@ def read_state_dict(path, device="cpu") -> dict:
         try:
             return load_file(str(path), device=str(device))
         except Exception as exc:  # safetensors raises its own error types
-            raise R2RUserError(
-                f"{path} could not be read as safetensors ({exc}); the file is probably truncated or not a "
-                "safetensors file: download it again."
-            ) from exc
+            raise _bad_safetensors(path, exc) from exc
     if path.suffix in CHECKPOINT_SUFFIXES:
         import pickle
 
@@ -354,8 +358,12 @@ def _mismatch_error(kind: str, file, state_keys, missing, unexpected, bad_shapes
     return R2RUserError(" ".join(lines))
 
 
-def build_model(kind: str, config: dict, state: dict, *, file, torch_dtype=None, device="cpu"):
-    """Instantiate ``kind`` from ``config`` on the meta device and load ``state`` strictly (assign)."""
+def build_model(kind: str, config: dict, state: dict, *, file, torch_dtype=None, device="cpu", fetch=None):
+    """Instantiate ``kind`` from ``config`` on the meta device and load ``state`` strictly (assign).
+
+    ``state`` may hold meta tensors (shapes only) when ``fetch(key)`` reads each tensor on demand:
+    then only one source tensor at a time exists besides the converted weights.
+    """
     from accelerate import init_empty_weights
 
     torch_dtype = resolve_torch_dtype(torch_dtype)
@@ -375,10 +383,12 @@ def build_model(kind: str, config: dict, state: dict, *, file, torch_dtype=None,
            for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
     if missing or unexpected or bad:
         raise _mismatch_error(kind, file, list(state) + unmatched, missing, unexpected, bad)
-    sd = {
-        k: v.to(device=device, dtype=torch_dtype) if v.is_floating_point() else v.to(device=device)
-        for k, v in state.items()
-    }
+    sd = {}
+    state = dict(state)  # drop our references while converting (keeps peak memory low)
+    for k in list(state):
+        v = fetch(k) if fetch is not None else state.pop(k)
+        sd[k] = v.to(device=device, dtype=torch_dtype) if v.is_floating_point() else v.to(device=device)
+        del v
     model.load_state_dict(sd, strict=True, assign=True)
     leftovers = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
     if leftovers:  # pragma: no cover - would be a bug in r2r, not a user error
@@ -394,6 +404,14 @@ def _load_component(kind: str, path, *, config=None, torch_dtype=None, device="c
     cfg, _ = resolve_config(kind, path, config)
     file = find_weights_file(path, _WHAT[kind][0]) if path.is_dir() else path
     key = str(file.resolve())
+    if file.suffix == ".safetensors" and (state_cache is None or key not in state_cache):
+        shapes = tensor_shapes(file)
+        if _detect_format(kind, shapes)[0] == "diffusers":  # the release format: stream tensor by tensor
+            from safetensors import safe_open
+
+            with safe_open(str(file), framework="pt", device=str(device)) as f:
+                return build_model(kind, cfg, shapes, file=file, torch_dtype=torch_dtype, device=device,
+                                   fetch=f.get_tensor)
     if state_cache is not None and key in state_cache:
         state = state_cache[key]
     else:
@@ -714,7 +732,7 @@ def tensor_shapes(file) -> dict:
                     sl = f.get_slice(k)
                     out[k] = torch.empty(sl.get_shape(), dtype=dtypes.get(sl.get_dtype(), torch.float32), device="meta")
         except Exception as exc:
-            raise R2RUserError(f"{file} could not be read as safetensors ({exc}); download it again.") from exc
+            raise _bad_safetensors(file, exc) from exc
         return out
     return {k: torch.empty(v.shape, dtype=v.dtype, device="meta") for k, v in read_state_dict(file).items()}
 
