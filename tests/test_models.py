@@ -350,6 +350,20 @@ def test_controller_input_errors():
         cn(hint, 1, text, mask[:, :, :8])
     with pytest.raises(R2RUserError, match="multiples of 64"):
         cn(hint[:, :, :96], 1, text, mask[:, :, :12])
+    with pytest.raises(R2RUserError, match="timestep"):
+        cn(hint, torch.tensor([1.0, 2.0, 3.0]), text, mask)
+
+
+def test_controller_per_sample_timesteps_match_single_calls():
+    cn = _tiny_controller()
+    hint, mask, text = _controller_inputs()
+    with torch.no_grad():
+        both, mid = cn(hint, torch.tensor([999.0, 111.0]), text, mask)
+        first, _ = cn(hint[:1], 999.0, text, mask[:1])
+        second, mid2 = cn(hint[1:], torch.tensor(111.0), text, mask[1:])
+    for a, b1, b2 in zip(both, first, second):
+        torch.testing.assert_close(a, torch.cat([b1, b2]), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(mid[1:], mid2, rtol=1e-4, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------- save / load

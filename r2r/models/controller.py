@@ -154,6 +154,11 @@ class HarmonyController(ControlNetModel):
             timesteps = torch.tensor([float(timesteps)], dtype=torch.float32, device=hint.device)
         elif timesteps.ndim == 0:
             timesteps = timesteps[None]
+        if timesteps.ndim != 1 or timesteps.shape[0] not in (1, b):
+            raise R2RUserError(
+                f"Harmony Controller timestep must be a number or a tensor of shape [] / [1] / [{b}] (one per "
+                f"hint), got shape {tuple(timesteps.shape)}."
+            )
         timesteps = timesteps.to(hint.device).expand(b)
         emb = self.time_embedding(self.time_proj(timesteps).to(dtype), None)
 
