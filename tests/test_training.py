@@ -228,6 +228,7 @@ def test_config_validation_and_overrides(tmp_path, tiny_dataset):
         load_config(path, stage="unet", overrides=["train.learnin_rate=1"])
     with pytest.raises(R2RUserError, match="multiple of 64"):
         load_config(path, stage="unet", overrides=["data.resolution=100"])
+    assert load_config(path, stage="unet", overrides=["train.mixed_precision=no"]).train.mixed_precision == "no"
     with pytest.raises(R2RUserError, match="'no', 'fp16' or 'bf16'"):
         load_config(path, stage="unet", overrides=["train.mixed_precision=fp8"])
     with pytest.raises(R2RUserError, match="expected an integer"):

@@ -261,6 +261,8 @@ def _coerce(value, tp, key):
     # str or str | None
     if value is None:
         return None
+    if value is False and key.endswith("mixed_precision"):
+        return "no"  # YAML 1.1 reads a bare `no` as false
     if isinstance(value, (str, int, float)) and not isinstance(value, bool):
         return str(value)
     raise R2RUserError(f"config {key}: expected a string, got {value!r}")
