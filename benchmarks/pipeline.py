@@ -125,6 +125,7 @@ class Clock:
     def __init__(self, device):
         self.device = device
         self.t = dict.fromkeys(STAGES, 0.0)
+        self.cpu = dict.fromkeys(STAGES, 0.0)  # process CPU seconds (all threads): robust on a shared machine
 
     def sync(self):
         import torch
@@ -139,10 +140,12 @@ class Clock:
             def __enter__(self):
                 clock.sync()
                 self.t0 = time.perf_counter()
+                self.c0 = time.process_time()
 
             def __exit__(self, *a):
                 clock.sync()
                 clock.t[name] += time.perf_counter() - self.t0
+                clock.cpu[name] += time.process_time() - self.c0
 
         return _S()
 
@@ -206,6 +209,7 @@ def run_official(args, prepared, device, dtype, clock):
             EulerAncestralDiscreteScheduler.load_config(sd / "scheduler"))
     load_time = clock.t["load"]
     clock.t["load"] = 0.0  # official: loading happens once per process, not per call
+    clock.cpu["load"] = 0.0
 
     t0 = time.perf_counter()
     with torch.no_grad():
@@ -291,6 +295,10 @@ def run_ours(args, prepared, device, dtype, clock):
                     skips = tmp.name
             elif args.skips == "recompute":
                 skips = None
+        # the VAE is not needed while the controller and the U-Net run: release it, reload for the decode
+        scaling_factor = vae.config.scaling_factor
+        vae = None
+        collect()
         with clock.stage("load"):
             controller = HarmonyController.from_pretrained(sd / "controlnet", **kw).to(device).eval()
             if channels_last == "all":
@@ -307,10 +315,14 @@ def run_ours(args, prepared, device, dtype, clock):
                 unet.to(memory_format=torch.channels_last)
         with clock.stage("unet"):
             latents = sampling.denoise(unet, scheduler, posterior, prepared.latent_mask, text, residuals, gen,
-                                       args.steps, scaling_factor=vae.config.scaling_factor)
+                                       args.steps, scaling_factor=scaling_factor)
         del residuals
         unet = None
         collect()
+        with clock.stage("load"):
+            vae = ClearVAE.from_pretrained(w / "clear_vae", **kw).to(device).eval()
+            if channels_last in ("vae", "all"):
+                vae.to(memory_format=torch.channels_last)
         with clock.stage("decode"):
             if skips is None:
                 _, skips = tiling.tiled_encode_with_skips(vae, image)
@@ -323,7 +335,7 @@ def run_ours(args, prepared, device, dtype, clock):
                     skips = [s.contiguous(memory_format=torch.channels_last) for s in skips]
             elif device.type == "cuda":
                 skips = [s.to(device) for s in skips]
-            z = latents.to(dtype) / vae.config.scaling_factor
+            z = latents.to(dtype) / scaling_factor
             out = tiling.tiled_decode_with_skips(vae, z, skips, consume_skips=True)
             del skips
         out = (out.float() / 2 + 0.5).clamp(0, 1)
@@ -348,7 +360,9 @@ def worker(args) -> int:
         torch.cuda.reset_peak_memory_stats(device)
     clock = Clock(device)
     fn = run_official if args.worker == "official" else run_ours
+    c0 = time.process_time()
     out, total, load_time = fn(args, prepared, device, dtype, clock)
+    cpu_total = time.process_time() - c0 - (clock.cpu["load"] if args.worker == "official" else 0.0)
     peak = _peak_bytes(device)
     np_out = out[0].permute(1, 2, 0).cpu().numpy()
     if args.save_output:
@@ -358,6 +372,8 @@ def worker(args) -> int:
     res = {
         "flow": args.worker, "size": args.size, "steps": args.steps, "dtype": args.dtype, "device": args.device,
         "stages_s": {k: round(v, 3) for k, v in clock.t.items()}, "total_s": round(total, 3),
+        "stages_cpu_s": {k: round(v, 3) for k, v in clock.cpu.items()}, "total_cpu_s": round(cpu_total, 3),
+        "per_step_cpu_s": round((clock.cpu["controller"] + clock.cpu["unet"]) / args.steps, 3),
         "per_step_s": round((clock.t["controller"] + clock.t["unet"]) / args.steps, 3),
         "fixed_s": round(total - clock.t["controller"] - clock.t["unet"], 3),
         "peak_bytes": peak, "baseline_rss_bytes": base_rss if device.type == "cpu" else 0,
@@ -425,6 +441,9 @@ def main(argv=None) -> int:
                 st = r["stages_s"]
                 print(f"  {flow:8s} total {r['total_s']:8.2f}s  (" + "  ".join(f"{k} {st[k]:.2f}" for k in STAGES)
                       + f")  per step {r['per_step_s']:.2f}s  peak {_gib(r['peak_bytes']):.2f} GiB", flush=True)
+                cs = r["stages_cpu_s"]
+                print(f"  {'':8s} cpu   {r['total_cpu_s']:8.2f}s  (" + "  ".join(f"{k} {cs[k]:.2f}" for k in STAGES)
+                      + f")  per step {r['per_step_cpu_s']:.2f}s", flush=True)
             if all(f in row and not row[f].get("failed") for f in ("official", "ours")):
                 import numpy as np
 
@@ -438,6 +457,10 @@ def main(argv=None) -> int:
                     "per_step": u["per_step_s"] / o["per_step_s"],
                     # the official 10-step call, extrapolated from the per-step and fixed costs measured here
                     "total_10_steps_est": (u["fixed_s"] + 10 * u["per_step_s"]) / (o["fixed_s"] + 10 * o["per_step_s"]),
+                    "total_cpu": u["total_cpu_s"] / o["total_cpu_s"],
+                    "per_step_cpu": u["per_step_cpu_s"] / o["per_step_cpu_s"],
+                    "total_10_steps_est_cpu": (u["total_cpu_s"] + (10 - steps) * u["per_step_cpu_s"])
+                    / (o["total_cpu_s"] + (10 - steps) * o["per_step_cpu_s"]),
                     "max_abs_diff_images": float(np.abs(a - b).max()),
                 }
                 row["ratios"] = {k: (v if k.startswith("max_abs") else round(v, 4)) for k, v in ratio.items()}
@@ -445,6 +468,8 @@ def main(argv=None) -> int:
                       f"{ratio['peak_memory']:.3f}x (target <= 0.5), per step {ratio['per_step']:.3f}x, "
                       f"10-step estimate {ratio['total_10_steps_est']:.3f}x; same seed -> max |diff| "
                       f"{ratio['max_abs_diff_images']:.2e} (steps={steps})", flush=True)
+                print(f"  CPU-time ratios (robust to other load): total {ratio['total_cpu']:.3f}x, per step "
+                      f"{ratio['per_step_cpu']:.3f}x, 10-step estimate {ratio['total_10_steps_est_cpu']:.3f}x", flush=True)
             results.append({"size": size, **row})
     print(json.dumps({"benchmark": "pipeline", "dtype": args.dtype, "device": args.device, "steps": args.steps,
                       "results": results}))
