@@ -59,13 +59,15 @@ def _config_kind(folder: str) -> str | None:
     if name in ("HarmonyController", "ControlNetModel") or config.get("conditioning_channels") == 7 or (
             os.path.basename(folder) == "controlnet" and "cross_attention_dim" in config):
         return "controller"
+    if name == "UNet2DConditionModel" and config.get("in_channels") == 9:
+        return "unet"
     return None
 
 
 def scan() -> dict[str, list[str]]:
-    """{"release": [...], "clear_vae": [...], "controller": [...], "file": [...]} as names
+    """{"release": [...], "clear_vae": [...], "controller": [...], "unet": [...], "file": [...]} as names
     relative to the models folders (first folder wins on duplicates)."""
-    found = {"release": [], "clear_vae": [], "controller": [], "file": []}
+    found = {"release": [], "clear_vae": [], "controller": [], "unet": [], "file": []}
     seen = set()
     for root in _host.model_dirs():
         if not os.path.isdir(root):

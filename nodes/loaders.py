@@ -218,3 +218,59 @@ def _cast(model, torch_dtype):
     model.eval()
     model.requires_grad_(False)
     return model
+
+
+class R2RUNetLoader(_PartLoader):
+    DESCRIPTION = ("Loads an R2R harmonization U-Net on its own (e.g. a fine-tuned one from the trainer): a diffusers "
+                   "folder such as <release>/stable-diffusion-inpainting/unet, a .safetensors file or an SD-format "
+                   ".ckpt. The scheduler config and the empty-prompt text embedding come from a release folder "
+                   "(text_embedding_from), so the text encoder is not needed again once it is cached there.")
+    RETURN_TYPES = (R2R_MODEL,)
+    RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("The R2R model (U-Net + scheduler + cached empty-prompt embedding).",)
+    KIND = "unet"
+    LABEL = "U-Net"
+    RELEASE_SUBPATH = f"{_files.SD_FOLDER}/unet"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        spec = super().INPUT_TYPES()
+        spec["required"]["text_embedding_from"] = (_release_choices(), {
+            "default": _files.OFFICIAL_NAME,
+            "tooltip": "The release folder whose scheduler config and text encoder (or cached empty-prompt "
+                       "embedding) go with this U-Net.",
+        })
+        return spec
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, name, text_embedding_from):
+        for value, what in ((name, cls.LABEL), (text_embedding_from, "release")):
+            if _files.resolve(value) is None:
+                return (f"R2R {what} '{value}' is not in models/r2r/ (looked in: {', '.join(_host.model_dirs())}). "
+                        "Copy the folder or file there and refresh.")
+        return True
+
+    def load(self, name, dtype="auto", text_embedding_from=_files.OFFICIAL_NAME):
+        from ..r2r import prompt, weights
+
+        path = _files.resolve(name)
+        if path is None:
+            raise _files.not_found(name, self.LABEL, "a diffusers folder, a .safetensors file or an SD-format .ckpt")
+        release = _files.resolve(text_embedding_from)
+        if release is None or not _files.is_release(release):
+            raise _files.not_found(text_embedding_from, "release (for the text embedding)",
+                                   f"a release folder holding {_files.SD_FOLDER}/text_encoder, tokenizer, scheduler")
+        paths = weights.release_paths(release)
+        source = {"unet": path, "scheduler_config": str(paths["scheduler"])}
+        cached = os.path.join(release, prompt.CACHE_NAME)
+        if os.path.isfile(cached):
+            source["prompt_embeds"] = cached
+        else:
+            source.update(text_encoder=str(paths["text_encoder"]), tokenizer=str(paths["tokenizer"]))
+        comps = weights.load_components(source, torch_dtype=_torch_dtype(dtype), device=_host.offload_device(),
+                                        components=("unet",))
+        model = R2RModel(
+            unet=_host.ManagedModel(comps.unet, "unet"), scheduler_config=dict(comps.scheduler_config),
+            prompt_embeds=comps.prompt_embeds.detach().to("cpu"), source=str(comps.source),
+        )
+        return (model,)

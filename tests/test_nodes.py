@@ -123,6 +123,15 @@ def test_checkpoint_loader_lists_and_loads(models_dir, loaded):
     assert ctrl_name in NODES["R2RControllerLoader"].INPUT_TYPES()["required"]["name"][0]
     (ctrl2,) = NODES["R2RControllerLoader"]().load(ctrl_name, "fp32")
     assert ctrl2.model.__class__.__name__ == "HarmonyController"
+    unet_name = "region2region/stable-diffusion-inpainting/unet"
+    assert unet_name in NODES["R2RUNetLoader"].INPUT_TYPES()["required"]["name"][0]
+    assert unet_name not in NODES["R2RClearVAELoader"].INPUT_TYPES()["required"]["name"][0]
+    (model2,) = NODES["R2RUNetLoader"]().load(unet_name, "fp32", "region2region")
+    assert torch.equal(model2.prompt_embeds, model.prompt_embeds)
+    assert model2.scheduler_config == model.scheduler_config
+    u1, u2 = model.unet.model.state_dict(), model2.unet.model.state_dict()
+    assert all(torch.equal(u1[k], u2[k]) for k in u1)
+    assert isinstance(NODES["R2RUNetLoader"].VALIDATE_INPUTS(unet_name, "nope"), str)
 
 
 def test_loader_missing_release_is_actionable(models_dir, tmp_path, monkeypatch):
