@@ -204,9 +204,9 @@ def test_stage_outputs_assemble_a_loadable_release(tiny_release, tiny_dataset, t
 
 @pytest.mark.slow
 def test_two_process_cpu_run_equals_one_process(tiny_release, tiny_dataset, tmp_path):
-    """Two CPU processes (gloo DDP, launched with torchrun; accelerate picks MULTI_CPU from its environment --
-    ``accelerate launch --cpu`` needs MPI for several CPU processes) with batch 1 each train exactly like one
-    process with batch 2: same items, same per-item noise, averaged gradients."""
+    """``accelerate launch --multi_gpu --num_processes 2`` on a machine without GPUs: two CPU processes (gloo
+    DDP; ``accelerate launch --cpu`` would need MPI for several CPU processes) with batch 1 each train exactly
+    like one process with batch 2: same items, same per-item noise, averaged gradients."""
     import json
 
     import yaml
@@ -219,8 +219,10 @@ def test_two_process_cpu_run_equals_one_process(tiny_release, tiny_dataset, tmp_
         return cfg
 
     (tmp_path / "two.yaml").write_text(yaml.safe_dump(cfg_for("two", 1)))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1",
+           "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
            "-m", "training", "unet", "--config", str(tmp_path / "two.yaml")]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
