@@ -165,15 +165,27 @@ def test_batch_matches_single_items(pipe):
     assert torch.allclose(out.images[1], single.images[0], atol=1e-4)
 
 
-def test_bf16_on_cpu(tiny_release, pipe):
-    comp, mask = _scene()
-    bf = R2RPipeline.from_pretrained(tiny_release, torch_dtype="bf16", device="cpu")
-    assert bf.dtype == torch.bfloat16 and bf.clear_vae.dtype == torch.bfloat16
-    out = bf(comp, mask, num_inference_steps=2, generator=0, max_side=128)
-    ref = pipe(comp, mask, num_inference_steps=2, generator=0, max_side=128)
+@pytest.mark.parametrize("dtype", ["bf16"])  # fp16 takes the same code path (and is as slow on CPU convs)
+def test_half_dtypes_on_cpu(tiny_release, pipe, dtype):
+    comp, mask = _scene(64, 64)
+    half = R2RPipeline.from_pretrained(tiny_release, torch_dtype=dtype, device="cpu")
+    expected = resolve_dtype(dtype)
+    assert half.dtype == expected and half.clear_vae.dtype == expected and half.controller.dtype == expected
+    out = half(comp, mask, num_inference_steps=1, generator=0, max_side=64)
+    ref = pipe(comp, mask, num_inference_steps=1, generator=0, max_side=64)
     assert out.images.dtype == torch.float32 and out.latents.dtype == torch.float32
     assert torch.isfinite(out.images).all()
     assert (out.images - ref.images).abs().mean() < 0.05
+
+
+@pytest.mark.parametrize("mode", ["pad", "square"])
+def test_resize_modes_end_to_end(pipe, mode):
+    comp, mask = _scene(70, 150)
+    out = pipe(comp, mask, num_inference_steps=1, generator=0, max_side=128, resize_mode=mode, feather=0)
+    assert out.images.shape == (1, 3, 70, 150)
+    assert out.working_images.shape[-2:] == ((64, 128) if mode == "pad" else (128, 128))
+    u8 = out.to_numpy()[0]
+    assert np.array_equal(u8[mask == 0], comp[mask == 0])
 
 
 def test_cancel_from_callback(pipe):
