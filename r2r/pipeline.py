@@ -95,6 +95,12 @@ class R2RPipeline:
         for name in ("unet", "controller", "clear_vae", "scheduler_config", "prompt_embeds"):
             if not hasattr(components, name):
                 raise R2RUserError(f"R2RPipeline needs R2RComponents (from r2r.weights.load_components); missing {name!r}.")
+        for name in ("unet", "clear_vae"):
+            if getattr(components, name) is None:
+                raise R2RUserError(
+                    f"R2RPipeline needs the {name} loaded; load_components(..., components=...) left it out. "
+                    "Load with the default components=('unet', 'controller', 'clear_vae')."
+                )
         self.components = components
         self.unet = components.unet
         self.controller = components.controller
@@ -234,6 +240,11 @@ class R2RPipeline:
         prepared = self.prepare(composite, mask, max_side=max_side, resize_mode=resize_mode, canny_at=canny_at)
         sched = self.make_scheduler(scheduler)
         timesteps = sampling.set_timesteps(sched, num_inference_steps, device=self.device)
+        if use_controller and self.controller is None:
+            raise R2RUserError(
+                "This pipeline was loaded without the Harmony Controller; load it (components=('unet', 'controller', "
+                "'clear_vae')) or call with use_controller=False."
+            )
         residuals = self.residuals(prepared, timesteps, timestep_batch) if use_controller else None
         encoded = self.encode(prepared, keep_skips=keep_skips)
         latents = self.denoise(prepared, encoded, residuals, generator, num_inference_steps, sched, callback,

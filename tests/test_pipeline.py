@@ -221,3 +221,14 @@ def test_user_errors(pipe):
         pipe(comp, np.zeros_like(mask), max_side=128)
     with pytest.raises(R2RUserError, match="R2RComponents"):
         R2RPipeline(object())
+    import copy
+
+    no_ctrl = copy.copy(pipe.components)
+    no_ctrl.controller = None
+    with pytest.raises(R2RUserError, match="without the Harmony Controller"):
+        R2RPipeline(no_ctrl)(comp, mask, num_inference_steps=1, max_side=128)
+    assert R2RPipeline(no_ctrl)(comp, mask, num_inference_steps=1, max_side=128, use_controller=False).images.shape[0] == 1
+    no_unet = copy.copy(pipe.components)
+    no_unet.unet = None
+    with pytest.raises(R2RUserError, match="needs the unet"):
+        R2RPipeline(no_unet)

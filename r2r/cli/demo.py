@@ -51,7 +51,10 @@ def _label(image, text):
     import numpy as np
 
     bar = np.full((28, image.shape[1], 3), 255, np.uint8)
-    cv2.putText(bar, text, (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
+    scale = 0.55
+    while scale > 0.3 and cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] > image.shape[1] - 10:
+        scale -= 0.05  # shrink the label until it fits the cell
+    cv2.putText(bar, text, (6, 20), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
     return np.vstack([bar, image])
 
 
@@ -70,7 +73,7 @@ def contact_sheet(rows, method_label: str):
         cells = [
             _label(cv2.resize(comp, size, interpolation=cv2.INTER_AREA), f"{name}: composite"),
             _label(cv2.resize(overlay, size, interpolation=cv2.INTER_AREA), "mask"),
-            _label(cv2.resize(result, size, interpolation=cv2.INTER_AREA), f"harmonized ({method_label})"),
+            _label(cv2.resize(result, size, interpolation=cv2.INTER_AREA), f"result: {method_label}"),
         ]
         line = np.hstack([np.pad(c, ((0, 0), (0, 4), (0, 0)), constant_values=255) for c in cells])
         lines.append(line)
@@ -105,7 +108,7 @@ def run(args) -> int:
                 f"(Looked in --weights, then $R2R_WEIGHTS, then ./models/r2r/region2region; tried "
                 f"{resolve_weights(args.weights)}.)\n"
             )
-    method_label = "R2R" if pipe is not None else "statistics, no weights"
+    method_label = "R2R" if pipe is not None else "statistics (no weights)"
     if pipe is not None:
         print(f"R2R weights: {pipe.components.source} ({pipe.dtype}, {pipe.device}); "
               f"{args.steps} steps at max side {args.max_side}")
