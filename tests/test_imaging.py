@@ -233,3 +233,16 @@ def test_image_tensor_conversions():
     k = torch.arange(256, dtype=torch.uint8)
     assert torch.equal((to_image_tensor(k.view(1, 1, 16, 16).repeat(1, 3, 1, 1)) * 255).round().to(torch.uint8)[0, 0],
                        k.view(16, 16))
+
+
+def test_resize_matches_official_pil_resize_within_one_grey_level():
+    PIL = pytest.importorskip("PIL.Image")
+    from r2r.imaging import resize
+
+    comp, _ = _inputs(150, 230, seed=4)
+    comp = cv2.GaussianBlur(comp, (0, 0), 2)  # photo-like content
+    t = torch.from_numpy(comp).permute(2, 0, 1)[None].float() / 255
+    for size in [(64, 128), (320, 448), (150, 230)]:
+        pil = np.asarray(PIL.fromarray(comp).resize((size[1], size[0]), PIL.BILINEAR)).astype(np.float64)
+        ours = resize(t, size)[0].permute(1, 2, 0).numpy() * 255
+        assert np.abs(ours - pil).max() <= 1.0 + 1e-3
