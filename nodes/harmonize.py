@@ -102,7 +102,7 @@ def _reference_latent_mask(reference, prepared):
 
 
 def encode(clear_vae, comp, mask, max_side=1024, resize_mode="fit"):
-    """Clear-VAE encode at the working resolution -> LATENT dict (posterior mean + std)."""
+    """Clear-VAE encode at the working resolution -> LATENT dict (posterior mean + log-variance)."""
     import torch
 
     prepared = _prepare(comp, mask, max_side, resize_mode)
@@ -114,6 +114,7 @@ def encode(clear_vae, comp, mask, max_side=1024, resize_mode="fit"):
     info = {
         "logvar": dist.logvar.detach().to(out_dev, torch.float32),
         "scaling_factor": float(getattr(vae.config, "scaling_factor", 0.18215)),
+        "posterior_dtype": str(dist.mean.dtype).replace("torch.", ""),
         "latent_mask": prepared.latent_mask.to(out_dev),
         "max_side": int(max_side),
         "resize_mode": resize_mode,
@@ -191,7 +192,15 @@ def sample(model, latent, seed=0, steps=10, sampler="euler_ancestral"):
                 )
         unet = model.unet.load()
         dtype = model.unet.dtype
-        params = torch.cat([latent["samples"], info["logvar"]], dim=1).to(device=device, dtype=dtype)
+        if tuple(latent["samples"].shape) != tuple(info["logvar"].shape):
+            raise R2RUserError(
+                f"R2R Sampler: the LATENT samples {list(latent['samples'].shape)} were changed after R2R Clear-VAE "
+                f"Encode (expected {list(info['logvar'].shape)}). Connect Encode's LATENT directly; latent "
+                "upscaling/cropping nodes cannot be used in between."
+            )
+        # the composite's posterior in the Clear-VAE's dtype (its sample is drawn as the official code does)
+        post_dtype = getattr(torch, info.get("posterior_dtype", "float32"))
+        params = torch.cat([latent["samples"], info["logvar"]], dim=1).to(device=device, dtype=post_dtype)
         posterior = DiagonalGaussianDistribution(params)
         generator = torch.Generator("cpu").manual_seed(int(seed) & 0xFFFFFFFFFFFFFFFF)
         with torch.no_grad():

@@ -278,6 +278,9 @@ def test_diffusion_node_errors(loaded):
     assert lat["samples"].shape[0] == 2
 
     (latent,) = enc.encode(vae, image, mask, 64, False, "fit")
+    changed = {"samples": latent["samples"][..., :4], "r2r": latent["r2r"]}
+    with pytest.raises(R2RUserError, match="changed after"):
+        NODES["R2RSampler"]().sample(model, changed, 0, 2, "euler_ancestral")
     with pytest.raises(R2RUserError, match="did not come from"):
         NODES["R2RSampler"]().sample(model, {"samples": latent["samples"]}, 0, 2, "euler_ancestral")
     other = torch.flip(image, dims=[2])
