@@ -3,7 +3,7 @@ Clear-VAE Decode, and R2R Harmonize (all four in one).
 
 The LATENT passed between them is a normal ComfyUI latent dict: ``samples`` is the
 *unscaled* latent ``[B,4,h,w]`` (as everywhere in ComfyUI), and the ``"r2r"`` key holds
-the small extras the next R2R node needs: the Clear-VAE posterior's std (so the
+the small extras the next R2R node needs: the Clear-VAE posterior's log-variance (so the
 sampler draws the composite's posterior sample in the official random-number order),
 the working geometry and a fingerprint of the composite. The Clear-VAE skips are NOT
 kept in the graph (hundreds of MB to GB at 1024 px): Decode re-runs the encoder on the
@@ -129,7 +129,8 @@ def encode(clear_vae, comp, mask, max_side=1024, resize_mode="fit"):
 
 def attach_controller(model, controller, comp, mask, reference_mask=None, strength=1.0):
     if model is None or not hasattr(model, "with_control"):
-        raise R2RUserError("R2R MACA Controller Apply: 'model' must be an R2R_MODEL from the R2R Checkpoint Loader.")
+        raise R2RUserError("R2R MACA Controller Apply: 'model' must be an R2R_MODEL from the R2R Checkpoint Loader "
+                           "or the R2R U-Net Loader.")
     if controller is None or not hasattr(controller, "load"):
         raise R2RUserError(
             "R2R MACA Controller Apply: 'controller' must be an R2R_CONTROLLER from the R2R Checkpoint Loader "
