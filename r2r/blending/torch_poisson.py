@@ -39,7 +39,10 @@ def _as_4d(x, name):
     if x.ndim == 3:
         x = x[None]
     if x.ndim != 4:
-        raise R2RUserError(f"{name} must be [B,C,H,W] or [C,H,W]; got shape {tuple(x.shape)}.")
+        raise R2RUserError(
+            f"{name} must be [B,C,H,W] or [C,H,W]; got shape {tuple(x.shape)}. "
+            "Permute HxWxC images with .permute(2, 0, 1)."
+        )
     if not x.is_floating_point():
         raise R2RUserError(f"{name} must be a float tensor (0..1); got {x.dtype}. Use x.float() / 255.")
     return x
@@ -160,16 +163,22 @@ def poisson_blend_torch(target, source, mask, *, mode="box", mixed=False, erode=
     import torch
 
     if mode not in MODES:
-        raise R2RUserError(f"Poisson mode must be one of {MODES}; got {mode!r}.")
+        raise R2RUserError(
+            f"Poisson mode must be one of {MODES}; got {mode!r}. Use 'box' (OpenCV seamlessClone "
+            "behaviour, fastest) or 'masked' (only the mask's own border influences the result)."
+        )
     if backend not in ("auto", "torch", "numpy"):
-        raise R2RUserError(f"backend must be 'auto', 'torch' or 'numpy'; got {backend!r}.")
+        raise R2RUserError(
+            f"backend must be 'auto', 'torch' or 'numpy'; got {backend!r}. Leave it at 'auto' (numpy on "
+            "CPU, torch on GPU)."
+        )
     squeeze = torch.is_tensor(target) and target.ndim == 3
     T = _as_4d(target, "target")
     S = _as_4d(source, "source").to(device=T.device)
     if S.shape[1:] != T.shape[1:] or S.shape[0] not in (1, T.shape[0]):
         raise R2RUserError(
             f"source {tuple(S.shape)} and target {tuple(T.shape)} must have the same channels and size "
-            "(and the same batch size, or a batch of 1)."
+            "(and the same batch size, or a batch of 1). Resize or repeat the source to match."
         )
     S = S.expand_as(T)
     B, C, H, W = T.shape
