@@ -213,9 +213,9 @@ def composite_diagnostics(composite: np.ndarray, real: np.ndarray, mask: np.ndar
     import cv2
 
     m = mask.astype(bool)
-    c = composite.astype(np.float64)[m]
-    r = real.astype(np.float64)[m]
-    fmse = float(((c - r) ** 2).mean()) if m.any() else 0.0
+    c = composite[m].astype(np.float64)  # index first: only the foreground is converted
+    r = real[m].astype(np.float64)
+    fmse = float(((c - r) ** 2).mean()) if c.size else 0.0
     mean_c, mean_r = c.mean(0), r.mean(0)
     lab_c = cv2.cvtColor((mean_c / 255.0).astype(np.float32).reshape(1, 1, 3), cv2.COLOR_RGB2Lab).reshape(3)
     lab_r = cv2.cvtColor((mean_r / 255.0).astype(np.float32).reshape(1, 1, 3), cv2.COLOR_RGB2Lab).reshape(3)
@@ -662,6 +662,7 @@ def make_dataset(cfg: MakeConfig) -> MakeReport:
 def _run_pool(ready, wcfg, cfg, workers, finish, bar) -> bool:
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
 
     gen = cfg.generator  # a string spec or a picklable callable
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_worker_init)
@@ -693,6 +694,12 @@ def _run_pool(ready, wcfg, cfg, workers, finish, bar) -> bool:
                 pending.add(pool.submit(process_unit, u, wcfg, None if isinstance(gen, str) else gen))
                 if len(pending) >= workers * 3:
                     break
+    except BrokenProcessPool as exc:
+        raise R2RUserError(
+            "a make-dataset worker process died (out of memory, killed, or started from a script without an "
+            "`if __name__ == '__main__':` guard, which worker processes need). Run with --workers 1 to see the "
+            "failing image, lower --workers, or guard the script's entry point"
+        ) from exc
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return stopped
