@@ -87,7 +87,7 @@ def _reference_latent_mask(reference, prepared):
     """The reference-region mask brought to the working canvas and latent size like the mask."""
     from ..r2r import imaging
 
-    ref_w = (imaging._to_canvas(reference, prepared.geometry, pad_value=0.0) >= 0.5).float()
+    ref_w = (imaging.to_working(reference, prepared.geometry, pad_value=0.0) >= 0.5).float()
     ref_lat = imaging.latent_mask_from(ref_w)
     if (ref_lat.flatten(1).sum(1) == 0).any():
         raise R2RUserError(
