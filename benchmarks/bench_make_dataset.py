@@ -3,8 +3,9 @@
     python benchmarks/bench_make_dataset.py [--size 512] [--images 12] [--per-image 2] [--workers 1 2]
 
 Writes synthetic 512x512 sources to a temp folder, runs the generator with each worker
-count into a fresh output folder, prints composites/s per run, the speed-up of the
-largest worker count over 1 worker, and a final JSON line.
+count (repeat a count, e.g. ``--workers 1 2 1 2``, to take the best of several runs on a
+busy machine) into a fresh output folder, prints composites/s per run (worker start-up
+included), the speed-up of the largest worker count over the smallest, and a final JSON line.
 """
 
 import argparse
@@ -51,14 +52,14 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         im, mk = _sources(tmp / "src", args.images, args.size)
-        for w in args.workers:
+        for run, w in enumerate(args.workers):
             t0 = time.perf_counter()
-            rep = make_dataset(MakeConfig(out=tmp / f"out{w}", images=im, masks=mk, per_image=args.per_image,
+            rep = make_dataset(MakeConfig(out=tmp / f"out{run}", images=im, masks=mk, per_image=args.per_image,
                                           workers=w, progress=False, seed=0))
             dt = time.perf_counter() - t0
             if rep.failed:
                 raise SystemExit(f"benchmark run failed: {rep.errors[:3]}")
-            results[w] = rep.composites / dt
+            results[w] = max(results.get(w, 0.0), rep.composites / dt)  # best of repeated runs
             print(f"workers={w}: {rep.composites} composites in {dt:.2f} s = {results[w]:.2f} composites/s "
                   f"({args.size}x{args.size})")
     ws = sorted(results)
