@@ -240,6 +240,7 @@ def test_writer_repairs_interrupted_indexes_and_ignores_temp_files(tmp_path):
     # what a crash can leave: a half line, a line whose files are gone, jsonl/txt out of step,
     # and a temp file of an image being written
     with open(tmp_path / "train.jsonl", "a") as f:
+        f.write(json.dumps({"file_name": ok, "text": ""}) + "\n")  # listed twice
         f.write(json.dumps({"file_name": "S/composite_images/gone_1_1.jpg", "text": ""}) + "\n")
         f.write('{"file_name": "S/compos')
     stale = tmp_path / "S/composite_images/ok_1_2.jpg.tmp-99999"

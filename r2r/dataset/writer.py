@@ -381,6 +381,9 @@ class HarmonizationDatasetWriter:
                         dirty, per[ext] = True, []
                 if per[".jsonl"] != per[".txt"]:
                     dirty = True
+                for listed in per.values():
+                    if listed and len(set(listed)) != len(listed):
+                        dirty = True  # an item redone after a crash was listed twice
                 names = list(dict.fromkeys((per[".jsonl"] or []) + (per[".txt"] or [])))
                 if any(not _complete(self.root, n) for n in names):
                     dirty = True
