@@ -256,15 +256,9 @@ def decode(clear_vae, latent, comp, mask, paste_back=True, feather=-1, fullres_m
     result = (out_pm1.float().clamp(-1, 1) / 2 + 0.5).cpu()
     feather = None if int(feather) < 0 else int(feather)
     if fullres_mode == "color_transform" and paste_back:
-        from ..r2r.fullres import transfer_harmonization
+        from ..r2r.fullres import restore_fullres
 
-        geometry = prepared.geometry
-        top, bottom, left, right = geometry.padding
-        h, w = result.shape[-2:]
-        low = result[..., top : h - bottom, left : w - right]
-        comp_low = (prepared.composite_pm1[..., top : h - bottom, left : w - right].float() / 2 + 0.5).cpu()
-        alpha = imaging.feather_alpha(mask, imaging.default_feather(geometry) if feather is None else feather)
-        restored = transfer_harmonization(comp, low, alpha, "color_transform", composite_low=comp_low)
+        restored = restore_fullres(result, prepared, mode="color_transform", feather=feather)
     else:
         restored = imaging.restore(result, prepared, comp, mask, paste_back=bool(paste_back), feather=feather)
     return _convert.nchw_to_image(restored)

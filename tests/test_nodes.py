@@ -233,6 +233,13 @@ def test_seed_steps_sampler_reference_and_paste_back(loaded):
     assert torch.equal(hard[mask == 0], image[mask == 0])
     _, s6, _ = _graph(loaded, image, mask, seed=1, sampler="euler", steps=3)
     assert s6["samples"].shape == s1["samples"].shape
+    # full-resolution colour transform: original size, background kept, foreground differs from upsampling
+    big_image, big_mask = _scene(h=200, w=280, seed=4)
+    _, _, up = _graph(loaded, big_image, big_mask, seed=1, feather=0)
+    _, _, ct = _graph(loaded, big_image, big_mask, seed=1, feather=0, fullres="color_transform")
+    assert ct.shape == big_image.shape
+    assert torch.equal(ct[big_mask == 0], big_image[big_mask == 0])
+    assert not torch.equal(ct[big_mask == 1], up[big_mask == 1])
 
 
 def test_sampler_progress_and_interrupt(loaded, monkeypatch):
