@@ -240,8 +240,9 @@ def _e2e_worker(args) -> dict:
     prepared = imaging.prepare(comp, mask, max_side=args.working)
     stages["prepare"] = time.perf_counter() - t0
     clock = bench.Clock(torch.device("cpu"))
+    prompt_cache = str(bench.ensure_prompt_cache(Path(args.weights), Path(args.weights_cache)))
     bargs = argparse.Namespace(weights=args.weights, steps=args.steps, seed=0, channels_last="vae",
-                               skips="offload", timestep_batch=1)
+                               skips="offload", timestep_batch=1, prompt_cache=prompt_cache)
     out, total, _ = bench.run_ours(bargs, prepared, torch.device("cpu"), torch.float32, clock)
     stages.update({f"model_{k}": v for k, v in clock.t.items()})
     geom = prepared.geometry
@@ -265,7 +266,7 @@ def part_e2e(args) -> dict:
     res = {}
     for r in args.res:
         cmd = [sys.executable, __file__, "e2e", "--e2e-worker", r, "--weights", args.weights, "--steps", str(args.steps),
-               "--working", str(args.working), "--threads", str(args.threads)]
+               "--working", str(args.working), "--threads", str(args.threads), "--weights-cache", args.weights_cache]
         print(f"[bigimage] end to end {r} (working {args.working}, steps {args.steps}) ...", flush=True)
         proc = subprocess.run(cmd, capture_output=True, text=True)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]

@@ -18,7 +18,8 @@ official  all models resident (text encoder included), the empty prompt encoded 
 ours      cached empty-prompt embedding (no text encoder), one composite encode (banded, exact
           GroupNorm, r2r.tiling), controller residuals for every timestep computed before
           denoising, then the controller is released before the U-Net is loaded (never resident
-          together), the encoder skips parked off the working memory during denoising, banded
+          together), the Clear-VAE released while controller and U-Net run (reloaded for the
+          decode), the encoder skips parked off the working memory during denoising, banded
           decode that frees each skip after use, channels_last VAE convolutions, weights loaded
           straight to their device/dtype. Weight loading happens inside the call and IS counted.
 
