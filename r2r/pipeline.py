@@ -24,11 +24,19 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import imaging, sampling
+from . import imaging, sampling, tiling
 from .errors import R2RUserError
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
           "fp16": torch.float16, "float16": torch.float16}
+
+
+FULLRES_MODES = ("upsample", "color_transform")
+
+
+def _check_fullres_mode(mode: str) -> None:
+    if mode not in FULLRES_MODES:
+        raise R2RUserError(f"fullres_mode must be one of {FULLRES_MODES}; got {mode!r}.")
 
 
 def resolve_dtype(dtype) -> torch.dtype:
@@ -160,7 +168,8 @@ class R2RPipeline:
     def encode(self, prepared: imaging.Prepared, keep_skips: bool = True) -> EncodedComposite:
         """Clear-VAE encode of the composite: posterior + raw skips (one encoder pass)."""
         x = prepared.composite_pm1.to(device=self.device, dtype=self.clear_vae.dtype)
-        posterior, skips = self.clear_vae.encode_with_skips(x)
+        # banded ("tiled") encode above the memory budget or on out-of-memory; identical maths otherwise
+        posterior, skips = tiling.encode_with_skips_auto(self.clear_vae, x)
         return EncodedComposite(posterior, skips if keep_skips else None, self.scaling_factor)
 
     def auto_timestep_batch(self, prepared: imaging.Prepared, n_timesteps: int) -> int:
@@ -214,13 +223,25 @@ class R2RPipeline:
         if skips is None:
             if prepared is None:
                 raise R2RUserError("decode needs the composite's encoder skips: pass encoded= (with skips) or prepared=.")
-            _, skips = vae.encode_with_skips(prepared.composite_pm1.to(self.device, vae.dtype))
+            _, skips = tiling.encode_with_skips_auto(vae, prepared.composite_pm1.to(self.device, vae.dtype))
         z = latents.to(device=self.device, dtype=vae.dtype) / self.scaling_factor
-        image = vae.decode_with_skips(z, skips)
+        image = tiling.decode_with_skips_auto(vae, z, skips)
         return (image.float() / 2 + 0.5).clamp(0, 1)
 
-    def restore(self, working_images, prepared: imaging.Prepared, paste_back: bool = True, feather: int | None = None):
-        """Back to the original resolution with the original background pasted back (see :func:`r2r.imaging.restore`)."""
+    def restore(self, working_images, prepared: imaging.Prepared, paste_back: bool = True, feather: int | None = None,
+                fullres_mode: str = "upsample"):
+        """Back to the original resolution with the original background pasted back.
+
+        ``fullres_mode="upsample"`` resizes the working-resolution result (:func:`r2r.imaging.restore`);
+        ``"color_transform"`` carries the harmonization to the original resolution as a local colour
+        transform fitted at the working resolution, so the original foreground detail survives
+        (:func:`r2r.fullres.restore_fullres`; needs ``paste_back``).
+        """
+        _check_fullres_mode(fullres_mode)
+        if fullres_mode == "color_transform" and paste_back:
+            from .fullres import restore_fullres
+
+            return restore_fullres(working_images, prepared, mode="color_transform", feather=feather)
         return imaging.restore(working_images, prepared, paste_back=paste_back, feather=feather)
 
     # ------------------------------------------------------------------ all in one
@@ -228,15 +249,18 @@ class R2RPipeline:
     def __call__(self, composite, mask, num_inference_steps: int = 10, generator=None, max_side: int = 1024,
                  paste_back: bool = True, feather: int | None = None, resize_mode: str = "fit",
                  canny_at: str = "original", scheduler: str | None = None, use_controller: bool = True,
-                 callback=None, timestep_batch: int | None = None, keep_skips: bool = True) -> R2ROutput:
+                 callback=None, timestep_batch: int | None = None, keep_skips: bool = True,
+                 fullres_mode: str = "upsample") -> R2ROutput:
         """Harmonize ``composite`` (``[B,3,H,W]`` 0..1 tensor, ``HxWx3`` uint8 array, PIL image) inside ``mask``.
 
         ``generator``: int seed, ``torch.Generator`` or None. ``feather``: paste-back band
         in original pixels (None = one latent cell, 0 = hard paste with the soft mask).
+        ``fullres_mode``: how the result reaches the original resolution (see :meth:`restore`).
         ``keep_skips=False`` re-encodes the composite for decoding (the official way; less
         memory held during denoising, same result). ``callback(step, total)`` after each
         denoising step; raise from it to cancel.
         """
+        _check_fullres_mode(fullres_mode)
         prepared = self.prepare(composite, mask, max_side=max_side, resize_mode=resize_mode, canny_at=canny_at)
         sched = self.make_scheduler(scheduler)
         timesteps = sampling.set_timesteps(sched, num_inference_steps, device=self.device)
@@ -252,5 +276,5 @@ class R2RPipeline:
         del residuals
         working = self.decode(latents, encoded, prepared)
         del encoded
-        images = self.restore(working, prepared, paste_back=paste_back, feather=feather)
+        images = self.restore(working, prepared, paste_back=paste_back, feather=feather, fullres_mode=fullres_mode)
         return R2ROutput(images=images, working_images=working, latents=latents, prepared=prepared)

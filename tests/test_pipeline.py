@@ -232,3 +232,29 @@ def test_user_errors(pipe):
     no_unet.unet = None
     with pytest.raises(R2RUserError, match="needs the unet"):
         R2RPipeline(no_unet)
+
+
+def test_banded_vae_and_fullres_mode_in_the_pipeline(pipe, monkeypatch):
+    comp, mask = _scene(h=128, w=192, seed=5)
+    plain = pipe(comp, mask, num_inference_steps=2, generator=3, max_side=192)
+    # a tiny memory budget makes the pipeline use the banded Clear-VAE for encode and decode
+    monkeypatch.setenv("R2R_VAE_MEMORY_BUDGET_MB", "0.001")
+    from r2r import tiling
+
+    calls = []
+    orig = tiling.tiled_decode_with_skips
+    monkeypatch.setattr(tiling, "tiled_decode_with_skips", lambda *a, **k: calls.append(1) or orig(*a, **k))
+    banded = pipe(comp, mask, num_inference_steps=2, generator=3, max_side=192)
+    assert calls, "the banded decoder was not used above the memory budget"
+    assert (banded.working_images - plain.working_images).abs().max() <= 2 / 255
+    monkeypatch.delenv("R2R_VAE_MEMORY_BUDGET_MB")
+    # colour-transform full-resolution mode: same size, background exact, a different foreground rendering
+    ct = pipe(comp, mask, num_inference_steps=2, generator=3, max_side=64, feather=0, fullres_mode="color_transform")
+    up = pipe(comp, mask, num_inference_steps=2, generator=3, max_side=64, feather=0)
+    assert ct.images.shape == up.images.shape == (1, 3, 128, 192)
+    bg = torch.from_numpy(mask == 0)
+    comp_t = torch.from_numpy(comp).permute(2, 0, 1).float() / 255
+    assert torch.equal(ct.images[0][:, bg], comp_t[:, bg])
+    assert not torch.equal(ct.images[0][:, ~bg], up.images[0][:, ~bg])
+    with pytest.raises(R2RUserError, match="fullres_mode"):
+        pipe(comp, mask, num_inference_steps=1, max_side=64, fullres_mode="sharpen")
