@@ -367,8 +367,12 @@ def _transfer_torch(composite_full, harmonized_low, mask_full, mode, composite_l
     return torch.where(mask_full > 0, res, composite_full)
 
 
-def restore_fullres(result_working, prepared, mode: str = DEFAULT_MODE, feather: int | None = None, **kwargs):
+def restore_fullres(result_working, prepared, mode: str = "auto", feather: int | None = None, **kwargs):
     """Drop-in for :func:`r2r.imaging.restore` (paste-back on) with a choice of full-resolution mode.
+
+    ``mode="auto"`` (default) uses ``"color_transform"`` when the original is larger than the
+    working resolution (more than 5% on the long side) and ``"upsample"`` otherwise (at the
+    working size itself the model's pixels are pasted directly, nothing to carry over).
 
     ``result_working``: the decoded ``[B,3,h,w]`` image in [0,1] on the working canvas of
     ``prepared`` (from :func:`r2r.imaging.prepare`). The padding is cropped off, the colour
@@ -379,8 +383,13 @@ def restore_fullres(result_working, prepared, mode: str = DEFAULT_MODE, feather:
     """
     from . import imaging
 
-    _check_mode(mode)
     geom = prepared.geometry
+    if mode == "auto":
+        mode = "color_transform" if geom.scale > 1.05 else "upsample"
+    elif mode not in MODES:
+        raise R2RUserError(
+            f"restore_fullres: mode must be 'auto', {', '.join(repr(m) for m in MODES)}; got {mode!r}."
+        )
     if tuple(result_working.shape[-2:]) != tuple(geom.working_size):
         raise R2RUserError(
             f"restore_fullres expects a result at the working resolution {tuple(geom.working_size)}; got "

@@ -137,7 +137,7 @@ def test_restore_fullres_with_prepared():
     t_truth = torch.from_numpy(truth).permute(2, 0, 1)[None]
     working = imaging.to_working(t_truth, prepared.geometry)
     assert tuple(working.shape[-2:]) == (h, w)
-    out = restore_fullres(working, prepared)
+    out = restore_fullres(working, prepared, mode="color_transform")
     assert out.shape == (1, 3, 300, 500)
     orig = prepared.original_composite
     far = imaging.feather_alpha(prepared.original_mask, imaging.default_feather(prepared.geometry)) == 0
@@ -147,5 +147,8 @@ def test_restore_fullres_with_prepared():
     up = restore_fullres(working, prepared, mode="upsample")
     err_up = (up[0].permute(1, 2, 0) - t_truth[0].permute(1, 2, 0))[fg].abs().mean()
     assert err_ct < err_up
+    assert torch.equal(restore_fullres(working, prepared, mode="auto"), out)  # 500 px original > 256 working
     with pytest.raises(R2RUserError, match="working resolution"):
         restore_fullres(working[..., :64, :64], prepared)
+    with pytest.raises(R2RUserError, match="mode must be"):
+        restore_fullres(working, prepared, mode="sharp")
