@@ -13,9 +13,10 @@ Method used here -- operator-level tiling with exact global GroupNorm:
   convs, the stride-2 downsampler's bottom padding row, nearest-2x upsampling rows, 8 rows for
   the skip filters' 15x15 Gaussian + 3x3 kernels), with the same zero/reflect padding the untiled
   layer applies at the image border;
-* every GroupNorm is split in two passes: its per-group mean/variance are accumulated over all
-  bands (float64 sums), then each band is normalised (+ SiLU) on the fly, right before the
-  convolution that consumes it, so the normalised/activated tensors never exist at full size;
+* every GroupNorm is split in two passes: per-band channel statistics merged exactly over all
+  bands (parallel-variance formula in float64), then each band is normalised (+ SiLU) on the fly,
+  right before the convolution that consumes it, so the normalised/activated tensors never exist
+  at full size;
 * the decoder filters each skip band by band as it is consumed (the filtered skips are never
   materialised) and can drop each raw skip right after its resnet (``consume_skips``);
 * the latent-resolution parts (encoder/decoder mid-block with its attention, quant convs) run
