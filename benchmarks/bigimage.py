@@ -6,7 +6,7 @@
     python benchmarks/bigimage.py all
 
 Every measurement that reports peak memory runs in its own subprocess. Prints a table per part and a
-final JSON line with the figures. Heavy parts (seams, e2e): run under ``flock /tmp/r2r-heavy.lock``.
+final JSON line with the figures. Heavy parts (seams, e2e) take minutes on a small CPU.
 
 modes  real photos from scikit-image (astronaut, coffee, chelsea, rocket, motorcycle) as full-res
        composites; a known, spatially smooth colour change inside an elliptic mask is the "true"

@@ -24,7 +24,7 @@ ours      cached empty-prompt embedding (no text encoder), one composite encode 
           straight to their device/dtype. Weight loading happens inside the call and IS counted.
 
 The run also checks that both flows produce the same image for the same seed (max abs diff).
-Heavy: on CPU run it under ``flock /tmp/r2r-heavy.lock``.
+Heavy: minutes per flow on a small CPU; do not run it next to other big jobs.
 """
 
 from __future__ import annotations
