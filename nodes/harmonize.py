@@ -34,10 +34,11 @@ MASK_TIP = ("Foreground mask [batch, height, width]: 1 (white) = the pasted obje
             "A different size with the same aspect ratio is resized.")
 IMAGE_TIP = "The composite: the image with the pasted foreground (IMAGE, 0..1). A batch is processed together."
 SAMPLERS = list(SCHEDULERS)
-FULLRES_MODES = ["upsample", "color_transform"]
+FULLRES_MODES = ["auto", "upsample", "color_transform"]
 FULLRES_TIP = ("How the result reaches the original resolution: upsample = resize the working-resolution result "
                "(simple; fine detail limited by max_side); color_transform = apply the model's colour change to "
-               "the full-resolution composite (keeps every original detail; best for large images). Only with "
+               "the full-resolution composite (keeps every original detail; best for large images); auto = "
+               "color_transform when the image is larger than the working resolution, else upsample. Only with "
                "paste_back on.")
 
 
@@ -220,16 +221,17 @@ def sample(model, latent, seed=0, steps=10, sampler="euler_ancestral"):
     return {"samples": samples, LATENT_KEY: out_info}
 
 
-def decode(clear_vae, latent, comp, mask, paste_back=True, feather=-1, fullres_mode="upsample"):
+def decode(clear_vae, latent, comp, mask, paste_back=True, feather=-1, fullres_mode="auto"):
     """Clear-VAE decode with the composite's skips; back to the original size, background pasted back.
 
     ``fullres_mode``: "upsample" resizes the working-resolution result to the original size;
     "color_transform" carries only the colour change to the full-resolution composite
-    (r2r.fullres), keeping every original detail of the foreground (for large images).
+    (r2r.fullres), keeping every original detail of the foreground (for large images);
+    "auto" picks color_transform when the original is larger than the working resolution.
     """
     import torch
 
-    from ..r2r import imaging, tiling
+    from ..r2r import tiling
 
     if fullres_mode not in FULLRES_MODES:
         raise R2RUserError(f"R2R Clear-VAE Decode: fullres_mode must be one of {FULLRES_MODES}; got {fullres_mode!r}.")
@@ -255,12 +257,9 @@ def decode(clear_vae, latent, comp, mask, paste_back=True, feather=-1, fullres_m
         del skips
     result = (out_pm1.float().clamp(-1, 1) / 2 + 0.5).cpu()
     feather = None if int(feather) < 0 else int(feather)
-    if fullres_mode == "color_transform" and paste_back:
-        from ..r2r.fullres import restore_fullres
+    from ..r2r.fullres import restore_output
 
-        restored = restore_fullres(result, prepared, mode="color_transform", feather=feather)
-    else:
-        restored = imaging.restore(result, prepared, comp, mask, paste_back=bool(paste_back), feather=feather)
+    restored = restore_output(result, prepared, paste_back=bool(paste_back), feather=feather, mode=fullres_mode)
     return _convert.nchw_to_image(restored)
 
 
@@ -388,12 +387,12 @@ class R2RClearVAEDecode:
                 "feather": ("INT", {"default": -1, "min": -1, "max": 256, "step": 1,
                                     "tooltip": "Width in original pixels of the soft edge outside the mask for the "
                                                "paste-back. -1 = automatic (one latent cell), 0 = hard edge."}),
-                "fullres_mode": (FULLRES_MODES, {"default": "upsample", "tooltip": FULLRES_TIP}),
+                "fullres_mode": (FULLRES_MODES, {"default": "auto", "tooltip": FULLRES_TIP}),
             }
         }
 
     def decode(self, clear_vae, latent, image, mask, invert_mask=False, paste_back=True, feather=-1,
-               fullres_mode="upsample"):
+               fullres_mode="auto"):
         comp, m, _ = _inputs(image, mask, invert_mask)
         return (decode(clear_vae, latent, comp, m, paste_back, feather, fullres_mode),)
 
@@ -431,7 +430,7 @@ class R2RHarmonize:
                 "feather": ("INT", {"default": -1, "min": -1, "max": 256, "step": 1,
                                     "tooltip": "Paste-back soft edge in original pixels; -1 = automatic, 0 = hard."}),
                 "resize_mode": (RESIZE_MODES, {"default": "fit", "tooltip": RESIZE_TIP}),
-                "fullres_mode": (FULLRES_MODES, {"default": "upsample", "tooltip": FULLRES_TIP}),
+                "fullres_mode": (FULLRES_MODES, {"default": "auto", "tooltip": FULLRES_TIP}),
             },
             "optional": {
                 "reference_mask": ("MASK", {"tooltip": "Optional region whose colours steer MACA instead of the "
@@ -441,7 +440,7 @@ class R2RHarmonize:
 
     def harmonize(self, model, clear_vae, controller, image, mask, seed=0, steps=10, sampler="euler_ancestral",
                   max_side=1024, strength=1.0, invert_mask=False, paste_back=True, feather=-1, resize_mode="fit",
-                  fullres_mode="upsample", reference_mask=None):
+                  fullres_mode="auto", reference_mask=None):
         comp, m, ref = _inputs(image, mask, invert_mask, reference_mask)
         latent = encode(clear_vae, comp, m, max_side, resize_mode)
         controlled = attach_controller(model, controller, comp, m, ref, strength) if strength > 0 else model

@@ -410,3 +410,26 @@ def restore_fullres(result_working, prepared, mode: str = "auto", feather: int |
     alpha = imaging.feather_alpha(soft, imaging.default_feather(geom) if feather is None else int(feather))
     return transfer_harmonization(orig, low.to(orig.device), alpha, mode=mode,
                                   composite_low=comp_low.to(orig.device), **kwargs)
+
+
+RESTORE_MODES = ("auto",) + tuple(MODES)
+
+
+def restore_output(result_working, prepared, *, paste_back: bool = True, feather: int | None = None,
+                   mode: str = "auto"):
+    """The one way results go back to the original resolution (pipeline, CLI and nodes).
+
+    ``mode``: ``"auto"`` (default) = ``"color_transform"`` when the original is larger than the
+    working resolution, else ``"upsample"``; ``"upsample"`` = :func:`r2r.imaging.restore`;
+    ``"color_transform"`` = :func:`restore_fullres`. Without ``paste_back`` the decoded image is
+    simply resized (:func:`r2r.imaging.restore`), whatever the mode.
+    """
+    from . import imaging
+
+    if mode not in RESTORE_MODES:
+        raise R2RUserError(f"fullres_mode must be one of {RESTORE_MODES}; got {mode!r}.")
+    if mode == "auto":
+        mode = "color_transform" if prepared.geometry.scale > 1.05 else "upsample"
+    if mode == "color_transform" and paste_back:
+        return restore_fullres(result_working, prepared, mode="color_transform", feather=feather)
+    return imaging.restore(result_working, prepared, paste_back=paste_back, feather=feather)

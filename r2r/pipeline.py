@@ -31,7 +31,7 @@ DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat1
           "fp16": torch.float16, "float16": torch.float16}
 
 
-FULLRES_MODES = ("upsample", "color_transform")
+FULLRES_MODES = ("auto", "color_transform", "upsample")
 
 
 def _check_fullres_mode(mode: str) -> None:
@@ -229,20 +229,19 @@ class R2RPipeline:
         return (image.float() / 2 + 0.5).clamp(0, 1)
 
     def restore(self, working_images, prepared: imaging.Prepared, paste_back: bool = True, feather: int | None = None,
-                fullres_mode: str = "upsample"):
+                fullres_mode: str = "auto"):
         """Back to the original resolution with the original background pasted back.
 
         ``fullres_mode="upsample"`` resizes the working-resolution result (:func:`r2r.imaging.restore`);
         ``"color_transform"`` carries the harmonization to the original resolution as a local colour
         transform fitted at the working resolution, so the original foreground detail survives
-        (:func:`r2r.fullres.restore_fullres`; needs ``paste_back``).
+        (:func:`r2r.fullres.restore_fullres`); ``"auto"`` (default) picks the colour transform when
+        the original is larger than the working resolution.
         """
-        _check_fullres_mode(fullres_mode)
-        if fullres_mode == "color_transform" and paste_back:
-            from .fullres import restore_fullres
+        from .fullres import restore_output
 
-            return restore_fullres(working_images, prepared, mode="color_transform", feather=feather)
-        return imaging.restore(working_images, prepared, paste_back=paste_back, feather=feather)
+        _check_fullres_mode(fullres_mode)
+        return restore_output(working_images, prepared, paste_back=paste_back, feather=feather, mode=fullres_mode)
 
     # ------------------------------------------------------------------ all in one
     @torch.inference_mode()
@@ -250,7 +249,7 @@ class R2RPipeline:
                  paste_back: bool = True, feather: int | None = None, resize_mode: str = "fit",
                  canny_at: str = "original", scheduler: str | None = None, use_controller: bool = True,
                  callback=None, timestep_batch: int | None = None, keep_skips: bool = True,
-                 fullres_mode: str = "upsample") -> R2ROutput:
+                 fullres_mode: str = "auto") -> R2ROutput:
         """Harmonize ``composite`` (``[B,3,H,W]`` 0..1 tensor, ``HxWx3`` uint8 array, PIL image) inside ``mask``.
 
         ``generator``: int seed, ``torch.Generator`` or None. ``feather``: paste-back band

@@ -250,7 +250,9 @@ def test_banded_vae_and_fullres_mode_in_the_pipeline(pipe, monkeypatch):
     monkeypatch.delenv("R2R_VAE_MEMORY_BUDGET_MB")
     # colour-transform full-resolution mode: same size, background exact, a different foreground rendering
     ct = pipe(comp, mask, num_inference_steps=2, generator=3, max_side=64, feather=0, fullres_mode="color_transform")
-    up = pipe(comp, mask, num_inference_steps=2, generator=3, max_side=64, feather=0)
+    up = pipe(comp, mask, num_inference_steps=2, generator=3, max_side=64, feather=0, fullres_mode="upsample")
+    auto = pipe(comp, mask, num_inference_steps=2, generator=3, max_side=64, feather=0)
+    assert torch.equal(auto.images, ct.images)  # auto = colour transform for originals larger than the working size
     assert ct.images.shape == up.images.shape == (1, 3, 128, 192)
     bg = torch.from_numpy(mask == 0)
     comp_t = torch.from_numpy(comp).permute(2, 0, 1).float() / 255

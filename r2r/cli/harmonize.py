@@ -44,9 +44,11 @@ def add_model_arguments(parser) -> None:
     parser.add_argument("--max-side", type=int, default=1024, help="working resolution: longer side, multiple of 64")
     parser.add_argument("--resize-mode", choices=("fit", "pad", "square"), default="fit",
                         help="fit = keep aspect (default), pad = exact aspect + padding, square = official squash")
-    parser.add_argument("--fullres-mode", choices=("upsample", "color_transform"), default="upsample",
-                        help="how the result reaches the original resolution: upsample the working-resolution result, "
-                             "or carry it as a colour transform that keeps the original detail (large images)")
+    parser.add_argument("--fullres-mode", choices=("auto", "color_transform", "upsample"), default="auto",
+                        help="how the result reaches the original resolution: color_transform carries the harmonization "
+                             "as a colour transform that keeps every original detail; upsample resizes the "
+                             "working-resolution result; auto (default) = color_transform for images larger than "
+                             "the working resolution")
     parser.add_argument("--scheduler", default="euler_ancestral", help="euler_ancestral (official), euler, dpmpp_2m, ddim, unipc, ...")
     parser.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
                         help="model dtype (auto: fp16 on CUDA, fp32 on CPU)")
@@ -174,7 +176,7 @@ def harmonize_with_pipeline(pipe, composite, mask, args, paste_back=True, feathe
 
         out = pipe(composite, mask, num_inference_steps=args.steps, generator=args.seed, max_side=args.max_side,
                    resize_mode=args.resize_mode, paste_back=paste_back, feather=feather, callback=progress,
-                   fullres_mode=getattr(args, "fullres_mode", "upsample"))
+                   fullres_mode=getattr(args, "fullres_mode", "auto"))
     return out.to_numpy()[0]
 
 
