@@ -277,3 +277,105 @@ class R2RPipeline:
         del encoded
         images = self.restore(working, prepared, paste_back=paste_back, feather=feather, fullres_mode=fullres_mode)
         return R2ROutput(images=images, working_images=working, latents=latents, prepared=prepared)
+
+
+# ---------------------------------------------------------------------- low-memory flow
+def _park_skips(skips, device: torch.device):
+    """Move the encoder skips out of the way while the controller and U-Net run: host memory on
+    an accelerator, a temporary safetensors file on the CPU (lossless either way)."""
+    import os
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    if device.type != "cpu":
+        return [s.to("cpu") for s in skips]
+    fd, path = tempfile.mkstemp(suffix=".safetensors", prefix="r2r-skips-")
+    os.close(fd)
+    try:
+        save_file({str(i): s.contiguous() for i, s in enumerate(skips)}, path)
+    except BaseException:
+        os.unlink(path)
+        raise
+    return path
+
+
+def _unpark_skips(parked, device: torch.device):
+    import os
+
+    from safetensors.torch import load_file
+
+    if isinstance(parked, str):
+        try:
+            loaded = load_file(parked)
+        finally:
+            os.unlink(parked)
+        return [loaded.pop(str(i)) for i in range(len(loaded))]
+    return [s.to(device) for s in parked]
+
+
+def harmonize_low_memory(source, composite, mask, *, torch_dtype=torch.float32, device="cpu",
+                         num_inference_steps: int = 10, generator=None, max_side: int = 1024,
+                         resize_mode: str = "fit", paste_back: bool = True, feather: int | None = None,
+                         fullres_mode: str = "auto", scheduler: str | None = None, callback=None,
+                         park_skips: bool = True, **load_kwargs) -> R2ROutput:
+    """The same result as ``R2RPipeline.from_pretrained(source)(composite, mask, ...)`` with at most one
+    network in memory at a time.
+
+    Order: Clear-VAE encode (one pass: posterior + skips) -> the VAE is released and the skips parked
+    (``park_skips``) -> Harmony Controller residuals for every timestep (the controller never sees the
+    noisy latent) -> controller released -> U-Net denoising -> U-Net released -> Clear-VAE decode with
+    the composite's skips. Each network is read from ``source`` straight to ``device``/``torch_dtype``
+    when its phase starts, so loading time is part of the call: use it for big images or small
+    machines, and :class:`R2RPipeline` to harmonize many images with the models kept loaded.
+    """
+    import gc
+
+    from .fullres import restore_output
+    from .weights import load_components
+
+    _check_fullres_mode(fullres_mode)
+    dtype, device = resolve_dtype(torch_dtype), resolve_device(device)
+
+    def load(name):
+        return load_components(source, torch_dtype=dtype, device=str(device), components=(name,), **load_kwargs)
+
+    def release():
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    prepared = imaging.prepare(composite, mask, max_side=max_side, resize_mode=resize_mode).to(device=device)
+    with torch.inference_mode():
+        parts = load("clear_vae")
+        vae = parts.clear_vae.eval()
+        sched = sampling.make_scheduler(parts.scheduler_config, scheduler or sampling.DEFAULT_SCHEDULER)
+        timesteps = sampling.set_timesteps(sched, num_inference_steps, device=device)
+        text = parts.prompt_embeds.to(device, dtype)
+        scaling_factor = float(getattr(vae.config, "scaling_factor", 0.18215))
+        posterior, skips = tiling.encode_with_skips_auto(vae, prepared.composite_pm1.to(device, dtype))
+        parked = _park_skips(skips, device) if park_skips else skips
+        del parts, vae, skips
+        release()
+
+        controller = load("controller").controller.eval()
+        residuals = sampling.controller_residuals(controller, prepared.hint.to(device, dtype),
+                                                  prepared.latent_mask.to(device, dtype), timesteps, text)
+        del controller
+        release()
+
+        unet = load("unet").unet.eval()
+        latents = sampling.denoise(unet, sched, posterior, prepared.latent_mask.to(device), text, residuals,
+                                   make_generator(generator, device), num_inference_steps, callback,
+                                   scaling_factor=scaling_factor, free_residuals=True)
+        del unet, residuals
+        release()
+
+        vae = load("clear_vae").clear_vae.eval()
+        skips = _unpark_skips(parked, device) if park_skips else parked
+        z = latents.to(device=device, dtype=vae.dtype) / scaling_factor
+        decoded = tiling.decode_with_skips_auto(vae, z, skips, consume_skips=True)
+        del vae, skips
+    working = (decoded.float() / 2 + 0.5).clamp(0, 1)
+    images = restore_output(working, prepared, paste_back=paste_back, feather=feather, mode=fullres_mode)
+    return R2ROutput(images=images, working_images=working, latents=latents, prepared=prepared)

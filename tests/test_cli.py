@@ -52,6 +52,12 @@ def test_harmonize_end_to_end(tiny_release, files, tmp_path, capsys):
     main(["harmonize", "--composite", str(cp), "--mask", str(mp), "--out", str(again), "--weights", str(tiny_release),
           "--steps", "2", "--seed", "3", "--max-side", "128", "--feather", "2"])
     assert np.array_equal(read_image(again), res)
+    # --low-memory (one network resident at a time) writes the same image
+    low = tmp_path / "low.png"
+    assert main(["harmonize", "--composite", str(cp), "--mask", str(mp), "--out", str(low), "--weights",
+                 str(tiny_release), "--steps", "2", "--seed", "3", "--max-side", "128", "--feather", "2",
+                 "--low-memory"]) == 0
+    assert np.array_equal(read_image(low), res)
     free = tmp_path / "free.png"
     main(["harmonize", "--composite", str(cp), "--mask", str(mp), "--out", str(free), "--weights", str(tiny_release),
           "--steps", "1", "--max-side", "128", "--no-paste-back"])

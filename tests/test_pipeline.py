@@ -260,3 +260,21 @@ def test_banded_vae_and_fullres_mode_in_the_pipeline(pipe, monkeypatch):
     assert not torch.equal(ct.images[0][:, ~bg], up.images[0][:, ~bg])
     with pytest.raises(R2RUserError, match="fullres_mode"):
         pipe(comp, mask, num_inference_steps=1, max_side=64, fullres_mode="sharpen")
+
+
+def test_low_memory_flow_equals_the_pipeline(pipe, tiny_release, tmp_path, monkeypatch):
+    from r2r.pipeline import harmonize_low_memory
+
+    comp, mask = _scene(h=96, w=160, seed=7)
+    ref = pipe(comp, mask, num_inference_steps=3, generator=11, max_side=128)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # parked skips go to a temp file: check it is removed
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    low = harmonize_low_memory(tiny_release, comp, mask, num_inference_steps=3, generator=11, max_side=128)
+    assert torch.equal(low.images, ref.images)
+    assert torch.equal(low.latents, ref.latents)
+    assert list(tmp_path.iterdir()) == []
+    kept = harmonize_low_memory(tiny_release, comp, mask, num_inference_steps=3, generator=11, max_side=128,
+                                park_skips=False)
+    assert torch.equal(kept.images, ref.images)

@@ -44,6 +44,10 @@ def add_model_arguments(parser) -> None:
     parser.add_argument("--max-side", type=int, default=1024, help="working resolution: longer side, multiple of 64")
     parser.add_argument("--resize-mode", choices=("fit", "pad", "square"), default="fit",
                         help="fit = keep aspect (default), pad = exact aspect + padding, square = official squash")
+    parser.add_argument("--low-memory", action="store_true",
+                        help="keep only one network in memory at a time (each is loaded for its phase; the "
+                             "composite's skips wait in a temp file): about half the peak memory, for big images "
+                             "or small machines")
     parser.add_argument("--fullres-mode", choices=("auto", "color_transform", "upsample"), default="auto",
                         help="how the result reaches the original resolution: color_transform carries the harmonization "
                              "as a colour transform that keeps every original detail; upsample resizes the "
@@ -180,6 +184,28 @@ def harmonize_with_pipeline(pipe, composite, mask, args, paste_back=True, feathe
     return out.to_numpy()[0]
 
 
+def harmonize_low_memory_cli(composite, mask, args):
+    """The low-memory flow (one network resident at a time) with a tqdm bar; returns (``HxWx3 uint8``, source)."""
+    from tqdm.auto import tqdm
+
+    from ..pipeline import harmonize_low_memory, resolve_device
+
+    device = resolve_device(args.device)
+    dtype = args.dtype if args.dtype != "auto" else ("fp16" if device.type == "cuda" else "fp32")
+    source = resolve_weights(args.weights)
+    with tqdm(total=args.steps, desc="R2R (low memory)", unit="step", leave=False) as bar:
+        def progress(step, total):
+            bar.total = total
+            bar.update(step - bar.n)
+
+        out = harmonize_low_memory(source, composite, mask, torch_dtype=dtype, device=device,
+                                   num_inference_steps=args.steps, generator=args.seed, max_side=args.max_side,
+                                   resize_mode=args.resize_mode, paste_back=not args.no_paste_back,
+                                   feather=args.feather, fullres_mode=args.fullres_mode, scheduler=args.scheduler,
+                                   callback=progress)
+    return out.to_numpy()[0], source
+
+
 def run(args) -> int:
     from ..errors import R2RUserError, R2RWeightsNotFound
 
@@ -198,14 +224,18 @@ def run(args) -> int:
         print(f"wrote {out_path} (weight-free statistics harmonizer)")
         return 0
     try:
-        pipe = load_pipeline(args)
+        if args.low_memory:
+            result, source = harmonize_low_memory_cli(composite, mask, args)
+        else:
+            pipe = load_pipeline(args)
+            source = pipe.components.source
+            result = harmonize_with_pipeline(pipe, composite, mask, args, paste_back=not args.no_paste_back,
+                                             feather=args.feather)
     except R2RWeightsNotFound as exc:
         raise R2RWeightsNotFound(
             f"{exc}\n(Weights are looked up in --weights, then ${WEIGHTS_ENV}, then ./{DEFAULT_WEIGHTS_DIR}. "
             "Without weights, `--method statistics` runs the weight-free harmonizer.)"
         ) from exc
-    result = harmonize_with_pipeline(pipe, composite, mask, args, paste_back=not args.no_paste_back,
-                                     feather=args.feather)
     write_image(out_path, result)
-    print(f"wrote {out_path} (R2R, {args.steps} steps, seed {args.seed}, weights {pipe.components.source})")
+    print(f"wrote {out_path} (R2R, {args.steps} steps, seed {args.seed}, weights {source})")
     return 0
