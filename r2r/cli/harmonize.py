@@ -13,6 +13,7 @@ Heavy imports happen inside ``run()``.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 DEFAULT_WEIGHTS_DIR = Path("models") / "r2r" / "region2region"
@@ -169,15 +170,22 @@ def load_pipeline(args):
                                        scheduler=args.scheduler)
 
 
-def harmonize_with_pipeline(pipe, composite, mask, args, paste_back=True, feather=None, desc="R2R"):
-    """Run the pipeline on one image with a tqdm bar; returns ``HxWx3 uint8``."""
+@contextmanager
+def _step_bar(steps: int, desc: str):
+    """A tqdm bar over denoising steps; yields the pipeline's ``callback(step, total)``."""
     from tqdm.auto import tqdm
 
-    with tqdm(total=args.steps, desc=desc, unit="step", leave=False) as bar:
+    with tqdm(total=steps, desc=desc, unit="step", leave=False) as bar:
         def progress(step, total):
             bar.total = total
             bar.update(step - bar.n)
 
+        yield progress
+
+
+def harmonize_with_pipeline(pipe, composite, mask, args, paste_back=True, feather=None, desc="R2R"):
+    """Run the pipeline on one image with a tqdm bar; returns ``HxWx3 uint8``."""
+    with _step_bar(args.steps, desc) as progress:
         out = pipe(composite, mask, num_inference_steps=args.steps, generator=args.seed, max_side=args.max_side,
                    resize_mode=args.resize_mode, paste_back=paste_back, feather=feather, callback=progress,
                    fullres_mode=getattr(args, "fullres_mode", "auto"))
@@ -186,18 +194,12 @@ def harmonize_with_pipeline(pipe, composite, mask, args, paste_back=True, feathe
 
 def harmonize_low_memory_cli(composite, mask, args):
     """The low-memory flow (one network resident at a time) with a tqdm bar; returns (``HxWx3 uint8``, source)."""
-    from tqdm.auto import tqdm
-
     from ..pipeline import harmonize_low_memory, resolve_device
 
     device = resolve_device(args.device)
     dtype = args.dtype if args.dtype != "auto" else ("fp16" if device.type == "cuda" else "fp32")
     source = resolve_weights(args.weights)
-    with tqdm(total=args.steps, desc="R2R (low memory)", unit="step", leave=False) as bar:
-        def progress(step, total):
-            bar.total = total
-            bar.update(step - bar.n)
-
+    with _step_bar(args.steps, "R2R (low memory)") as progress:
         out = harmonize_low_memory(source, composite, mask, torch_dtype=dtype, device=device,
                                    num_inference_steps=args.steps, generator=args.seed, max_side=args.max_side,
                                    resize_mode=args.resize_mode, paste_back=not args.no_paste_back,
