@@ -42,6 +42,27 @@ FULLRES_TIP = ("How the result reaches the original resolution: upsample = resiz
                "paste_back on.")
 
 
+# input specs shared by several nodes (one definition: same ranges and tooltips everywhere)
+CLEAR_VAE_IN = (R2R_CLEAR_VAE, {"tooltip": "The Clear-VAE from an R2R loader."})
+MASK_IN = ("MASK", {"tooltip": MASK_TIP})
+INVERT_IN = ("BOOLEAN", {"default": False, "tooltip": INVERT_TIP})
+RESIZE_IN = (RESIZE_MODES, {"default": "fit", "tooltip": RESIZE_TIP})
+SEED_IN = ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "step": 1, "control_after_generate": True,
+                   "tooltip": "Random seed (CPU generator, so results match across devices)."})
+STEPS_IN = ("INT", {"default": 10, "min": 1, "max": 200, "step": 1,
+                    "tooltip": "Denoising steps. The release was tuned for 10."})
+SAMPLER_IN = (SAMPLERS, {"default": DEFAULT_SCHEDULER,
+                         "tooltip": "Scheduler. euler_ancestral is the official one; the others are "
+                                    "diffusers schedulers on the same noise schedule."})
+PASTE_BACK_IN = ("BOOLEAN", {"default": True,
+                             "tooltip": "Keep the original background pixels outside the (feathered) mask. "
+                                        "Off: the whole decoded image."})
+FEATHER_IN = ("INT", {"default": -1, "min": -1, "max": 256, "step": 1,
+                      "tooltip": "Width in original pixels of the soft edge outside the mask for the paste-back. "
+                                 "-1 = automatic (one latent cell), 0 = hard edge."})
+FULLRES_IN = (FULLRES_MODES, {"default": "auto", "tooltip": FULLRES_TIP})
+
+
 # ----------------------------------------------------------------------------- helpers
 
 
@@ -280,12 +301,12 @@ class R2RClearVAEEncode:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "clear_vae": (R2R_CLEAR_VAE, {"tooltip": "The Clear-VAE from an R2R loader."}),
+                "clear_vae": CLEAR_VAE_IN,
                 "image": ("IMAGE", {"tooltip": IMAGE_TIP}),
-                "mask": ("MASK", {"tooltip": MASK_TIP}),
+                "mask": MASK_IN,
                 "max_side": ("INT", dict(MAX_SIDE)),
-                "invert_mask": ("BOOLEAN", {"default": False, "tooltip": INVERT_TIP}),
-                "resize_mode": (RESIZE_MODES, {"default": "fit", "tooltip": RESIZE_TIP}),
+                "invert_mask": INVERT_IN,
+                "resize_mode": RESIZE_IN,
             }
         }
 
@@ -312,10 +333,10 @@ class R2RMACAControllerApply:
                 "model": (R2R_MODEL, {"tooltip": "The R2R model from the R2R Checkpoint Loader."}),
                 "controller": (R2R_CONTROLLER, {"tooltip": "The Harmony Controller from an R2R loader."}),
                 "image": ("IMAGE", {"tooltip": IMAGE_TIP + " Must be the one given to Clear-VAE Encode."}),
-                "mask": ("MASK", {"tooltip": MASK_TIP}),
+                "mask": MASK_IN,
                 "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05,
                                        "tooltip": "Controller residual scale: 1 = as trained, 0 = no controller."}),
-                "invert_mask": ("BOOLEAN", {"default": False, "tooltip": INVERT_TIP}),
+                "invert_mask": INVERT_IN,
             },
             "optional": {
                 "reference_mask": ("MASK", {
@@ -347,14 +368,9 @@ class R2RSampler:
                 "model": (R2R_MODEL, {"tooltip": "The R2R model, usually with the controller attached by "
                                                  "MACA Controller Apply (without it the U-Net runs alone)."}),
                 "latent": ("LATENT", {"tooltip": "The LATENT from R2R Clear-VAE Encode."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "step": 1,
-                                 "control_after_generate": True,
-                                 "tooltip": "Random seed (CPU generator, so results match across devices)."}),
-                "steps": ("INT", {"default": 10, "min": 1, "max": 200, "step": 1,
-                                  "tooltip": "Denoising steps. The release was tuned for 10."}),
-                "sampler": (SAMPLERS, {"default": DEFAULT_SCHEDULER,
-                                       "tooltip": "Scheduler. euler_ancestral is the official one; the others are "
-                                                  "diffusers schedulers on the same noise schedule."}),
+                "seed": SEED_IN,
+                "steps": STEPS_IN,
+                "sampler": SAMPLER_IN,
             }
         }
 
@@ -376,18 +392,14 @@ class R2RClearVAEDecode:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "clear_vae": (R2R_CLEAR_VAE, {"tooltip": "The Clear-VAE from an R2R loader."}),
+                "clear_vae": CLEAR_VAE_IN,
                 "latent": ("LATENT", {"tooltip": "The LATENT from R2R Sampler."}),
                 "image": ("IMAGE", {"tooltip": "The same composite given to Clear-VAE Encode."}),
-                "mask": ("MASK", {"tooltip": MASK_TIP}),
-                "invert_mask": ("BOOLEAN", {"default": False, "tooltip": INVERT_TIP}),
-                "paste_back": ("BOOLEAN", {"default": True,
-                                           "tooltip": "Keep the original background pixels outside the (feathered) "
-                                                      "mask. Off: the whole decoded image."}),
-                "feather": ("INT", {"default": -1, "min": -1, "max": 256, "step": 1,
-                                    "tooltip": "Width in original pixels of the soft edge outside the mask for the "
-                                               "paste-back. -1 = automatic (one latent cell), 0 = hard edge."}),
-                "fullres_mode": (FULLRES_MODES, {"default": "auto", "tooltip": FULLRES_TIP}),
+                "mask": MASK_IN,
+                "invert_mask": INVERT_IN,
+                "paste_back": PASTE_BACK_IN,
+                "feather": FEATHER_IN,
+                "fullres_mode": FULLRES_IN,
             }
         }
 
@@ -411,26 +423,21 @@ class R2RHarmonize:
         return {
             "required": {
                 "model": (R2R_MODEL, {"tooltip": "The R2R model from the R2R Checkpoint Loader."}),
-                "clear_vae": (R2R_CLEAR_VAE, {"tooltip": "The Clear-VAE from an R2R loader."}),
+                "clear_vae": CLEAR_VAE_IN,
                 "controller": (R2R_CONTROLLER, {"tooltip": "The Harmony Controller from an R2R loader."}),
                 "image": ("IMAGE", {"tooltip": IMAGE_TIP}),
-                "mask": ("MASK", {"tooltip": MASK_TIP}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "step": 1,
-                                 "control_after_generate": True, "tooltip": "Random seed."}),
-                "steps": ("INT", {"default": 10, "min": 1, "max": 200, "step": 1,
-                                  "tooltip": "Denoising steps (official: 10)."}),
-                "sampler": (SAMPLERS, {"default": DEFAULT_SCHEDULER, "tooltip": "Scheduler (official: "
-                                                                               "euler_ancestral)."}),
+                "mask": MASK_IN,
+                "seed": SEED_IN,
+                "steps": STEPS_IN,
+                "sampler": SAMPLER_IN,
                 "max_side": ("INT", dict(MAX_SIDE)),
                 "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05,
                                        "tooltip": "Controller strength (1 = as trained, 0 = no controller)."}),
-                "invert_mask": ("BOOLEAN", {"default": False, "tooltip": INVERT_TIP}),
-                "paste_back": ("BOOLEAN", {"default": True, "tooltip": "Keep the original background outside "
-                                                                       "the feathered mask."}),
-                "feather": ("INT", {"default": -1, "min": -1, "max": 256, "step": 1,
-                                    "tooltip": "Paste-back soft edge in original pixels; -1 = automatic, 0 = hard."}),
-                "resize_mode": (RESIZE_MODES, {"default": "fit", "tooltip": RESIZE_TIP}),
-                "fullres_mode": (FULLRES_MODES, {"default": "auto", "tooltip": FULLRES_TIP}),
+                "invert_mask": INVERT_IN,
+                "paste_back": PASTE_BACK_IN,
+                "feather": FEATHER_IN,
+                "resize_mode": RESIZE_IN,
+                "fullres_mode": FULLRES_IN,
             },
             "optional": {
                 "reference_mask": ("MASK", {"tooltip": "Optional region whose colours steer MACA instead of the "
