@@ -6,16 +6,21 @@
 
 from __future__ import annotations
 
+import re
 import sys
+
+#: what ``--shard`` accepts as its value even when it starts with "-" (so "-1/2" gets a clear message)
+_SHARD_VALUE = re.compile(r"^-?\d+/-?\d+$")
 
 
 def _shard(text: str):
-    try:
-        i, n = (int(x) for x in text.split("/"))
-    except ValueError:
-        import argparse
+    import argparse
 
-        raise argparse.ArgumentTypeError(f"expected i/n such as 0/4, got {text!r}") from None
+    if not _SHARD_VALUE.match(text.strip()):
+        raise argparse.ArgumentTypeError(f"expected i/n such as 0/4 (this machine's share i of n), got {text!r}")
+    i, n = (int(x) for x in text.strip().split("/"))
+    if n < 1 or not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"needs 0 <= i < n, got {text!r}; e.g. --shard 0/4 ... --shard 3/4")
     return i, n
 
 
@@ -33,7 +38,23 @@ def _kv(text: str):
         return key, value
 
 
+def _gen_args(pairs) -> dict:
+    from ..errors import R2RUserError
+
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise R2RUserError(f"--gen-arg {key}=... is given twice ({out[key]!r} and {value!r}); keep one")
+        out[key] = value
+    return out
+
+
 def add_arguments(p) -> None:
+    # argparse reads "-1/2" as an unknown option ("expected one argument"); let values of that form
+    # through so --shard can say what is wrong with them
+    matcher = getattr(p, "_negative_number_matcher", None)
+    if matcher is not None:
+        p._negative_number_matcher = re.compile(f"{matcher.pattern}|{_SHARD_VALUE.pattern}")
     src = p.add_argument_group("sources")
     src.add_argument("--images", help="folder of real images (searched recursively)")
     src.add_argument("--masks", help="folder of masks matched to the images by file stem")
@@ -71,7 +92,9 @@ def add_arguments(p) -> None:
                    "default) or another source image at the same place (other, as the official prototype)")
     g.add_argument("--min-fmse", type=float, default=None, help="reject composites with foreground MSE below this")
     g.add_argument("--max-fmse", type=float, default=None, help="reject composites with foreground MSE above this")
-    g.add_argument("--min-color-shift", type=float, default=None, help="reject composites whose mean Lab shift is below this")
+    g.add_argument("--min-color-shift-lab", "--min-color-shift", dest="min_color_shift_lab", type=float, default=None,
+                   help="reject composites whose foreground's mean colour moved less than this in CIE Lab (Delta E "
+                   "1976; about 2.3 is just noticeable, 5-10 clearly visible). --min-color-shift is an alias")
     g.add_argument("--max-tries", type=int, default=5, help="draws per composite before it counts as rejected")
     g.add_argument("--generator", default=None, metavar="MODULE:FUNCTION",
                    help="composite generator (default r2r.blending:random_poisson_blend); called as "
@@ -89,6 +112,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    from ..dataset.config import DEFAULT_GENERATOR
     from ..dataset.layouts import detect_layout
     from ..dataset.make import MakeConfig, make_dataset
     from ..errors import R2RUserError
@@ -112,7 +136,7 @@ def run(args) -> int:
         test_fraction=args.test_fraction,
         min_fmse=args.min_fmse,
         max_fmse=args.max_fmse,
-        min_color_shift=args.min_color_shift,
+        min_color_shift_lab=args.min_color_shift_lab,
         max_tries=args.max_tries,
         max_side=args.max_side,
         image_format=args.image_format,
@@ -127,10 +151,9 @@ def run(args) -> int:
         shard=args.shard,
         keep_going=args.keep_going,
         progress=args.progress,
-        generator_kwargs=dict(args.gen_arg),
+        generator=args.generator or DEFAULT_GENERATOR,
+        generator_kwargs=_gen_args(args.gen_arg),
     )
-    if args.generator:
-        cfg.generator = args.generator
     report = make_dataset(cfg)
     print(report.summary(), file=sys.stderr if report.failed else sys.stdout)
     return 1 if report.failed else 0

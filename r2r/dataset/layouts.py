@@ -28,12 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import R2RUserError
+from ..fileio import IMAGE_EXTENSIONS, TEMP_MARKER
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+IMAGE_EXTS = IMAGE_EXTENSIONS
 #: mask-file stem suffixes recognised when matching a mask to its image by stem
 MASK_SUFFIXES = ("_mask", "-mask", "_seg", "_gt", "_label", "_alpha", "_matte")
-#: marker inside the names of files that are still being written (``name.tmp-<pid>``)
-TEMP_MARKER = ".tmp-"
 
 # iHarmony4 subsets by the first letter of the file name (the official per-subset lists)
 IHARMONY4_PREFIXES = {"a": "HAdobe5k", "c": "HCOCO", "d": "Hday2night", "f": "HFlickr"}
