@@ -7,7 +7,7 @@ import torch
 
 from r2r.cli import main
 from r2r.cli.demo import EXAMPLES_DIR, find_examples
-from r2r.cli.harmonize import read_image, read_mask, write_image
+from r2r.fileio import read_image, read_mask, write_image
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -101,7 +101,7 @@ def test_cli_user_errors(files, tmp_path, capsys):
     cases = [
         (["--composite", str(tmp_path / "nope.png"), "--mask", str(mp)], "does not exist"),
         (["--composite", str(cp), "--mask", str(bad_mask)], "does not match the composite size"),
-        (["--composite", str(cp), "--mask", str(mp), "--out", str(tmp_path / "o.gifx")], "Unsupported output extension"),
+        (["--composite", str(cp), "--mask", str(mp), "--out", str(tmp_path / "o.gifx")], "use one of .png"),
         (["--composite", str(cp), "--mask", str(mp), "--max-side", "100"], "multiple of 64"),
     ]
     for extra, words in cases:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import R2RUserError
 from .harmonize import add_model_arguments
 
 EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "assets" / "examples"
@@ -29,9 +30,11 @@ def add_arguments(parser) -> None:
 
 
 def find_examples(folder) -> list[tuple[str, Path, Path]]:
-    from ..errors import R2RUserError
-
     folder = Path(folder)
+    if not folder.is_dir():
+        what = "is a file, not a folder" if folder.exists() else "does not exist"
+        raise R2RUserError(f"The --examples folder {folder} {what}; give a folder with <name>_composite.png + "
+                           "<name>_mask.png pairs (or leave --examples out to use the bundled ones).")
     pairs = []
     for comp in sorted(folder.glob("*_composite.png")):
         name = comp.name[: -len("_composite.png")]
@@ -84,24 +87,36 @@ def contact_sheet(rows, method_label: str):
 
 def run(args) -> int:
     from ..errors import R2RWeightsNotFound
+    from ..fileio import check_writable_dir
     from .harmonize import (
+        check_model_args,
+        check_out_file,
+        device_and_dtype,
         harmonize_with_pipeline,
         load_pipeline,
-        read_image,
-        read_mask,
+        read_inputs,
         resolve_weights,
-        write_image,
+        save_result,
+        weights_hint,
     )
 
+    # every check before any model loads: options, every example, every output file
+    check_model_args(args)
+    device, dtype = device_and_dtype(args) if args.method != "statistics" else (None, None)
     examples = find_examples(args.examples or EXAMPLES_DIR)
-    out_dir = Path(args.out)
+    inputs = [path for _, comp, mask in examples for path in (comp, mask)]
+    loaded = [(name, *read_inputs(comp, mask, args.max_side, args.resize_mode)) for name, comp, mask in examples]
+    out_dir = check_writable_dir(args.out, what="--out folder")
+    outputs = {name: check_out_file(out_dir / f"{name}_harmonized.png", inputs) for name, _, _ in examples}
+    sheet_path = check_out_file(out_dir / "contact_sheet.png", inputs)
+
     pipe = None
     if args.method in ("auto", "r2r"):
         try:
-            pipe = load_pipeline(args)
+            pipe = load_pipeline(args, device, dtype)
         except R2RWeightsNotFound as exc:
             if args.method == "r2r":
-                raise
+                raise R2RWeightsNotFound(weights_hint(exc)) from exc
             print(
                 "R2R weights not found, so the demo uses the weight-free statistics harmonizer instead.\n"
                 f"{exc}\n"
@@ -113,17 +128,15 @@ def run(args) -> int:
         print(f"R2R weights: {pipe.components.source} ({pipe.dtype}, {pipe.device}); "
               f"{args.steps} steps at max side {args.max_side}")
     rows = []
-    for name, comp_path, mask_path in examples:
-        composite, mask = read_image(comp_path), read_mask(mask_path)
+    for name, composite, mask in loaded:
         if pipe is not None:
             result = harmonize_with_pipeline(pipe, composite, mask, args, desc=name)
         else:
             from ..blending import harmonize_statistics
 
             result = harmonize_statistics(composite, mask)
-        path = write_image(out_dir / f"{name}_harmonized.png", result)
-        print(f"wrote {path}")
+        print(f"wrote {save_result(outputs[name], result, what=f'result of {name}')}")
         rows.append((name, composite, mask, result))
-    sheet = write_image(out_dir / "contact_sheet.png", contact_sheet(rows, method_label))
+    sheet = save_result(sheet_path, contact_sheet(rows, method_label), what="contact sheet")
     print(f"wrote {sheet} (before/after contact sheet)")
     return 0

@@ -2,147 +2,218 @@
 
     python -m r2r harmonize --composite comp.jpg --mask mask.png --out result.png \
         [--weights models/r2r/region2region | 1243asdad/region2region] [--steps 10] [--seed 0] \
-        [--max-side 1024] [--dtype auto|fp32|bf16|fp16] [--device auto|cpu|cuda] [--no-paste-back] \
+        [--max-side 1024] [--dtype auto|fp32|bf16|fp16] [--device auto|cpu|cuda[:N]|mps] [--no-paste-back] \
         [--feather PX] [--method r2r|statistics]
 
 Weights are looked up in ``--weights``, then ``$R2R_WEIGHTS``, then ``./models/r2r/region2region``.
 ``--method statistics`` needs no weights (the Lab-statistics harmonizer of ``r2r.blending``).
-Heavy imports happen inside ``run()``.
+
+Every argument is checked before any model loads (:func:`check_model_args`, :func:`read_inputs`,
+:func:`check_out_file`); a problem is an :class:`~r2r.errors.R2RUserError` (exit code 2, no
+traceback). The result is written atomically; if writing fails after the work (disk full, folder
+removed), :func:`save_result` keeps it in a fallback file under the temp folder and names it.
+Heavy imports (torch, the models) happen inside the functions.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import re
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..errors import R2RUserError
+from ..fileio import IMAGE_EXTENSIONS
+from ..options import (
+    DEFAULT_FULLRES_MODE,
+    DEFAULT_RESIZE_MODE,
+    DEFAULT_SCHEDULER,
+    FULLRES_MODES,
+    RESIZE_MODES,
+    SCHEDULER_NAMES,
+)
+
 DEFAULT_WEIGHTS_DIR = Path("models") / "r2r" / "region2region"
 WEIGHTS_ENV = "R2R_WEIGHTS"
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+#: the CLI's --dtype choices (r2r.devices.resolve_dtype understands each)
+DTYPE_CHOICES = ("auto", "fp32", "bf16", "fp16")
+MAX_STEPS = 1000
+MAX_SEED = 2**64 - 1
+#: --feather value meaning "automatic" (one latent cell); the pipeline's feather=None
+FEATHER_AUTO = -1
+_DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--composite", required=True, metavar="IMAGE", help="the composite image (RGB; any size)")
     parser.add_argument("--mask", required=True, metavar="IMAGE",
                         help="foreground mask, white = the pasted object (greyscale; RGBA: the alpha channel)")
-    parser.add_argument("--out", required=True, metavar="IMAGE", help="output file (.png, .jpg, .webp, ...)")
+    parser.add_argument("--out", required=True, metavar="IMAGE",
+                        help=f"output file ({', '.join(IMAGE_EXTENSIONS)}); an existing file is replaced, an input "
+                             "never; missing folders are created")
     add_model_arguments(parser)
     parser.add_argument("--no-paste-back", action="store_true",
                         help="return the model's whole image (default: the original background is pasted back)")
-    parser.add_argument("--feather", type=int, default=None, metavar="PX",
-                        help="paste-back band outside the mask in original pixels (default: one latent cell; 0 = hard)")
+    parser.add_argument("--feather", type=int, default=FEATHER_AUTO, metavar="PX",
+                        help="paste-back band outside the mask in original pixels: -1 = automatic (one latent "
+                             "cell, default), 0 = hard edge (the mask itself), N = N pixels")
     parser.add_argument("--method", choices=("r2r", "statistics"), default="r2r",
                         help="r2r = the diffusion model (needs weights); statistics = weight-free Lab colour matching")
-    parser.add_argument("--strength", type=float, default=1.0, help="statistics method: 0 = unchanged .. 1 = full")
+    parser.add_argument("--strength", type=float, default=1.0,
+                        help="statistics method: 0 = unchanged .. 1 = full transfer (default 1)")
 
 
 def add_model_arguments(parser) -> None:
     """Options shared with ``python -m r2r demo``."""
     parser.add_argument("--weights", default=None, metavar="PATH_OR_REPO",
                         help=f"release folder (hub layout) or hub repo id; default ${WEIGHTS_ENV} or ./{DEFAULT_WEIGHTS_DIR}")
-    parser.add_argument("--steps", type=int, default=10, help="denoising steps (official: 10)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (CPU generator: same result on any device)")
-    parser.add_argument("--max-side", type=int, default=1024, help="working resolution: longer side, multiple of 64")
-    parser.add_argument("--resize-mode", choices=("fit", "pad", "square"), default="fit",
+    parser.add_argument("--steps", type=int, default=10, help=f"denoising steps, 1..{MAX_STEPS} (official: 10)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="random seed, 0..2^64-1 (CPU generator: same result on any device)")
+    parser.add_argument("--max-side", type=int, default=1024,
+                        help="working resolution: longer side, a multiple of 64 (at least 64)")
+    parser.add_argument("--resize-mode", choices=RESIZE_MODES, default=DEFAULT_RESIZE_MODE,
                         help="fit = keep aspect (default), pad = exact aspect + padding, square = official squash")
     parser.add_argument("--low-memory", action="store_true",
                         help="keep only one network in memory at a time (each is loaded for its phase; the "
                              "composite's skips wait in a temp file): about half the peak memory, for big images "
                              "or small machines")
-    parser.add_argument("--fullres-mode", choices=("auto", "color_transform", "upsample"), default="auto",
+    parser.add_argument("--fullres-mode", choices=FULLRES_MODES, default=DEFAULT_FULLRES_MODE,
                         help="how the result reaches the original resolution: color_transform carries the harmonization "
                              "as a colour transform that keeps every original detail; upsample resizes the "
                              "working-resolution result; auto (default) = color_transform for images larger than "
                              "the working resolution")
-    parser.add_argument("--scheduler", default="euler_ancestral", help="euler_ancestral (official), euler, dpmpp_2m, ddim, unipc, ...")
-    parser.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
-                        help="model dtype (auto: fp16 on CUDA, fp32 on CPU)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
+    parser.add_argument("--scheduler", choices=SCHEDULER_NAMES, default=DEFAULT_SCHEDULER,
+                        help="sampler (euler_ancestral is the official one)")
+    parser.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
+                        help="model dtype (auto: fp16 on CUDA, fp32 on CPU; fp16/bf16 on a CPU run slower than fp32)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
 
 
-# ----------------------------------------------------------------------------- image files
+# ----------------------------------------------------------------------------- checks before work
 
 
-def read_image(path) -> object:
-    """An image file -> ``HxWx3 uint8`` RGB (16-bit files are scaled, grey is replicated, alpha dropped)."""
-    import cv2
-    import numpy as np
-
-    from ..errors import R2RUserError
-
-    path = Path(path)
-    if not path.is_file():
-        raise R2RUserError(f"Image file {path} does not exist; check the path.")
-    data = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if data is None:
-        raise R2RUserError(f"Could not read {path} as an image; expected PNG, JPEG, WebP, BMP or TIFF.")
-    data = _to_uint8(data)
-    if data.ndim == 2:
-        data = np.repeat(data[..., None], 3, axis=2)
-    elif data.shape[2] == 4:
-        data = cv2.cvtColor(data, cv2.COLOR_BGRA2RGB)
-    elif data.shape[2] == 3:
-        data = cv2.cvtColor(data, cv2.COLOR_BGR2RGB)
-    else:
-        raise R2RUserError(f"{path} has {data.shape[2]} channels; expected an RGB (or grey/RGBA) image.")
-    return np.ascontiguousarray(data)
+def _check_int(option: str, value, low: int, high: int, fix: str) -> int:
+    if not (low <= value <= high):
+        raise R2RUserError(f"{option} must be an integer from {low} to {high}; got {value}. {fix}")
+    return value
 
 
-def read_mask(path) -> object:
-    """A mask file -> ``HxW uint8`` (0..255; white = foreground). RGBA files: the alpha channel;
-    RGB files: their grey value."""
-    import cv2
-
-    from ..errors import R2RUserError
-
-    path = Path(path)
-    if not path.is_file():
-        raise R2RUserError(f"Mask file {path} does not exist; check the path.")
-    data = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if data is None:
-        raise R2RUserError(f"Could not read {path} as an image; expected a greyscale PNG mask (white = foreground).")
-    data = _to_uint8(data)
-    if data.ndim == 3:
-        data = data[..., 3] if data.shape[2] == 4 else cv2.cvtColor(data[..., :3], cv2.COLOR_BGR2GRAY)
-    return data
+def check_model_args(args) -> None:
+    """Check the numeric options shared by ``harmonize`` and ``demo`` (cheap; no torch)."""
+    _check_int("--steps", args.steps, 1, MAX_STEPS, "The official setting is 10 (more steps are slower, rarely better).")
+    _check_int("--seed", args.seed, 0, MAX_SEED, "Use a non-negative seed, e.g. --seed 0.")
+    if args.max_side < 64 or args.max_side % 64:
+        raise R2RUserError(f"--max-side must be a multiple of 64 and at least 64 (e.g. 512, 768 or 1024); got "
+                           f"{args.max_side}. Round it to a multiple of 64, e.g. --max-side {max(64, round(args.max_side / 64) * 64)}.")
 
 
-def _to_uint8(data):
-    import numpy as np
-
-    if data.dtype == np.uint8:
-        return data
-    if data.dtype == np.uint16:
-        return (data.astype(np.float64) / 257.0).round().astype(np.uint8)
-    if data.dtype.kind == "f":
-        return (np.clip(np.nan_to_num(data), 0, 1) * 255).round().astype(np.uint8)
-    return np.clip(data, 0, 255).astype(np.uint8)
+def device_and_dtype(args):
+    """``--device`` / ``--dtype`` -> ``(torch.device, torch.dtype)``; prints a one-line note when fp16/bf16
+    is asked for on a CPU (it works, but slower than fp32)."""
+    device, dtype = resolve_device_dtype(args.device, args.dtype)
+    if device.type == "cpu" and args.dtype in ("fp16", "bf16"):
+        print(f"note: --dtype {args.dtype} on the CPU runs slower than fp32 (CPUs have no fast half-precision "
+              "kernels); use --dtype auto or fp32 for speed.", file=sys.stderr)
+    return device, dtype
 
 
-def write_image(path, rgb_uint8) -> Path:
-    """Write ``HxWx3 uint8`` RGB atomically (temp file in the same folder, then ``os.replace``)."""
-    import cv2
+def resolve_device_dtype(device_arg: str, dtype_arg: str):
+    """``--device`` / ``--dtype`` -> ``(torch.device, torch.dtype)`` by the one rule of :mod:`r2r.devices`
+    (``auto``: CUDA, else MPS, else CPU; fp16 on CUDA, fp32 elsewhere)."""
+    import torch
 
-    from ..errors import R2RUserError
+    from ..devices import resolve_device, resolve_dtype
 
-    path = Path(path)
-    ext = path.suffix.lower()
-    if ext not in IMAGE_EXTENSIONS:
-        raise R2RUserError(f"Unsupported output extension {path.suffix!r} for {path}; use one of {', '.join(IMAGE_EXTENSIONS)}.")
-    params = [cv2.IMWRITE_JPEG_QUALITY, 95] if ext in (".jpg", ".jpeg") else []
-    ok, buf = cv2.imencode(ext, cv2.cvtColor(rgb_uint8, cv2.COLOR_RGB2BGR), params)
-    if not ok:
-        raise R2RUserError(f"OpenCV could not encode the result as {ext}; try a .png output.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    text = str(device_arg).strip().lower()
+    if not _DEVICE_PATTERN.match(text):
+        raise R2RUserError(f"--device must be auto, cpu, cuda, cuda:N or mps; got {device_arg!r}.")
+    device = resolve_device(text)
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise R2RUserError(f"--device {device_arg} asks for GPU {device.index}, but this machine has "
+                           f"{torch.cuda.device_count()} CUDA device(s) (numbered from 0); pick one of them.")
+    if device.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise R2RUserError("--device mps was requested but Apple's MPS backend is not available here; "
+                               "use --device cpu (or auto).")
+    return device, resolve_dtype(dtype_arg, device)
+
+
+def check_feather_strength(args) -> None:
+    if args.feather < FEATHER_AUTO:
+        raise R2RUserError(f"--feather must be -1 (automatic: one latent cell), 0 (hard edge) or a positive number "
+                           f"of pixels; got {args.feather}.")
+    if not (math.isfinite(args.strength) and 0.0 <= args.strength <= 1.0):
+        raise R2RUserError(f"--strength must be a number from 0 (unchanged) to 1 (full transfer); got {args.strength}.")
+
+
+def feather_for_pipeline(feather: int):
+    """The CLI's -1 (automatic) is the pipeline's ``feather=None``; 0 and N pixels pass through."""
+    return None if feather == FEATHER_AUTO else int(feather)
+
+
+def read_inputs(composite_path, mask_path, max_side: int, resize_mode: str):
+    """Read the composite and the mask and run the pipeline's own input checks on them (sizes, an
+    empty / full / too small mask) before any model loads; returns ``(HxWx3, HxW)`` uint8 arrays."""
+    from ..fileio import read_image, read_mask
+    from ..imaging import prepare
+
+    composite = _read(read_image, composite_path, "--composite")
+    mask = _read(read_mask, mask_path, "--mask")
+    prepare(composite, mask, max_side=max_side, resize_mode=resize_mode)
+    return composite, mask
+
+
+def _read(reader, path, option: str):
     try:
-        with open(tmp, "wb") as f:
-            f.write(buf.tobytes())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+        return reader(path)
+    except R2RUserError as exc:
+        raise R2RUserError(f"{option}: {exc}") from None
+
+
+def check_out_file(path, inputs, option: str = "--out") -> Path:
+    """The output file can be written (folder creatable and writable, an image extension, not an input,
+    not a read-only file) -- checked before the work that produces it."""
+    from ..fileio import check_output_file
+
+    path = Path(path)
+    check_output_file(path, inputs=inputs, overwrite=True, extensions=IMAGE_EXTENSIONS, what=f"{option} file")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise R2RUserError(f"The {option} file {path} exists and is read-only; choose another name or make it "
+                           "writable (chmod u+w).")
     return path
+
+
+def save_result(path, image, what: str = "result") -> Path:
+    """Write ``image`` to ``path`` (atomically). If that fails after the work (disk full, folder removed,
+    permissions changed), the result goes to a PNG under the temp folder instead and the error names it;
+    only when that fails too is the result lost, and the error says so."""
+    import tempfile
+
+    from ..fileio import write_image
+
+    path = Path(path)
+    try:
+        return write_image(path, image)
+    except (OSError, R2RUserError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        try:
+            fd, fallback = tempfile.mkstemp(prefix=f"r2r-{path.stem}-", suffix=".png")
+            os.close(fd)
+            write_image(fallback, image)
+        except (OSError, R2RUserError) as exc2:
+            raise R2RUserError(
+                f"Could not write the {what} to {path} ({reason}), nor to a fallback file in the temp folder "
+                f"({getattr(exc2, 'strerror', None) or exc2}); the result is lost. Free some disk space or fix the "
+                "permissions, then run again."
+            ) from None
+        raise R2RUserError(
+            f"Could not write the {what} to {path} ({reason}). The result was saved to {fallback} instead; "
+            f"move it where you want it, and free some space / fix the folder for the next run."
+        ) from None
 
 
 # ----------------------------------------------------------------------------- model
@@ -158,14 +229,16 @@ def resolve_weights(arg):
     return str(DEFAULT_WEIGHTS_DIR)
 
 
-def load_pipeline(args):
-    """Build the R2RPipeline from the CLI options (raises R2RWeightsNotFound with what to download)."""
-    from ..pipeline import R2RPipeline, resolve_device
+def weights_hint(exc) -> str:
+    """The weight loader's message plus where the CLI looked and the weight-free alternative."""
+    return (f"{exc}\n(Weights are looked up in --weights, then ${WEIGHTS_ENV}, then ./{DEFAULT_WEIGHTS_DIR}. "
+            "Without weights, `--method statistics` runs the weight-free harmonizer.)")
 
-    device = resolve_device(args.device)
-    dtype = args.dtype
-    if dtype == "auto":
-        dtype = "fp16" if device.type == "cuda" else "fp32"
+
+def load_pipeline(args, device, dtype):
+    """Build the R2RPipeline from the CLI options (raises R2RWeightsNotFound with what to download)."""
+    from ..pipeline import R2RPipeline
+
     return R2RPipeline.from_pretrained(resolve_weights(args.weights), torch_dtype=dtype, device=device,
                                        scheduler=args.scheduler)
 
@@ -188,56 +261,51 @@ def harmonize_with_pipeline(pipe, composite, mask, args, paste_back=True, feathe
     with _step_bar(args.steps, desc) as progress:
         out = pipe(composite, mask, num_inference_steps=args.steps, generator=args.seed, max_side=args.max_side,
                    resize_mode=args.resize_mode, paste_back=paste_back, feather=feather, callback=progress,
-                   fullres_mode=getattr(args, "fullres_mode", "auto"))
+                   fullres_mode=args.fullres_mode)
     return out.to_numpy()[0]
 
 
-def harmonize_low_memory_cli(composite, mask, args):
+def harmonize_low_memory_cli(composite, mask, args, device, dtype):
     """The low-memory flow (one network resident at a time) with a tqdm bar; returns (``HxWx3 uint8``, source)."""
-    from ..pipeline import harmonize_low_memory, resolve_device
+    from ..pipeline import harmonize_low_memory
 
-    device = resolve_device(args.device)
-    dtype = args.dtype if args.dtype != "auto" else ("fp16" if device.type == "cuda" else "fp32")
     source = resolve_weights(args.weights)
     with _step_bar(args.steps, "R2R (low memory)") as progress:
         out = harmonize_low_memory(source, composite, mask, torch_dtype=dtype, device=device,
                                    num_inference_steps=args.steps, generator=args.seed, max_side=args.max_side,
                                    resize_mode=args.resize_mode, paste_back=not args.no_paste_back,
-                                   feather=args.feather, fullres_mode=args.fullres_mode, scheduler=args.scheduler,
-                                   callback=progress)
+                                   feather=feather_for_pipeline(args.feather), fullres_mode=args.fullres_mode,
+                                   scheduler=args.scheduler, callback=progress)
     return out.to_numpy()[0], source
 
 
 def run(args) -> int:
-    from ..errors import R2RUserError, R2RWeightsNotFound
+    from ..errors import R2RWeightsNotFound
 
-    composite = read_image(args.composite)
-    mask = read_mask(args.mask)
-    out_path = Path(args.out)
-    if out_path.suffix.lower() not in IMAGE_EXTENSIONS:
-        raise R2RUserError(f"Unsupported output extension {out_path.suffix!r} for {out_path}; use one of {', '.join(IMAGE_EXTENSIONS)}.")
+    # every check before any model loads: numbers and choices, the inputs, the output destination
+    check_model_args(args)
+    check_feather_strength(args)
+    device, dtype = device_and_dtype(args) if args.method == "r2r" else (None, None)
+    composite, mask = read_inputs(args.composite, args.mask, args.max_side, args.resize_mode)
+    out_path = check_out_file(args.out, inputs=(args.composite, args.mask))
+
     if args.method == "statistics":
         from ..blending import harmonize_statistics
-        from ..imaging import prepare
 
-        prepare(composite, mask, max_side=args.max_side)  # the same input checks as the model path
         result = harmonize_statistics(composite, mask, strength=args.strength)
-        write_image(out_path, result)
+        save_result(out_path, result)
         print(f"wrote {out_path} (weight-free statistics harmonizer)")
         return 0
     try:
         if args.low_memory:
-            result, source = harmonize_low_memory_cli(composite, mask, args)
+            result, source = harmonize_low_memory_cli(composite, mask, args, device, dtype)
         else:
-            pipe = load_pipeline(args)
+            pipe = load_pipeline(args, device, dtype)
             source = pipe.components.source
             result = harmonize_with_pipeline(pipe, composite, mask, args, paste_back=not args.no_paste_back,
-                                             feather=args.feather)
+                                             feather=feather_for_pipeline(args.feather))
     except R2RWeightsNotFound as exc:
-        raise R2RWeightsNotFound(
-            f"{exc}\n(Weights are looked up in --weights, then ${WEIGHTS_ENV}, then ./{DEFAULT_WEIGHTS_DIR}. "
-            "Without weights, `--method statistics` runs the weight-free harmonizer.)"
-        ) from exc
-    write_image(out_path, result)
+        raise R2RWeightsNotFound(weights_hint(exc)) from exc
+    save_result(out_path, result)
     print(f"wrote {out_path} (R2R, {args.steps} steps, seed {args.seed}, weights {source})")
     return 0
