@@ -1,10 +1,15 @@
-"""ComfyUI-R2R: ComfyUI entry point.
+"""ComfyUI-R2R: ComfyUI entry point (V3 node API: ``comfy_entrypoint`` returns the extension).
 
-ComfyUI imports this folder as a package under a synthetic name, so every import
-inside the pack is relative. Importing it without ComfyUI works too (the nodes
-only touch ComfyUI's modules while they execute).
+ComfyUI imports this folder as a package under a synthetic name, so every import inside the
+pack is relative. Importing the pack root does not import ComfyUI (or torch): the node modules
+(``nodes/``) are imported by ``comfy_entrypoint``, which ComfyUI calls when it loads the pack.
 """
 
-from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
+async def comfy_entrypoint():
+    from .nodes import make_extension
+
+    return make_extension()
+
+
+__all__ = ["comfy_entrypoint"]

@@ -1,41 +1,33 @@
-"""The node registry: every node class of the pack, by its frozen id.
+"""The node registry: every node class of the pack (ComfyUI V3 API, ``comfy_api.v0_0_2``).
 
 Node ids are frozen once shipped: never rename one; add ``<Id>V2`` and keep the old class.
+Importing this package needs ComfyUI's ``comfy_api`` (the pack root's ``comfy_entrypoint``
+imports it only when ComfyUI loads the pack).
 """
 
-from . import _host
-from .data import R2RRandomPoissonBlend, R2RSaveHarmonizationDataset, R2RWeightFreeHarmonize
-from .harmonize import R2RClearVAEDecode, R2RClearVAEEncode, R2RHarmonize, R2RMACAControllerApply, R2RSampler
-from .loaders import R2RCheckpointLoader, R2RClearVAELoader, R2RControllerLoader, R2RUNetLoader
+from __future__ import annotations
 
-_host.register_model_folder()
+from comfy_api.v0_0_2 import ComfyExtension
 
-NODE_CLASS_MAPPINGS: dict = {
-    "R2RCheckpointLoader": R2RCheckpointLoader,
-    "R2RClearVAELoader": R2RClearVAELoader,
-    "R2RControllerLoader": R2RControllerLoader,
-    "R2RUNetLoader": R2RUNetLoader,
-    "R2RClearVAEEncode": R2RClearVAEEncode,
-    "R2RMACAControllerApply": R2RMACAControllerApply,
-    "R2RSampler": R2RSampler,
-    "R2RClearVAEDecode": R2RClearVAEDecode,
-    "R2RHarmonize": R2RHarmonize,
-    "R2RWeightFreeHarmonize": R2RWeightFreeHarmonize,
-    "R2RRandomPoissonBlend": R2RRandomPoissonBlend,
-    "R2RSaveHarmonizationDataset": R2RSaveHarmonizationDataset,
-}
+from . import _host, data, examples, harmonize, loaders
 
-NODE_DISPLAY_NAME_MAPPINGS: dict = {
-    "R2RCheckpointLoader": "R2R Checkpoint Loader",
-    "R2RClearVAELoader": "R2R Clear-VAE Loader",
-    "R2RControllerLoader": "R2R Harmony Controller Loader",
-    "R2RUNetLoader": "R2R U-Net Loader",
-    "R2RClearVAEEncode": "R2R Clear-VAE Encode",
-    "R2RMACAControllerApply": "R2R MACA Controller Apply",
-    "R2RSampler": "R2R Sampler",
-    "R2RClearVAEDecode": "R2R Clear-VAE Decode",
-    "R2RHarmonize": "R2R Harmonize",
-    "R2RWeightFreeHarmonize": "R2R Weight-Free Harmonize",
-    "R2RRandomPoissonBlend": "R2R Random Poisson Blend",
-    "R2RSaveHarmonizationDataset": "R2R Save Harmonization Dataset",
-}
+try:
+    # the KSampler path (R2R Conditioning ...) lives in its own module; a pack without it still loads
+    from .ksampler import NODES as KSAMPLER_NODES
+except ModuleNotFoundError as exc:
+    if exc.name != f"{__name__}.ksampler":
+        raise
+    KSAMPLER_NODES = []
+
+NODE_CLASSES = [*loaders.NODES, *examples.NODES, *harmonize.NODES, *KSAMPLER_NODES, *data.NODES]
+
+
+class R2RExtension(ComfyExtension):
+    async def get_node_list(self):
+        return list(NODE_CLASSES)
+
+
+def make_extension() -> R2RExtension:
+    """Register the models/r2r folder with ComfyUI and return the pack's extension."""
+    _host.register_model_folder()
+    return R2RExtension()

@@ -3,9 +3,10 @@
 Inside ComfyUI (``comfy.model_management`` already imported by ComfyUI's ``main.py``)
 this module uses ``folder_paths`` for the ``models/r2r`` folder, ``model_management``
 for devices and memory (every diffusers model is wrapped in a plain ``nn.Module``
-holder and handed to a ``ModelPatcher``, so ComfyUI offloads it when idle and frees it
-on "Unload models"), ``comfy.utils.ProgressBar`` for the node's progress bar and the
-interrupt flag for Cancel.
+holder and handed to a ``ModelPatcher`` loaded with an estimate of the memory the work
+needs, so ComfyUI frees other models first, offloads ours when idle and frees them on
+"Unload models"), ``comfy.utils.ProgressBar`` + ``latent_preview`` for the node's progress
+bar and sampling previews, and the interrupt flag for Cancel.
 
 Anywhere else (tests, scripts, CI) it behaves plainly: the compute device is chosen
 automatically (``R2R_DEVICE`` overrides), the models folder comes from
@@ -155,10 +156,11 @@ def _holder_class():
 class ManagedModel:
     """A diffusers model whose placement is owned by the host.
 
-    ``with managed.use() as model:`` gives the model on the compute device. Inside
-    ComfyUI this goes through ``model_management.load_models_gpu`` (full load), so the
-    model is offloaded when ComfyUI needs the memory and unloaded on request; outside
-    it the model is simply moved to the compute device.
+    :meth:`load` gives the model on the compute device. Inside ComfyUI this goes through
+    ``model_management.load_models_gpu`` with an estimate of the memory the computation needs
+    besides the weights, so ComfyUI unloads other models first; the model is offloaded when
+    ComfyUI needs the memory and unloaded on "Unload models". Outside ComfyUI the model is
+    simply moved to the compute device.
     """
 
     def __init__(self, model, name: str):
@@ -178,36 +180,53 @@ class ManagedModel:
             )
         return self._patcher
 
-    def load(self):
-        """Put the weights on the compute device and return the model."""
+    def load(self, memory_required: int | None = None):
+        """Put the weights on the compute device and return the model.
+
+        ``memory_required``: bytes the computation needs on the device besides the weights
+        (activations, caches); ComfyUI frees that much (plus the weights) before loading.
+        """
         with self._lock:
             if in_comfyui():
                 import comfy.model_management as mm
 
-                mm.load_models_gpu([self._get_patcher()], force_full_load=True)
+                patcher = self._get_patcher()
+                mm.load_models_gpu([patcher], memory_required=int(memory_required or 0), force_full_load=True)
+                if not self._weights_on(patcher.load_device):
+                    # --novram: ComfyUI loads 0 bytes of a model that is not made of comfy.ops layers
+                    # (these diffusers modules cannot run partly offloaded), so load it whole, accounted
+                    patcher.partially_load(patcher.load_device, extra_memory=patcher.model_size() + 1)
             else:
                 device = compute_device()
                 if self.model.device != device:
                     self.model.to(device)
             return self.model
 
+    def _weights_on(self, device) -> bool:
+        import torch
+
+        device = torch.device(device)
+        for p in self.model.parameters():
+            if p.device.type != device.type or (device.index is not None and p.device.index != device.index):
+                return False
+        return True
+
     @property
     def dtype(self):
         return self.model.dtype
 
-    def size_bytes(self) -> int:
-        return sum(p.numel() * p.element_size() for p in self.model.parameters())
 
-
-def free_memory(num_bytes: int) -> None:
-    """Ask the host to make room on the compute device (no-op outside ComfyUI)."""
+def free_device_memory(num_bytes: int) -> None:
+    """Ask the host to make ``num_bytes`` free on the compute device (unloading other models;
+    no-op outside ComfyUI)."""
     if in_comfyui():
         import comfy.model_management as mm
 
-        mm.free_memory(num_bytes, mm.get_torch_device())
+        mm.free_memory(int(num_bytes), mm.get_torch_device())
 
 
-def is_oom(exc: BaseException) -> bool:
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for the host's out-of-memory error (ComfyUI's OOM_EXCEPTION, torch.OutOfMemoryError)."""
     import torch
 
     if in_comfyui():
@@ -243,10 +262,13 @@ def check_interrupt() -> None:
 
 
 class Progress:
-    """A node progress bar: ComfyUI's ProgressBar inside ComfyUI, tqdm elsewhere.
+    """A node progress bar: ComfyUI's ProgressBar (with latent previews) inside ComfyUI, tqdm elsewhere.
 
-    ``update()`` also honours the interrupt, so calling it between steps makes the
-    loop cancellable.
+    ``update()`` also honours the interrupt, so calling it between steps makes the loop
+    cancellable. ``preview_latent`` is the predicted clean latent x0, scaled as the U-Net sees it
+    (SD1.5 latent space), ``[B,4,h,w]``; inside ComfyUI it is turned into a preview picture with
+    ComfyUI's previewer (Latent2RGB or TAESD, as ``--preview-method`` says) and sent with the
+    progress; elsewhere it is ignored.
     """
 
     def __init__(self, total: int, desc: str = "R2R"):
@@ -254,6 +276,7 @@ class Progress:
         self.value = 0
         self._bar = None
         self._tqdm = None
+        self._previewer = None
         if in_comfyui():
             import comfy.utils
 
@@ -263,11 +286,22 @@ class Progress:
 
             self._tqdm = tqdm(total=self.total, desc=desc, leave=False, disable=None)
 
-    def update(self, n: int = 1) -> None:
+    def _preview(self, latent):
+        import comfy.latent_formats
+        import latent_preview
+
+        if self._previewer is None:
+            self._previewer = latent_preview.get_previewer(compute_device(), comfy.latent_formats.SD15()) or False
+        if not self._previewer:  # --preview-method none
+            return None
+        return self._previewer.decode_latent_to_preview_image("JPEG", latent.detach()[:1].float())
+
+    def update(self, n: int = 1, preview_latent=None) -> None:
         check_interrupt()
         self.value = min(self.value + n, self.total)
         if self._bar is not None:
-            self._bar.update_absolute(self.value, self.total)
+            preview = None if preview_latent is None else self._preview(preview_latent)
+            self._bar.update_absolute(self.value, self.total, preview)
         elif self._tqdm is not None:
             self._tqdm.update(n)
 

@@ -5,73 +5,83 @@ from __future__ import annotations
 
 import os
 
+from comfy_api.v0_0_2 import io
+
 from ..r2r.errors import R2RUserError
 from . import _convert, _host
+from ._schema import REFERENCE_TIP, SEED_MAX, R2RNode, choice, seed_in
 
 MASK_TIP = "Foreground mask: 1 (white) = the object region. A batch is processed item by item."
+INVERT_TIP = "Flip the mask (1 - mask), e.g. for Load Image's MASK of a cut-out PNG, which is 1 - alpha."
+SPLITS = ["train", "test"]
+IMAGE_FORMATS = ["jpg", "png"]
 
 
 def _np_mask(m_b1hw_i):
     return m_b1hw_i[0].detach().cpu().numpy().astype("float32")
 
 
-class R2RRandomPoissonBlend:
-    DESCRIPTION = ("Random Poisson Blending (RPB): makes a training composite from a real photo by Poisson-blending "
-                   "the foreground with colours and illumination taken from another region (a random one, or "
-                   "reference_image / reference_mask when connected). Outputs the composite, its mask and the "
-                   "real image (the ground truth). Batch-aware; seed + batch index make each item reproducible.")
-    CATEGORY = "R2R/data"
-    FUNCTION = "blend"
-    RETURN_TYPES = ("IMAGE", "MASK", "IMAGE")
-    RETURN_NAMES = ("composite", "mask", "real")
-    OUTPUT_TOOLTIPS = ("The synthetic composite (foreground recoloured).", "The foreground mask (1 = foreground).",
-                       "The untouched real image (ground truth for training).")
+class R2RRandomPoissonBlend(R2RNode):
+    SEARCH_ALIASES = ("poisson blend", "training data", "synthetic composite", "dataset", "augment", "blend")
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "image": ("IMAGE", {"tooltip": "The real photo(s)."}),
-                "mask": ("MASK", {"tooltip": MASK_TIP}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "step": 1,
-                                 "control_after_generate": True,
-                                 "tooltip": "Random seed; item i of a batch uses seed + i."}),
-                "strength": ("FLOAT", {"default": 0.75, "min": 0.0, "max": 1.0, "step": 0.05,
-                                       "tooltip": "How much of the blended colour replaces the original inside the "
-                                                  "mask (alpha): 0 = unchanged, 1 = full transfer."}),
-                "invert_mask": ("BOOLEAN", {"default": False, "tooltip": "Flip the mask (1 - mask), e.g. for Load "
-                                                                         "Image's MASK which is 1 - alpha."}),
-            },
-            "optional": {
-                "reference_image": ("IMAGE", {"tooltip": "Optional image to take the colours from (any size; "
-                                                         "resized to the image). Default: another region of the "
-                                                         "image itself."}),
-                "reference_mask": ("MASK", {"tooltip": "Optional region (1 = white) of reference_image (or of the "
-                                                       "image when no reference_image) to take the colours from; "
-                                                       "default: a random region."}),
-            },
-        }
+    def define_schema(cls):
+        return cls.schema(
+            node_id="R2RRandomPoissonBlend",
+            display_name="R2R Random Poisson Blend",
+            category="R2R/data",
+            description="Random Poisson Blending (RPB): makes a training composite from a real photo by "
+                        "Poisson-blending the object with colours and light taken from another region (a random "
+                        "one, or reference_image / reference_mask when connected). Outputs the composite, its "
+                        "mask and the real photo (the ground truth). Batch-aware; seed + batch index make each "
+                        "item reproducible.",
+            inputs=[
+                io.Image.Input("image", tooltip="The real photo(s) (IMAGE, 0..1)."),
+                io.Mask.Input("mask", tooltip=MASK_TIP),
+                seed_in("Random seed; item i of a batch uses seed + i."),
+                io.Float.Input("strength", default=0.75, min=0.0, max=1.0, step=0.05,
+                               tooltip="How much of the blended colour replaces the original inside the mask "
+                                       "(alpha): 0 = unchanged, 1 = full transfer."),
+                io.Boolean.Input("invert_mask", default=False, tooltip=INVERT_TIP),
+                io.Image.Input("reference_image", optional=True,
+                               tooltip="Optional picture to take the colours from (any size; resized to the "
+                                       "image). Default: another region of the image itself."),
+                io.Mask.Input("reference_mask", optional=True,
+                              tooltip="Optional region (1 = white) of reference_image (or of the image when no "
+                                      "reference_image) to take the colours from; default: a random region."),
+            ],
+            outputs=[
+                io.Image.Output(display_name="composite", tooltip="The synthetic composite (object recoloured)."),
+                io.Mask.Output(display_name="mask", tooltip="The object mask (1 = object)."),
+                io.Image.Output(display_name="real", tooltip="The untouched real photo (ground truth for "
+                                                             "training)."),
+            ],
+        )
 
-    def blend(self, image, mask, seed=0, strength=0.75, invert_mask=False, reference_image=None,
-              reference_mask=None):
+    @classmethod
+    def execute(cls, image, mask, seed=0, strength=0.75, invert_mask=False, reference_image=None,
+                reference_mask=None):
         import numpy as np
         import torch
 
         from ..r2r.blending import random_poisson_blend
 
-        real = _convert.image_to_nchw(image, "image")
-        m = _convert.mask_to_b1hw(mask, real.shape[-2:], invert=invert_mask, name="mask")
+        node = "Random Poisson Blend"
+        _convert.check_number(seed, "seed", node, 0, SEED_MAX, integer=True)
+        _convert.check_number(strength, "strength", node, 0.0, 1.0)
+        real = _convert.image_to_nchw(image, "image", node)
+        m = _convert.mask_to_b1hw(mask, real.shape[-2:], invert=invert_mask, name="mask", node=node)
         named = [("image", real), ("mask", m)]
         ref = rmask = None
         if reference_image is not None:
-            ref = _convert.image_to_nchw(reference_image, "reference_image")
+            ref = _convert.image_to_nchw(reference_image, "reference_image", node)
             named.append(("reference_image", ref))
         if reference_mask is not None:
             # the region is picked in the reference image when there is one, else in the image itself
             hw = ref.shape[-2:] if ref is not None else real.shape[-2:]
-            rmask = _convert.mask_to_b1hw(reference_mask, hw, name="reference_mask", allow_empty=True)
+            rmask = _convert.mask_to_b1hw(reference_mask, hw, name="reference_mask", allow_empty=True, node=node)
             named.append(("reference_mask", rmask))
-        tensors = _convert.broadcast_batch(*named)
+        tensors = _convert.broadcast_batch(*named, node=node)
         real, m = tensors[0], tensors[1]
         rest = tensors[2:]
         if ref is not None:
@@ -97,49 +107,50 @@ class R2RRandomPoissonBlend:
         comp = torch.stack(comps)
         if comp.dtype != torch.float32 or comp.max() > 1.0 + 1e-6:
             comp = comp / 255.0
-        return (comp.clamp(0, 1), (torch.stack(masks) > 0.5).float(), torch.stack(reals).clamp(0, 1))
+        return io.NodeOutput(comp.clamp(0, 1), (torch.stack(masks) > 0.5).float(), torch.stack(reals).clamp(0, 1))
 
 
-class R2RWeightFreeHarmonize:
-    DESCRIPTION = ("Weight-free harmonizer: matches the foreground's colour statistics to the background (or to "
-                   "reference_mask's region), with no model and no download. Fast; a baseline and a "
-                   "fallback when the R2R weights are not available.")
-    CATEGORY = "R2R"
-    FUNCTION = "harmonize"
-    RETURN_TYPES = ("IMAGE",)
-    RETURN_NAMES = ("image",)
-    OUTPUT_TOOLTIPS = ("The composite with the foreground recoloured.",)
+class R2RWeightFreeHarmonize(R2RNode):
+    SEARCH_ALIASES = ("harmonize", "color match", "colour match", "match colors", "relight", "composite", "blend",
+                      "no model")
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "image": ("IMAGE", {"tooltip": "The composite(s)."}),
-                "mask": ("MASK", {"tooltip": "Foreground mask: 1 (white) = the pasted object."}),
-                "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.05,
-                                       "tooltip": "0 = unchanged, 1 = full statistics transfer."}),
-                "invert_mask": ("BOOLEAN", {"default": False, "tooltip": "Flip the mask (1 - mask); switch on for "
-                                                                         "Load Image's MASK (1 - alpha)."}),
-            },
-            "optional": {
-                "reference_mask": ("MASK", {"tooltip": "Optional region (1 = white) whose statistics to match "
-                                                       "instead of the whole background."}),
-            },
-        }
+    def define_schema(cls):
+        return cls.schema(
+            node_id="R2RWeightFreeHarmonize",
+            display_name="R2R Weight-Free Harmonize",
+            category="R2R",
+            description="Matches the pasted object's colours to the background (or to reference_mask's region) "
+                        "with simple colour statistics: no model, no download, instant. A baseline, and a "
+                        "fallback when the R2R weights are not available.",
+            inputs=[
+                io.Image.Input("image", tooltip="The composite(s) (IMAGE, 0..1)."),
+                io.Mask.Input("mask", tooltip="Where the pasted object is: white (1) = the object."),
+                io.Float.Input("strength", default=1.0, min=0.0, max=1.0, step=0.05,
+                               tooltip="0 = unchanged, 1 = full colour-statistics transfer."),
+                io.Boolean.Input("invert_mask", default=False, tooltip=INVERT_TIP),
+                io.Mask.Input("reference_mask", optional=True, tooltip=REFERENCE_TIP),
+            ],
+            outputs=[io.Image.Output(display_name="image", tooltip="The composite with the object recoloured.")],
+        )
 
-    def harmonize(self, image, mask, strength=1.0, invert_mask=False, reference_mask=None):
+    @classmethod
+    def execute(cls, image, mask, strength=1.0, invert_mask=False, reference_mask=None):
         import numpy as np
         import torch
 
         from ..r2r.blending import harmonize_statistics
 
-        comp = _convert.image_to_nchw(image, "image")
-        m = _convert.mask_to_b1hw(mask, comp.shape[-2:], invert=invert_mask, name="mask")
+        node = "Weight-Free Harmonize"
+        _convert.check_number(strength, "strength", node, 0.0, 1.0)
+        comp = _convert.image_to_nchw(image, "image", node)
+        m = _convert.mask_to_b1hw(mask, comp.shape[-2:], invert=invert_mask, name="mask", node=node)
         if reference_mask is not None:
-            ref = _convert.mask_to_b1hw(reference_mask, comp.shape[-2:], name="reference_mask", allow_empty=True)
-            comp, m, ref = _convert.broadcast_batch(("image", comp), ("mask", m), ("reference_mask", ref))
+            ref = _convert.mask_to_b1hw(reference_mask, comp.shape[-2:], name="reference_mask", allow_empty=True,
+                                        node=node)
+            comp, m, ref = _convert.broadcast_batch(("image", comp), ("mask", m), ("reference_mask", ref), node=node)
         else:
-            comp, m = _convert.broadcast_batch(("image", comp), ("mask", m))
+            comp, m = _convert.broadcast_batch(("image", comp), ("mask", m), node=node)
             ref = None
         out = []
         for i in range(comp.shape[0]):
@@ -152,36 +163,39 @@ class R2RWeightFreeHarmonize:
                 res = res.astype(np.float32) / 255.0
             out.append(torch.from_numpy(res.astype(np.float32)))
             _host.check_interrupt()
-        return (torch.stack(out).clamp(0, 1),)
+        return io.NodeOutput(torch.stack(out).clamp(0, 1))
 
 
-class R2RSaveHarmonizationDataset:
-    DESCRIPTION = ("Appends (composite, mask, real) triplets to a dataset folder in the RPHarmony / iHarmony4 "
-                   "layout (<folder>/<subset>/composite_images|masks|real_images + train/test .jsonl and .txt). "
-                   "Files are written atomically and the index files stay consistent, so a graph run many times "
-                   "(or several at once) builds a training set. The folder is relative to ComfyUI's output folder.")
-    CATEGORY = "R2R/data"
-    FUNCTION = "save"
-    OUTPUT_NODE = True
-    RETURN_TYPES = ()
+class R2RSaveHarmonizationDataset(R2RNode):
+    SEARCH_ALIASES = ("save dataset", "training set", "iharmony4", "rpharmony", "export triplets")
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "composite": ("IMAGE", {"tooltip": "The composites (e.g. from Random Poisson Blend)."}),
-                "mask": ("MASK", {"tooltip": "Foreground masks (1 = foreground)."}),
-                "real": ("IMAGE", {"tooltip": "The real images (ground truth)."}),
-                "dataset_folder": ("STRING", {"default": "r2r_datasets/MyHarmony",
-                                              "tooltip": "Dataset root, relative to ComfyUI's output folder."}),
-                "subset": ("STRING", {"default": "R-Custom", "tooltip": "Subset folder name (like R-ADE20K); "
-                                                                        "letters, digits, '-' and '.'."}),
-                "split": (["train", "test"], {"default": "train", "tooltip": "Which index (train/test .jsonl + "
-                                                                             ".txt) lists the new items."}),
-                "image_format": (["jpg", "png"], {"default": "jpg", "tooltip": "jpg (quality 100, like the "
-                                                                               "official datasets) or png."}),
-            }
-        }
+    def define_schema(cls):
+        return cls.schema(
+            node_id="R2RSaveHarmonizationDataset",
+            display_name="R2R Save Harmonization Dataset",
+            category="R2R/data",
+            description="Appends (composite, mask, real) triplets to a dataset folder in the RPHarmony / iHarmony4 "
+                        "layout (<folder>/<subset>/composite_images|masks|real_images + train/test .jsonl and "
+                        ".txt). Files are written atomically and the index files stay consistent, so a graph run "
+                        "many times (or several at once) builds a training set. The folder is relative to "
+                        "ComfyUI's output folder.",
+            is_output_node=True,
+            inputs=[
+                io.Image.Input("composite", tooltip="The composites (e.g. from Random Poisson Blend)."),
+                io.Mask.Input("mask", tooltip="Object masks (1 = object)."),
+                io.Image.Input("real", tooltip="The real photos (ground truth)."),
+                io.String.Input("dataset_folder", default="r2r_datasets/MyHarmony",
+                                tooltip="Dataset root, relative to ComfyUI's output folder."),
+                io.String.Input("subset", default="R-Custom",
+                                tooltip="Subset folder name (like R-ADE20K); letters, digits, '-' and '.'."),
+                io.Combo.Input("split", options=SPLITS, default="train",
+                               tooltip="Which index (train/test .jsonl + .txt) lists the new items."),
+                io.Combo.Input("image_format", options=IMAGE_FORMATS, default="jpg",
+                               tooltip="jpg (quality 100, like the official datasets) or png."),
+            ],
+            outputs=[],
+        )
 
     @staticmethod
     def _root(dataset_folder: str) -> str:
@@ -198,20 +212,24 @@ class R2RSaveHarmonizationDataset:
             )
         return root
 
-    def save(self, composite, mask, real, dataset_folder="r2r_datasets/MyHarmony", subset="R-Custom",
-             split="train", image_format="jpg"):
+    @classmethod
+    def execute(cls, composite, mask, real, dataset_folder="r2r_datasets/MyHarmony", subset="R-Custom",
+                split="train", image_format="jpg"):
         from ..r2r.dataset import HarmonizationDatasetWriter
 
-        comp = _convert.image_to_nchw(composite, "composite")
-        rl = _convert.image_to_nchw(real, "real")
+        node = "Save Harmonization Dataset"
+        choice(split, SPLITS, "split", node)
+        choice(image_format, IMAGE_FORMATS, "image_format", node)
+        comp = _convert.image_to_nchw(composite, "composite", node)
+        rl = _convert.image_to_nchw(real, "real", node)
         if tuple(comp.shape[-2:]) != tuple(rl.shape[-2:]):
             raise R2RUserError(
                 f"R2R Save Harmonization Dataset: composite is {comp.shape[-1]}x{comp.shape[-2]} but real is "
                 f"{rl.shape[-1]}x{rl.shape[-2]}; a triplet needs the same size."
             )
-        m = _convert.mask_to_b1hw(mask, comp.shape[-2:], name="mask")
-        comp, m, rl = _convert.broadcast_batch(("composite", comp), ("mask", m), ("real", rl))
-        root = self._root(dataset_folder)
+        m = _convert.mask_to_b1hw(mask, comp.shape[-2:], name="mask", node=node)
+        comp, m, rl = _convert.broadcast_batch(("composite", comp), ("mask", m), ("real", rl), node=node)
+        root = cls._root(dataset_folder)
         writer = HarmonizationDatasetWriter(root, subset.strip(), image_format=image_format)
         saved = []
         for i in range(comp.shape[0]):
@@ -220,4 +238,13 @@ class R2RSaveHarmonizationDataset:
                              split=split)
             saved.append(res["file_name"])
         text = f"saved {len(saved)} triplet(s) to {root} ({split}): " + ", ".join(saved)
-        return {"ui": {"text": [text]}, "result": ()}
+        # the confirmation the UI shows on the node: the saved composites (files in the output folder)
+        base = os.path.realpath(_host.output_dir())
+        images = []
+        for name in saved:
+            sub, fname = os.path.split(os.path.relpath(os.path.join(root, name), base))
+            images.append({"filename": fname, "subfolder": sub.replace(os.sep, "/"), "type": "output"})
+        return io.NodeOutput(ui={"images": images, "text": [text]})
+
+
+NODES = [R2RWeightFreeHarmonize, R2RRandomPoissonBlend, R2RSaveHarmonizationDataset]

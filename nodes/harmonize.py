@@ -1,232 +1,248 @@
-"""The diffusion nodes: Clear-VAE Encode, MACA Controller Apply, R2R Sampler,
+"""The diffusion nodes (the exact R2R path): Clear-VAE Encode, MACA Controller Apply, R2R Sampler,
 Clear-VAE Decode, and R2R Harmonize (all four in one).
 
-The LATENT passed between them is a normal ComfyUI latent dict: ``samples`` is the
-*unscaled* latent ``[B,4,h,w]`` (as everywhere in ComfyUI), and the ``"r2r"`` key holds
-the small extras the next R2R node needs: the Clear-VAE posterior's log-variance (so the
-sampler draws the composite's posterior sample in the official random-number order),
-the working geometry and a fingerprint of the composite. The Clear-VAE skips are NOT
-kept in the graph (hundreds of MB to GB at 1024 px): Decode re-runs the encoder on the
-composite it is given, which is exactly what the official ``decode_with_cond`` does.
+The classes only declare their V3 schemas, check their widget values and call ``nodes/flow.py``.
+Masks are read once: Encode (or Harmonize) reads the composite, the mask and ``invert_mask``; the
+LATENT carries them to the sampler and to Decode. MACA Controller Apply's and Decode's
+``image`` / ``mask`` / ``invert_mask`` stay in their schemas only so that workflows saved with the
+V1 nodes still load (same input names, same widget order); they are ignored.
 """
 
 from __future__ import annotations
 
-from ..r2r.errors import R2RUserError
-from ..r2r.sampling import DEFAULT_SCHEDULER, SCHEDULERS  # cheap: diffusers is imported lazily there
-from .flow import _inputs, attach_controller, decode, encode, sample
-from ._types import R2R_CLEAR_VAE, R2R_CONTROLLER, R2R_MODEL
+from comfy_api.v0_0_2 import io
 
-MAX_SIDE = {"default": 1024, "min": 64, "max": 4096, "step": 64,
-            "tooltip": "Working resolution: the longer side the model runs at (a multiple of 64). The official "
-                       "release runs at 1024; 512 is ~4x faster and uses less memory. The result is brought back "
-                       "to the original size."}
-RESIZE_MODES = ["fit", "pad", "square"]
-RESIZE_TIP = ("How the image becomes the working canvas: fit = scale the long side to max_side, round both sides "
-              "to multiples of 64 (<=3% stretch, undone afterwards); pad = exact aspect ratio, padded; "
-              "square = squash to max_side x max_side like the official code.")
-INVERT_TIP = ("Flip the mask (1 - mask). R2R needs foreground = 1 (white = the pasted object). Load Image's MASK "
-              "output is 1 - alpha, i.e. 1 where the PNG is transparent: switch this on when the object is "
-              "the opaque part of a cut-out PNG.")
-MASK_TIP = ("Foreground mask [batch, height, width]: 1 (white) = the pasted object to harmonize, 0 = background. "
-            "A different size with the same aspect ratio is resized.")
-IMAGE_TIP = "The composite: the image with the pasted foreground (IMAGE, 0..1). A batch is processed together."
-SAMPLERS = list(SCHEDULERS)
-FULLRES_MODES = ["auto", "upsample", "color_transform"]
-FULLRES_TIP = ("How the result reaches the original resolution: upsample = resize the working-resolution result "
-               "(simple; fine detail limited by max_side); color_transform = apply the model's colour change to "
-               "the full-resolution composite (keeps every original detail; best for large images); auto = "
-               "color_transform when the image is larger than the working resolution, else upsample. Only with "
-               "paste_back on.")
+from ..r2r.options import DEFAULT_SCHEDULER, FULLRES_MODES, RESIZE_MODES, SCHEDULER_NAMES
+from . import _convert, flow
+from ._schema import (
+    LEGACY_TIP,
+    REFERENCE_TIP,
+    SEED_MAX,
+    R2RControllerType,
+    R2RModelType,
+    R2RNode,
+    choice,
+    clear_vae_in,
+    feather_in,
+    fullres_in,
+    image_in,
+    invert_in,
+    mask_in,
+    max_side_in,
+    paste_back_in,
+    resize_in,
+    sampler_in,
+    seed_in,
+    steps_in,
+    strength_in,
+)
 
-
-# input specs shared by several nodes (one definition: same ranges and tooltips everywhere)
-CLEAR_VAE_IN = (R2R_CLEAR_VAE, {"tooltip": "The Clear-VAE from an R2R loader."})
-MASK_IN = ("MASK", {"tooltip": MASK_TIP})
-INVERT_IN = ("BOOLEAN", {"default": False, "tooltip": INVERT_TIP})
-RESIZE_IN = (RESIZE_MODES, {"default": "fit", "tooltip": RESIZE_TIP})
-SEED_IN = ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "step": 1, "control_after_generate": True,
-                   "tooltip": "Random seed (CPU generator, so results match across devices)."})
-STEPS_IN = ("INT", {"default": 10, "min": 1, "max": 200, "step": 1,
-                    "tooltip": "Denoising steps. The release was tuned for 10."})
-SAMPLER_IN = (SAMPLERS, {"default": DEFAULT_SCHEDULER,
-                         "tooltip": "Scheduler. euler_ancestral is the official one; the others are "
-                                    "diffusers schedulers on the same noise schedule."})
-PASTE_BACK_IN = ("BOOLEAN", {"default": True,
-                             "tooltip": "Keep the original background pixels outside the (feathered) mask. "
-                                        "Off: the whole decoded image."})
-FEATHER_IN = ("INT", {"default": -1, "min": -1, "max": 256, "step": 1,
-                      "tooltip": "Width in original pixels of the soft edge outside the mask for the paste-back. "
-                                 "-1 = automatic (one latent cell), 0 = hard edge."})
-FULLRES_IN = (FULLRES_MODES, {"default": "auto", "tooltip": FULLRES_TIP})
+HARMONIZE_ALIASES = ("harmonize", "harmonization", "relight", "color match", "colour match", "composite",
+                     "blend", "match lighting", "paste object", "region2region")
 
 
-# ----------------------------------------------------------------------------- nodes
+def _check_sampling(node, seed, steps, sampler):
+    _convert.check_number(seed, "seed", node, 0, SEED_MAX, integer=True)
+    _convert.check_number(steps, "steps", node, 1, 200, integer=True)
+    choice(sampler, SCHEDULER_NAMES, "sampler", node)
 
 
-class R2RClearVAEEncode:
-    DESCRIPTION = ("Encodes the composite with the Clear-VAE at the working resolution (max_side). The LATENT keeps "
-                   "only what the sampler needs (the posterior mean/std, the latent mask, the working size); "
-                   "Decode gets the skips back by re-encoding the composite, so no large tensors stay in the graph.")
-    CATEGORY = "R2R/vae"
-    FUNCTION = "encode"
-    RETURN_TYPES = ("LATENT",)
-    RETURN_NAMES = ("latent",)
-    OUTPUT_TOOLTIPS = ("The composite's Clear-VAE latent (unscaled posterior mean) plus R2R extras.",)
+def _check_working(node, max_side, resize_mode):
+    _convert.check_number(max_side, "max_side", node, 64, 4096, integer=True)
+    choice(resize_mode, RESIZE_MODES, "resize_mode", node)
+
+
+def _check_output(node, feather, fullres_mode):
+    _convert.check_number(feather, "feather", node, -1, 256, integer=True)
+    choice(fullres_mode, FULLRES_MODES, "fullres_mode", node)
+
+
+class R2RClearVAEEncode(R2RNode):
+    SEARCH_ALIASES = ("vae encode", "encode composite", "clear vae", "harmonize")
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "clear_vae": CLEAR_VAE_IN,
-                "image": ("IMAGE", {"tooltip": IMAGE_TIP}),
-                "mask": MASK_IN,
-                "max_side": ("INT", dict(MAX_SIDE)),
-                "invert_mask": INVERT_IN,
-                "resize_mode": RESIZE_IN,
-            }
-        }
-
-    def encode(self, clear_vae, image, mask, max_side=1024, invert_mask=False, resize_mode="fit"):
-        comp, m, _ = _inputs(image, mask, invert_mask)
-        return (encode(clear_vae, comp, m, max_side, resize_mode),)
-
-
-class R2RMACAControllerApply:
-    DESCRIPTION = ("Attaches the Harmony Controller to the R2R model for this composite and mask. MACA modulates "
-                   "the foreground features with statistics of the background, or of reference_mask's region "
-                   "when connected (to take the colours of one particular area). strength scales the "
-                   "controller's residuals (1 = as trained).")
-    CATEGORY = "R2R/conditioning"
-    FUNCTION = "apply"
-    RETURN_TYPES = (R2R_MODEL,)
-    RETURN_NAMES = ("model",)
-    OUTPUT_TOOLTIPS = ("The R2R model with the controller attached (feed it to R2R Sampler).",)
+    def define_schema(cls):
+        return cls.schema(
+            node_id="R2RClearVAEEncode",
+            display_name="R2R Clear-VAE Encode",
+            category="R2R/vae",
+            description="Reads the composite and its mask (the only node of the R2R chain that does) and encodes "
+                        "the composite with the Clear-VAE at the working resolution. The LATENT carries the "
+                        "composite and mask on to the sampler and to Clear-VAE Decode.",
+            inputs=[
+                clear_vae_in(),
+                image_in(),
+                mask_in(),
+                max_side_in(),
+                invert_in(),
+                resize_in(),
+            ],
+            outputs=[io.Latent.Output(display_name="latent",
+                                      tooltip="The composite's Clear-VAE latent (unscaled posterior mean) plus "
+                                              "what the R2R nodes need (composite, mask, working size).")],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "model": (R2R_MODEL, {"tooltip": "The R2R model from the R2R Checkpoint Loader."}),
-                "controller": (R2R_CONTROLLER, {"tooltip": "The Harmony Controller from an R2R loader."}),
-                "image": ("IMAGE", {"tooltip": IMAGE_TIP + " Must be the one given to Clear-VAE Encode."}),
-                "mask": MASK_IN,
-                "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05,
-                                       "tooltip": "Controller residual scale: 1 = as trained, 0 = no controller."}),
-                "invert_mask": INVERT_IN,
-            },
-            "optional": {
-                "reference_mask": ("MASK", {
-                    "tooltip": "Optional region (1 = white) whose colour statistics steer MACA instead of the "
-                               "whole background, e.g. the part of the scene lit like the object should be. "
-                               "Not inverted by invert_mask."}),
-            },
-        }
-
-    def apply(self, model, controller, image, mask, strength=1.0, invert_mask=False, reference_mask=None):
-        comp, m, ref = _inputs(image, mask, invert_mask, reference_mask)
-        return (attach_controller(model, controller, comp, m, ref, strength),)
+    def execute(cls, clear_vae, image, mask, max_side=1024, invert_mask=False, resize_mode="fit"):
+        node = "Clear-VAE Encode"
+        _check_working(node, max_side, resize_mode)
+        comp, m, _ = flow.read_inputs(image, mask, invert_mask)
+        return io.NodeOutput(flow.encode(clear_vae, comp, m, max_side, resize_mode))
 
 
-class R2RSampler:
-    DESCRIPTION = ("Runs the R2R denoising loop (empty prompt, no CFG) on the Clear-VAE latent of the composite. "
-                   "Defaults are the official ones: Euler-ancestral, 10 steps. Shows progress and can be "
-                   "cancelled between steps.")
-    CATEGORY = "R2R/sampling"
-    FUNCTION = "sample"
-    RETURN_TYPES = ("LATENT",)
-    RETURN_NAMES = ("latent",)
-    OUTPUT_TOOLTIPS = ("The harmonized latent (decode it with R2R Clear-VAE Decode).",)
+class R2RMACAControllerApply(R2RNode):
+    SEARCH_ALIASES = ("controlnet", "harmony controller", "maca", "reference region", "color reference",
+                      "harmonize")
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "model": (R2R_MODEL, {"tooltip": "The R2R model, usually with the controller attached by "
-                                                 "MACA Controller Apply (without it the U-Net runs alone)."}),
-                "latent": ("LATENT", {"tooltip": "The LATENT from R2R Clear-VAE Encode."}),
-                "seed": SEED_IN,
-                "steps": STEPS_IN,
-                "sampler": SAMPLER_IN,
-            }
-        }
-
-    def sample(self, model, latent, seed=0, steps=10, sampler="euler_ancestral"):
-        return (sample(model, latent, seed, steps, sampler),)
-
-
-class R2RClearVAEDecode:
-    DESCRIPTION = ("Decodes the sampled latent with the Clear-VAE, re-injecting the composite's encoder skips "
-                   "(the composite is re-encoded here), brings the result back to the original resolution and "
-                   "pastes the original background back through a feathered mask.")
-    CATEGORY = "R2R/vae"
-    FUNCTION = "decode"
-    RETURN_TYPES = ("IMAGE",)
-    RETURN_NAMES = ("image",)
-    OUTPUT_TOOLTIPS = ("The harmonized image at the composite's original size.",)
+    def define_schema(cls):
+        return cls.schema(
+            node_id="R2RMACAControllerApply",
+            display_name="R2R MACA Controller Apply",
+            category="R2R/conditioning",
+            description="Attaches the Harmony Controller to the R2R model. MACA steers the object's colours "
+                        "with the statistics of the background, or of reference_mask's region when connected. "
+                        "strength scales the controller (1 = as trained). The composite and mask come with "
+                        "the LATENT from Clear-VAE Encode.",
+            inputs=[
+                R2RModelType.Input("model", tooltip="The R2R model from the R2R Checkpoint Loader (or U-Net Loader)."),
+                R2RControllerType.Input("controller", tooltip="The Harmony Controller from an R2R loader."),
+                strength_in(),
+                image_in(tooltip=LEGACY_TIP, optional=True),
+                mask_in(tooltip=LEGACY_TIP, optional=True),
+                invert_in(tooltip=LEGACY_TIP, optional=True),
+                mask_in("reference_mask", tooltip=REFERENCE_TIP, optional=True),
+            ],
+            outputs=[R2RModelType.Output(display_name="model",
+                                         tooltip="The R2R model with the controller attached (for R2R Sampler).")],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "clear_vae": CLEAR_VAE_IN,
-                "latent": ("LATENT", {"tooltip": "The LATENT from R2R Sampler."}),
-                "image": ("IMAGE", {"tooltip": "The same composite given to Clear-VAE Encode."}),
-                "mask": MASK_IN,
-                "invert_mask": INVERT_IN,
-                "paste_back": PASTE_BACK_IN,
-                "feather": FEATHER_IN,
-                "fullres_mode": FULLRES_IN,
-            }
-        }
-
-    def decode(self, clear_vae, latent, image, mask, invert_mask=False, paste_back=True, feather=-1,
-               fullres_mode="auto"):
-        comp, m, _ = _inputs(image, mask, invert_mask)
-        return (decode(clear_vae, latent, comp, m, paste_back, feather, fullres_mode),)
+    def execute(cls, model, controller, strength=1.0, image=None, mask=None, invert_mask=False,
+                reference_mask=None):
+        node = "MACA Controller Apply"
+        _convert.check_number(strength, "strength", node, 0.0, 2.0)
+        ref = None
+        if reference_mask is not None:
+            # at its own size: flow brings it to the composite's size once the LATENT is known
+            ref = _convert.mask_to_b1hw(reference_mask, None, name="reference_mask", allow_empty=True, node=node)
+        return io.NodeOutput(flow.attach_controller(model, controller, float(strength), ref))
 
 
-class R2RHarmonize:
-    DESCRIPTION = ("All of R2R in one node: Clear-VAE encode, MACA controller, sampling and Clear-VAE decode "
-                   "with paste-back. Same results as the four separate nodes with the same settings.")
-    CATEGORY = "R2R"
-    FUNCTION = "harmonize"
-    RETURN_TYPES = ("IMAGE",)
-    RETURN_NAMES = ("image",)
-    OUTPUT_TOOLTIPS = ("The harmonized image at the composite's original size.",)
+class R2RSampler(R2RNode):
+    SEARCH_ALIASES = ("sampler", "denoise", "ksampler", "harmonize")
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "model": (R2R_MODEL, {"tooltip": "The R2R model from the R2R Checkpoint Loader."}),
-                "clear_vae": CLEAR_VAE_IN,
-                "controller": (R2R_CONTROLLER, {"tooltip": "The Harmony Controller from an R2R loader."}),
-                "image": ("IMAGE", {"tooltip": IMAGE_TIP}),
-                "mask": MASK_IN,
-                "seed": SEED_IN,
-                "steps": STEPS_IN,
-                "sampler": SAMPLER_IN,
-                "max_side": ("INT", dict(MAX_SIDE)),
-                "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05,
-                                       "tooltip": "Controller strength (1 = as trained, 0 = no controller)."}),
-                "invert_mask": INVERT_IN,
-                "paste_back": PASTE_BACK_IN,
-                "feather": FEATHER_IN,
-                "resize_mode": RESIZE_IN,
-                "fullres_mode": FULLRES_IN,
-            },
-            "optional": {
-                "reference_mask": ("MASK", {"tooltip": "Optional region whose colours steer MACA instead of the "
-                                                       "whole background (1 = white)."}),
-            },
-        }
+    def define_schema(cls):
+        return cls.schema(
+            node_id="R2RSampler",
+            display_name="R2R Sampler",
+            category="R2R/sampling",
+            description="The exact R2R denoising loop (empty prompt, no CFG) on the Clear-VAE latent of the "
+                        "composite, seed-compatible with the official code. Defaults are the official ones: "
+                        "Euler-ancestral, 10 steps. Shows latent previews and can be cancelled between steps.",
+            inputs=[
+                R2RModelType.Input("model", tooltip="The R2R model, usually with the controller attached by MACA "
+                                                    "Controller Apply (without it the U-Net runs alone)."),
+                io.Latent.Input("latent", tooltip="The LATENT from R2R Clear-VAE Encode."),
+                seed_in(),
+                steps_in(),
+                sampler_in(SCHEDULER_NAMES, DEFAULT_SCHEDULER),
+            ],
+            outputs=[io.Latent.Output(display_name="latent",
+                                      tooltip="The harmonized latent (decode it with R2R Clear-VAE Decode).")],
+        )
 
-    def harmonize(self, model, clear_vae, controller, image, mask, seed=0, steps=10, sampler="euler_ancestral",
-                  max_side=1024, strength=1.0, invert_mask=False, paste_back=True, feather=-1, resize_mode="fit",
-                  fullres_mode="auto", reference_mask=None):
-        comp, m, ref = _inputs(image, mask, invert_mask, reference_mask)
-        latent = encode(clear_vae, comp, m, max_side, resize_mode)
-        controlled = attach_controller(model, controller, comp, m, ref, strength) if strength > 0 else model
-        sampled = sample(controlled, latent, seed, steps, sampler)
-        return (decode(clear_vae, sampled, comp, m, paste_back, feather, fullres_mode),)
+    @classmethod
+    def execute(cls, model, latent, seed=0, steps=10, sampler=DEFAULT_SCHEDULER):
+        _check_sampling("Sampler", seed, steps, sampler)
+        return io.NodeOutput(flow.sample(model, latent, seed, steps, sampler))
+
+
+class R2RClearVAEDecode(R2RNode):
+    SEARCH_ALIASES = ("vae decode", "decode", "paste back", "clear vae", "harmonize")
+
+    @classmethod
+    def define_schema(cls):
+        # the V1 node had the widgets invert_mask, paste_back, feather, fullres_mode in this order; they
+        # stay in it (optional inputs follow required ones) so that saved widgets_values still map
+        return cls.schema(
+            node_id="R2RClearVAEDecode",
+            display_name="R2R Clear-VAE Decode",
+            category="R2R/vae",
+            description="Decodes the sampled latent with the Clear-VAE, re-injecting the composite's encoder "
+                        "skips, brings the result back to the original resolution and pastes the original "
+                        "background back through a feathered mask. Takes the LATENT of R2R Sampler or of "
+                        "KSampler (R2R Conditioning path).",
+            inputs=[
+                clear_vae_in(),
+                io.Latent.Input("latent", tooltip="The LATENT from R2R Sampler (or KSampler)."),
+                image_in(tooltip=LEGACY_TIP, optional=True),
+                mask_in(tooltip=LEGACY_TIP, optional=True),
+                invert_in(tooltip=LEGACY_TIP, optional=True),
+                paste_back_in(optional=True),
+                feather_in(optional=True),
+                fullres_in(optional=True),
+            ],
+            outputs=[io.Image.Output(display_name="image", tooltip="The harmonized picture at the composite's "
+                                                                   "original size.")],
+        )
+
+    @classmethod
+    def execute(cls, clear_vae, latent, image=None, mask=None, invert_mask=False, paste_back=True, feather=-1,
+                fullres_mode="auto"):
+        _check_output("Clear-VAE Decode", feather, fullres_mode)
+        return io.NodeOutput(flow.decode(clear_vae, latent, bool(paste_back), int(feather), fullres_mode))
+
+
+class R2RHarmonize(R2RNode):
+    SEARCH_ALIASES = HARMONIZE_ALIASES
+
+    @classmethod
+    def define_schema(cls):
+        return cls.schema(
+            node_id="R2RHarmonize",
+            display_name="R2R Harmonize",
+            category="R2R",
+            description="Makes a pasted object look like it belongs in the picture (colour, light, tone), with "
+                        "the R2R model: Clear-VAE encode, MACA controller, sampling and Clear-VAE decode with "
+                        "paste-back in one node. Same result as the four separate nodes with the same settings.",
+            inputs=[
+                R2RModelType.Input("model", tooltip="The R2R model from the R2R Checkpoint Loader."),
+                clear_vae_in(),
+                R2RControllerType.Input("controller", tooltip="The Harmony Controller from an R2R loader."),
+                image_in(),
+                mask_in(),
+                seed_in(),
+                steps_in(),
+                sampler_in(SCHEDULER_NAMES, DEFAULT_SCHEDULER),
+                max_side_in(),
+                strength_in(),
+                invert_in(),
+                paste_back_in(),
+                feather_in(),
+                resize_in(),
+                fullres_in(),
+                mask_in("reference_mask", tooltip=REFERENCE_TIP, optional=True),
+            ],
+            outputs=[io.Image.Output(display_name="image", tooltip="The harmonized picture at the composite's "
+                                                                   "original size.")],
+        )
+
+    @classmethod
+    def execute(cls, model, clear_vae, controller, image, mask, seed=0, steps=10, sampler=DEFAULT_SCHEDULER,
+                max_side=1024, strength=1.0, invert_mask=False, paste_back=True, feather=-1, resize_mode="fit",
+                fullres_mode="auto", reference_mask=None):
+        node = "Harmonize"
+        _check_sampling(node, seed, steps, sampler)
+        _check_working(node, max_side, resize_mode)
+        _check_output(node, feather, fullres_mode)
+        _convert.check_number(strength, "strength", node, 0.0, 2.0)
+        comp, m, ref = flow.read_inputs(image, mask, invert_mask, reference_mask)
+        return io.NodeOutput(flow.harmonize(
+            model, clear_vae, controller, comp, m, ref, seed, steps, sampler, max_side, float(strength),
+            bool(paste_back), int(feather), resize_mode, fullres_mode,
+        ))
+
+
+NODES = [R2RClearVAEEncode, R2RMACAControllerApply, R2RSampler, R2RClearVAEDecode, R2RHarmonize]

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import os
 
+from comfy_api.v0_0_2 import io
+
 from ..r2r.errors import R2RUserError, R2RWeightsNotFound
 from . import _files, _host
-from ._types import R2R_CLEAR_VAE, R2R_CONTROLLER, R2R_MODEL, R2RModel
+from ._schema import R2RClearVAEType, R2RControllerType, R2RModelType, R2RNode, choice
+from ._types import R2RModel
 
 DTYPES = ["auto", "fp32", "fp16", "bf16"]
 _DTYPE_TIP = ("Weight precision. auto = fp16 on a GPU (as the official release runs), fp32 on the CPU. "
               "bf16 needs a recent GPU.")
+LOADER_ALIASES = ("load model", "checkpoint", "region2region", "harmonize", "relight")
 
 
 def _torch_dtype(name: str):
@@ -31,52 +35,53 @@ def _release_choices() -> list[str]:
     return names
 
 
-class R2RCheckpointLoader:
-    DESCRIPTION = (
-        "Loads an R2R release from models/r2r/<name>/ (the official Hugging Face layout: "
-        "stable-diffusion-inpainting/ + clear_vae/). Gives the R2R model (U-Net, scheduler, cached "
-        "empty-prompt embedding), the Clear-VAE and the Harmony Controller. With download_if_missing "
-        f"it fetches {_files.OFFICIAL_REPO} into models/r2r/{_files.OFFICIAL_NAME}/ (the only node that "
-        "uses the network)."
-    )
-    CATEGORY = "R2R/loaders"
-    FUNCTION = "load"
-    RETURN_TYPES = (R2R_MODEL, R2R_CLEAR_VAE, R2R_CONTROLLER)
-    RETURN_NAMES = ("model", "clear_vae", "controller")
-    OUTPUT_TOOLTIPS = (
-        "The harmonization U-Net with its scheduler and the cached empty-prompt text embedding.",
-        "The Clear-VAE (encoder + skip-injecting decoder).",
-        "The Harmony Controller with its MACA blocks.",
-    )
+class R2RCheckpointLoader(R2RNode):
+    SEARCH_ALIASES = LOADER_ALIASES
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "checkpoint": (_release_choices(), {
-                    "default": _files.OFFICIAL_NAME,
-                    "tooltip": "A release folder under models/r2r/ in the official hub layout. "
-                               f"'{_files.OFFICIAL_NAME}' is the official release ({_files.OFFICIAL_REPO}).",
-                }),
-                "dtype": (DTYPES, {"default": "auto", "tooltip": _DTYPE_TIP}),
-                "download_if_missing": ("BOOLEAN", {
-                    "default": False,
-                    "tooltip": f"If the official release is not in models/r2r/{_files.OFFICIAL_NAME}/, "
-                               f"download it from the Hugging Face hub ({_files.OFFICIAL_REPO}, several GB). "
-                               "Off: never touch the network.",
-                }),
-            }
-        }
+    def define_schema(cls):
+        return cls.schema(
+            node_id="R2RCheckpointLoader",
+            display_name="R2R Checkpoint Loader",
+            category="R2R/loaders",
+            description=(
+                "Loads an R2R release from models/r2r/<name>/ (the official Hugging Face layout: "
+                "stable-diffusion-inpainting/ + clear_vae/). Gives the R2R model (U-Net, scheduler, cached "
+                "empty-prompt embedding), the Clear-VAE and the Harmony Controller. With download_if_missing "
+                f"it fetches {_files.OFFICIAL_REPO} into models/r2r/{_files.OFFICIAL_NAME}/ (the only node that "
+                "uses the network)."
+            ),
+            inputs=[
+                io.Combo.Input("checkpoint", options=_release_choices(), default=_files.OFFICIAL_NAME,
+                               tooltip="A release folder under models/r2r/ in the official hub layout. "
+                                       f"'{_files.OFFICIAL_NAME}' is the official release ({_files.OFFICIAL_REPO})."),
+                io.Combo.Input("dtype", options=DTYPES, default="auto", tooltip=_DTYPE_TIP),
+                io.Boolean.Input("download_if_missing", default=False,
+                                 tooltip=f"If the official release is not in models/r2r/{_files.OFFICIAL_NAME}/, "
+                                         f"download it from the Hugging Face hub ({_files.OFFICIAL_REPO}, several "
+                                         "GB). Off: never touch the network."),
+            ],
+            outputs=[
+                R2RModelType.Output(display_name="model", tooltip="The harmonization U-Net with its scheduler and "
+                                                                  "the cached empty-prompt text embedding."),
+                R2RClearVAEType.Output(display_name="clear_vae",
+                                       tooltip="The Clear-VAE (encoder + skip-injecting decoder)."),
+                R2RControllerType.Output(display_name="controller", tooltip="The Harmony Controller with its MACA "
+                                                                            "blocks."),
+            ],
+        )
 
     @classmethod
-    def VALIDATE_INPUTS(cls, checkpoint):
+    def validate_inputs(cls, checkpoint):
         # replaces the plain "value not in list" with a message saying what to do
         if checkpoint == _files.OFFICIAL_NAME or _files.resolve(checkpoint) is not None:
             return True
         return (f"R2R checkpoint '{checkpoint}' is not in models/r2r/ (looked in: "
                 f"{', '.join(_host.model_dirs())}). Pick another one or copy the release folder there.")
 
-    def load(self, checkpoint, dtype="auto", download_if_missing=False):
+    @classmethod
+    def execute(cls, checkpoint, dtype="auto", download_if_missing=False):
+        choice(dtype, DTYPES, "dtype", "Checkpoint Loader")
         path = _files.resolve(checkpoint)
         if path is None or not _files.is_release(path):
             if checkpoint == _files.OFFICIAL_NAME and download_if_missing:
@@ -88,13 +93,13 @@ class R2RCheckpointLoader:
                     "Use the Clear-VAE / Controller loaders for single parts."
                 )
             else:
-                raise _files.not_found(
-                    checkpoint, "release",
-                    f"a folder models/r2r/{checkpoint}/ holding {_files.SD_FOLDER}/ and clear_vae/ as in "
-                    f"{_files.OFFICIAL_REPO}; switch download_if_missing on to fetch the official release",
-                )
+                how = (f"a folder models/r2r/{checkpoint}/ holding {_files.SD_FOLDER}/ and clear_vae/ as in "
+                       f"{_files.OFFICIAL_REPO}")
+                if checkpoint == _files.OFFICIAL_NAME:
+                    how += "; switch download_if_missing on to fetch the official release"
+                raise _files.not_found(checkpoint, "release", how)
         components = _load_components(path, _torch_dtype(dtype))
-        return _split_components(components)
+        return io.NodeOutput(*_split_components(components))
 
 
 def _load_components(path, torch_dtype):
@@ -136,12 +141,15 @@ def download_official_release() -> str:
     return str(weights.download_release(target))
 
 
-class _PartLoader:
-    CATEGORY = "R2R/loaders"
-    FUNCTION = "load"
+class _PartLoader(R2RNode):
     KIND = ""
     LABEL = ""
     RELEASE_SUBPATH = ""
+    NODE_ID = ""
+    DISPLAY_NAME = ""
+    DESCRIPTION_TEXT = ""
+    OUTPUT_TYPE = None
+    OUTPUT_TIP = ""
 
     @classmethod
     def _choices(cls):
@@ -155,59 +163,75 @@ class _PartLoader:
         return names or ["(no files in models/r2r)"]
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "name": (cls._choices(), {
-                    "tooltip": f"A {cls.LABEL} under models/r2r/: a diffusers folder (config.json + weights; "
-                               f"e.g. <release>/{cls.RELEASE_SUBPATH}), a .safetensors file or an SD-format .ckpt.",
-                }),
-                "dtype": (DTYPES, {"default": "auto", "tooltip": _DTYPE_TIP}),
-            }
-        }
+    def _inputs(cls):
+        return [
+            io.Combo.Input("name", options=cls._choices(),
+                           tooltip=f"A {cls.LABEL} under models/r2r/: a diffusers folder (config.json + weights; "
+                                   f"e.g. <release>/{cls.RELEASE_SUBPATH}), a .safetensors file or an SD-format "
+                                   ".ckpt."),
+            io.Combo.Input("dtype", options=DTYPES, default="auto", tooltip=_DTYPE_TIP),
+        ]
 
     @classmethod
-    def VALIDATE_INPUTS(cls, name):
+    def define_schema(cls):
+        return cls.schema(
+            node_id=cls.NODE_ID, display_name=cls.DISPLAY_NAME, category="R2R/loaders",
+            description=cls.DESCRIPTION_TEXT, inputs=cls._inputs(),
+            outputs=[cls.OUTPUT_TYPE.Output(display_name=cls.KIND if cls.KIND != "unet" else "model",
+                                            tooltip=cls.OUTPUT_TIP)],
+        )
+
+    @classmethod
+    def validate_inputs(cls, name):
         if _files.resolve(name) is not None:
             return True
         return (f"R2R {cls.LABEL} '{name}' is not in models/r2r/ (looked in: {', '.join(_host.model_dirs())}). "
                 "Copy the folder or file there and refresh.")
 
-    def load(self, name, dtype="auto"):
+    @classmethod
+    def execute(cls, name, dtype="auto"):
+        choice(dtype, DTYPES, "dtype", cls.DISPLAY_NAME.removeprefix("R2R "))
         path = _files.resolve(name)
         if path is None:
-            raise _files.not_found(name, self.LABEL, "a diffusers folder, a .safetensors file or an SD-format .ckpt")
-        model = self._load(path, _torch_dtype(dtype))
-        return (_host.ManagedModel(model, self.KIND),)
+            raise _files.not_found(name, cls.LABEL, "a diffusers folder, a .safetensors file or an SD-format .ckpt")
+        model = cls._load(path, _torch_dtype(dtype))
+        return io.NodeOutput(_host.ManagedModel(model, cls.KIND))
 
 
 class R2RClearVAELoader(_PartLoader):
-    DESCRIPTION = ("Loads a Clear-VAE on its own (a diffusers folder such as <release>/clear_vae, a .safetensors "
-                   "file or the SD-format clear_vae.ckpt) from models/r2r/.")
-    RETURN_TYPES = (R2R_CLEAR_VAE,)
-    RETURN_NAMES = ("clear_vae",)
-    OUTPUT_TOOLTIPS = ("The Clear-VAE.",)
+    SEARCH_ALIASES = ("load vae", "clear vae", "region2region")
+    NODE_ID = "R2RClearVAELoader"
+    DISPLAY_NAME = "R2R Clear-VAE Loader"
+    DESCRIPTION_TEXT = ("Loads a Clear-VAE on its own (a diffusers folder such as <release>/clear_vae, a "
+                        ".safetensors file or the SD-format clear_vae.ckpt) from models/r2r/.")
+    OUTPUT_TYPE = R2RClearVAEType
+    OUTPUT_TIP = "The Clear-VAE."
     KIND = "clear_vae"
     LABEL = "Clear-VAE"
     RELEASE_SUBPATH = "clear_vae"
 
-    def _load(self, path, torch_dtype):
+    @classmethod
+    def _load(cls, path, torch_dtype):
         from ..r2r.weights import load_clear_vae
 
         return _cast(load_clear_vae(path), torch_dtype)
 
 
 class R2RControllerLoader(_PartLoader):
-    DESCRIPTION = ("Loads a Harmony Controller (with its MACA blocks) on its own: a diffusers folder such as "
-                   "<release>/stable-diffusion-inpainting/controlnet, a .safetensors file or an SD-format .ckpt.")
-    RETURN_TYPES = (R2R_CONTROLLER,)
-    RETURN_NAMES = ("controller",)
-    OUTPUT_TOOLTIPS = ("The Harmony Controller.",)
+    SEARCH_ALIASES = ("load controlnet", "harmony controller", "maca", "region2region")
+    NODE_ID = "R2RControllerLoader"
+    DISPLAY_NAME = "R2R Harmony Controller Loader"
+    DESCRIPTION_TEXT = ("Loads a Harmony Controller (with its MACA blocks) on its own: a diffusers folder such as "
+                        "<release>/stable-diffusion-inpainting/controlnet, a .safetensors file or an SD-format "
+                        ".ckpt.")
+    OUTPUT_TYPE = R2RControllerType
+    OUTPUT_TIP = "The Harmony Controller."
     KIND = "controller"
     LABEL = "Harmony Controller"
     RELEASE_SUBPATH = f"{_files.SD_FOLDER}/controlnet"
 
-    def _load(self, path, torch_dtype):
+    @classmethod
+    def _load(cls, path, torch_dtype):
         from ..r2r.weights import load_controller
 
         return _cast(load_controller(path), torch_dtype)
@@ -221,41 +245,44 @@ def _cast(model, torch_dtype):
 
 
 class R2RUNetLoader(_PartLoader):
-    DESCRIPTION = ("Loads an R2R harmonization U-Net on its own (e.g. a fine-tuned one from the trainer): a diffusers "
-                   "folder such as <release>/stable-diffusion-inpainting/unet, a .safetensors file or an SD-format "
-                   ".ckpt. The scheduler config and the empty-prompt text embedding come from a release folder "
-                   "(text_embedding_from), so the text encoder is not needed again once it is cached there.")
-    RETURN_TYPES = (R2R_MODEL,)
-    RETURN_NAMES = ("model",)
-    OUTPUT_TOOLTIPS = ("The R2R model (U-Net + scheduler + cached empty-prompt embedding).",)
+    SEARCH_ALIASES = ("load unet", "fine-tuned", "region2region")
+    NODE_ID = "R2RUNetLoader"
+    DISPLAY_NAME = "R2R U-Net Loader"
+    DESCRIPTION_TEXT = ("Loads an R2R harmonization U-Net on its own (e.g. a fine-tuned one from the trainer): a "
+                        "diffusers folder such as <release>/stable-diffusion-inpainting/unet, a .safetensors file "
+                        "or an SD-format .ckpt. The scheduler config and the empty-prompt text embedding come "
+                        "from a release folder (text_embedding_from), so the text encoder is not needed again "
+                        "once it is cached there.")
+    OUTPUT_TYPE = R2RModelType
+    OUTPUT_TIP = "The R2R model (U-Net + scheduler + cached empty-prompt embedding)."
     KIND = "unet"
     LABEL = "U-Net"
     RELEASE_SUBPATH = f"{_files.SD_FOLDER}/unet"
 
     @classmethod
-    def INPUT_TYPES(cls):
-        spec = super().INPUT_TYPES()
-        spec["required"]["text_embedding_from"] = (_release_choices(), {
-            "default": _files.OFFICIAL_NAME,
-            "tooltip": "The release folder whose scheduler config and text encoder (or cached empty-prompt "
-                       "embedding) go with this U-Net.",
-        })
-        return spec
+    def _inputs(cls):
+        return super()._inputs() + [
+            io.Combo.Input("text_embedding_from", options=_release_choices(), default=_files.OFFICIAL_NAME,
+                           tooltip="The release folder whose scheduler config and text encoder (or cached "
+                                   "empty-prompt embedding) go with this U-Net."),
+        ]
 
     @classmethod
-    def VALIDATE_INPUTS(cls, name, text_embedding_from):
+    def validate_inputs(cls, name, text_embedding_from):
         for value, what in ((name, cls.LABEL), (text_embedding_from, "release")):
             if _files.resolve(value) is None:
                 return (f"R2R {what} '{value}' is not in models/r2r/ (looked in: {', '.join(_host.model_dirs())}). "
                         "Copy the folder or file there and refresh.")
         return True
 
-    def load(self, name, dtype="auto", text_embedding_from=_files.OFFICIAL_NAME):
+    @classmethod
+    def execute(cls, name, dtype="auto", text_embedding_from=_files.OFFICIAL_NAME):
         from ..r2r import prompt, weights
 
+        choice(dtype, DTYPES, "dtype", "U-Net Loader")
         path = _files.resolve(name)
         if path is None:
-            raise _files.not_found(name, self.LABEL, "a diffusers folder, a .safetensors file or an SD-format .ckpt")
+            raise _files.not_found(name, cls.LABEL, "a diffusers folder, a .safetensors file or an SD-format .ckpt")
         release = _files.resolve(text_embedding_from)
         if release is None or not _files.is_release(release):
             raise _files.not_found(text_embedding_from, "release (for the text embedding)",
@@ -273,4 +300,7 @@ class R2RUNetLoader(_PartLoader):
             unet=_host.ManagedModel(comps.unet, "unet"), scheduler_config=dict(comps.scheduler_config),
             prompt_embeds=comps.prompt_embeds.detach().to("cpu"), source=str(comps.source),
         )
-        return (model,)
+        return io.NodeOutput(model)
+
+
+NODES = [R2RCheckpointLoader, R2RClearVAELoader, R2RControllerLoader, R2RUNetLoader]

@@ -1,10 +1,17 @@
 """Import the pack root as a package, the way ComfyUI does (a synthetic module name,
-relative imports inside), without ComfyUI.
+relative imports inside), with ComfyUI's source tree importable but no ComfyUI server.
 
-    from tests.comfy_pack import load_pack
+    from comfy_pack import load_pack, node_classes
     pack = load_pack()
-    pack.NODE_CLASS_MAPPINGS["R2RHarmonize"]
-    pack.nodes.harmonize  # submodules are reachable as attributes after import
+    NODES = node_classes()          # {node_id: V3 class}, what the pack's comfy_entrypoint registers
+    NODES["R2RHarmonize"].execute(...)
+
+The node modules import ``comfy_api.v0_0_2`` (ComfyUI's V3 node API), so the ComfyUI source
+tree goes on ``sys.path`` (appended: its top-level ``nodes``/``utils`` never shadow anything):
+``$COMFYUI_DIR`` if set, else ``<repo>/.cache/ComfyUI`` (the test environment extracts ComfyUI
+0.3.64 there). Only ``comfy_api`` and what it imports (``comfy.cli_args``, ``folder_paths``,
+``comfy_execution``) are loaded, not ``comfy.model_management``, so the pack's host layer stays in
+plain mode (no ComfyUI devices or model management) unless a test imports that itself.
 
 The pack's ``r2r`` is then ``<PACK_NAME>.r2r`` (a second copy of the library, as inside
 ComfyUI), so compare exceptions through ``pack_module("r2r.errors")``.
@@ -21,10 +28,28 @@ PACK_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACK_NAME = "comfyui_r2r_pack"
 
 
+def comfyui_dir() -> str:
+    """The ComfyUI source tree the tests use."""
+    return os.path.abspath(os.environ.get("COMFYUI_DIR") or os.path.join(PACK_ROOT, ".cache", "ComfyUI"))
+
+
+def _add_comfyui_to_path() -> None:
+    path = comfyui_dir()
+    if not os.path.isfile(os.path.join(path, "comfy_api", "v0_0_2", "__init__.py")):
+        raise RuntimeError(
+            f"ComfyUI's source tree was not found at {path} (needed for the node tests: the nodes use "
+            "comfy_api.v0_0_2). Run the README's test command (it extracts ComfyUI 0.3.64 into .cache/ComfyUI) "
+            "or set COMFYUI_DIR to a ComfyUI source tree."
+        )
+    if path not in sys.path:
+        sys.path.append(path)
+
+
 def load_pack():
     """Import (once) and return the pack's root package."""
     if PACK_NAME in sys.modules:
         return sys.modules[PACK_NAME]
+    _add_comfyui_to_path()
     spec = importlib.util.spec_from_file_location(
         PACK_NAME, os.path.join(PACK_ROOT, "__init__.py"), submodule_search_locations=[PACK_ROOT]
     )
@@ -42,3 +67,11 @@ def pack_module(dotted: str):
     """A submodule of the loaded pack, e.g. ``pack_module("nodes.harmonize")``."""
     load_pack()
     return importlib.import_module(f"{PACK_NAME}.{dotted}")
+
+
+def node_classes() -> dict:
+    """``{node_id: class}`` for every node the pack's extension registers (as ComfyUI sees them)."""
+    import asyncio
+
+    ext = asyncio.run(load_pack().comfy_entrypoint())
+    return {cls.GET_SCHEMA().node_id: cls for cls in asyncio.run(ext.get_node_list())}
