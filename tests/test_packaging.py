@@ -1,0 +1,201 @@
+"""Registry packaging: what the Comfy registry (comfy-cli) and ComfyUI-Manager read from this repository.
+
+* pyproject's static ``[project] dependencies`` equal requirements.txt (comfy-cli reads only the former,
+  ComfyUI-Manager installs the latter), lower bounds only, nothing the host owns;
+* the metadata the registry reads: node id rules, semver version, ``Repository`` and ``Issues`` URLs,
+  ``[tool.comfy]`` PublisherId and an ``Icon`` URL naming a PNG this repository ships;
+* ``.comfyignore`` (matched the way ``comfy node pack`` matches it) leaves out tests, benchmarks, training,
+  docs images, CI and tools, and keeps everything the pack needs at run time;
+* the publish workflow uses the registry's action, runs on version changes on main and does nothing else.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from packaging.requirements import Requirement
+from PIL import Image
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    tomllib = pytest.importorskip("tomli")
+
+pathspec = pytest.importorskip("pathspec")  # requirements-dev.txt; comfy-cli matches .comfyignore with it
+
+ROOT = Path(__file__).resolve().parent.parent
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+PROJECT = PYPROJECT["project"]
+COMFY = PYPROJECT["tool"]["comfy"]
+HOST_OWNED = {"torch", "torchvision", "torchaudio", "numpy"}
+REPO_URL = PROJECT["urls"]["Repository"].rstrip("/")
+# Paths that must never reach the registry archive, and paths the pack cannot run without.
+MUST_NOT_SHIP = ["tests/conftest.py", "tests/test_packaging.py", "benchmarks/pipeline.py", "training/trainer.py",
+                 "docs/images/workflow_basic.jpg", ".github/workflows/publish.yml", ".ci/run",
+                 "tools/fetch_comfyui.sh", "Makefile", "requirements-dev.txt"]
+MUST_SHIP = ["__init__.py", "pyproject.toml", "requirements.txt", "README.md", "LICENSE", "web/icon.png"]
+RUNTIME_DIRS = ["nodes", "r2r", "example_workflows"]
+
+
+def _requirement_lines(path: Path) -> list[str]:
+    lines = []
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if line:
+            lines.append(line)
+    return lines
+
+
+def _repo_files() -> list[str]:
+    """The files a publish would consider: git-tracked plus new not-ignored ones (a commit away from tracked)."""
+    try:
+        out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                             capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("needs a git checkout to list the files a publish would pack")
+    return sorted({line for line in out.splitlines() if line and (ROOT / line).is_file()})
+
+
+def _shipped_files() -> list[str]:
+    spec = pathspec.PathSpec.from_lines("gitwildmatch", _requirement_lines(ROOT / ".comfyignore"))
+    return [f for f in _repo_files() if not spec.match_file(f)]
+
+
+def test_dependencies_are_static_and_equal_requirements_txt():
+    assert "dependencies" not in PROJECT.get("dynamic", []), "comfy-cli reads only a static [project] dependencies"
+    pyproject_deps = PROJECT["dependencies"]
+    requirements = _requirement_lines(ROOT / "requirements.txt")
+    assert pyproject_deps == requirements, (
+        "pyproject.toml [project] dependencies and requirements.txt differ:\n"
+        f"  only in pyproject.toml:   {sorted(set(pyproject_deps) - set(requirements))}\n"
+        f"  only in requirements.txt: {sorted(set(requirements) - set(pyproject_deps))}\n"
+        "(or the same entries in another order); keep them identical"
+    )
+
+
+def test_requirements_are_lower_bounds_without_host_packages():
+    for line in _requirement_lines(ROOT / "requirements.txt"):
+        req = Requirement(line)
+        name = req.name.lower().replace("_", "-")
+        assert name not in HOST_OWNED, f"{line}: ComfyUI's environment owns {name}; a requirement can replace its build"
+        operators = {spec.operator for spec in req.specifier}
+        assert operators == {">="}, f"{line}: give a lower bound only (>=), no pin or upper bound"
+
+
+def test_dev_requirements_build_on_the_pack_requirements():
+    lines = _requirement_lines(ROOT / "requirements-dev.txt")
+    assert "-r requirements.txt" in lines
+    assert {"pytest", "pathspec"} <= {Requirement(line).name for line in lines if not line.startswith("-")}
+
+
+def test_packages_the_code_imports_are_listed():
+    """filelock (the dataset writer's lock) must be a requirement; torchvision must not (the pack never imports it)."""
+    names = {Requirement(line).name.lower() for line in _requirement_lines(ROOT / "requirements.txt")}
+    imported = set()
+    for folder in ("r2r", "nodes"):
+        for path in (ROOT / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.Import):
+                    imported.update(alias.name.split(".")[0] for alias in node.names)
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    imported.add(node.module.split(".")[0])
+    assert "filelock" in imported and "filelock" in names
+    assert "torchvision" not in imported and "torchvision" not in names
+
+
+def test_registry_metadata():
+    name = PROJECT["name"]
+    # the registry's node-id rules: letters, digits, - _ . ; no consecutive specials; starts with a letter; < 100
+    assert re.fullmatch(r"[A-Za-z](?:[A-Za-z0-9]|[-_.](?=[A-Za-z0-9]))*", name) and len(name) < 100, name
+    assert "comfyui" not in name.lower(), "the registry asks not to put ComfyUI in the node id"
+    assert re.fullmatch(r"\d+\.\d+\.\d+", PROJECT["version"]), "the registry needs a semver X.Y.Z version"
+    urls = PROJECT["urls"]
+    assert urls["Repository"].startswith("https://github.com/")
+    assert urls["Issues"] == f"{REPO_URL}/issues", "comfy-cli reads the bug link only under the key `Issues`"
+    assert "Bug Tracker" not in urls
+    assert PROJECT["license"] == {"file": "LICENSE"} and (ROOT / "LICENSE").is_file()
+    assert COMFY["PublisherId"] and COMFY["DisplayName"]
+    assert re.fullmatch(r">=\d+\.\d+\.\d+", COMFY["requires-comfyui"])
+
+
+def test_icon_url_names_a_small_png_the_repository_ships():
+    owner_repo = REPO_URL.removeprefix("https://github.com/")
+    prefix = f"https://raw.githubusercontent.com/{owner_repo}/main/"
+    icon_url = COMFY["Icon"]
+    assert icon_url.startswith(prefix), f"Icon should be a raw URL into {REPO_URL} (main), got {icon_url!r}"
+    icon = icon_url.removeprefix(prefix)
+    with Image.open(ROOT / icon) as image:
+        assert image.format == "PNG"
+        width, height = image.size
+    assert 64 <= width <= 800 and 64 <= height <= 400, f"the registry takes icons up to 800x400, got {image.size}"
+    assert icon in _repo_files(), f"{icon} is not committed (or is git-ignored)"
+    assert icon in _shipped_files()
+
+
+def test_comfyignore_leaves_out_development_files():
+    shipped = set(_shipped_files())
+    files = set(_repo_files())
+    for path in MUST_NOT_SHIP:
+        assert path in files, f"{path} is listed here as a development file but does not exist; update the list"
+        assert path not in shipped, f".comfyignore lets {path} into the registry archive"
+    for folder in ("tests/", "benchmarks/", "training/", "docs/images/", ".github/", ".ci/", "tools/"):
+        leaked = sorted(f for f in shipped if f.startswith(folder))
+        assert not leaked, f".comfyignore lets {folder} files into the registry archive: {leaked[:5]}"
+
+
+def test_comfyignore_keeps_everything_the_pack_runs_with():
+    shipped = set(_shipped_files())
+    files = set(_repo_files())
+    for path in MUST_SHIP:
+        assert path in shipped, f".comfyignore leaves {path} out of the registry archive"
+    for folder in RUNTIME_DIRS:
+        inside = sorted(f for f in files if f.startswith(folder + "/") and "__pycache__" not in f)
+        assert inside, f"no files under {folder}/"
+        missing = [f for f in inside if f not in shipped]
+        assert not missing, f".comfyignore leaves runtime files out: {missing[:5]}"
+    # the shipped code imports nothing that stays behind
+    left_behind = {"training", "tests", "benchmarks", "tools"}
+    for path in sorted(f for f in shipped if f.endswith(".py")):
+        tree = ast.parse((ROOT / path).read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            modules = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                       else [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module
+                       else [])
+            for module in modules:
+                assert module.split(".")[0] not in left_behind, f"{path} imports {module}, which does not ship"
+
+
+def test_publish_workflow_uses_the_registry_action_on_version_changes_only():
+    path = ROOT / ".github" / "workflows" / "publish.yml"
+    workflow = yaml.safe_load(path.read_text(encoding="utf-8"))
+    triggers = workflow.get("on", workflow.get(True))  # YAML 1.1 reads the bare key `on` as True
+    assert triggers["push"]["branches"] == ["main"]
+    assert triggers["push"]["paths"] == ["pyproject.toml"]
+    (job,) = workflow["jobs"].values()
+    steps = job["steps"]
+    publish = [s for s in steps if str(s.get("uses", "")).startswith("Comfy-Org/publish-node-action@")]
+    assert len(publish) == 1, "exactly one step runs Comfy-Org/publish-node-action"
+    assert publish[0]["with"]["personal_access_token"] == "${{ secrets.REGISTRY_ACCESS_TOKEN }}"
+    assert "version" in publish[0].get("if", ""), "publish only when [project] version changed"
+    # nothing else runs: besides the checkout, the only shell step reads the version from pyproject.toml
+    runs = [s["run"] for s in steps if "run" in s]
+    assert len(runs) == 1 and "tomllib" in runs[0] and not re.search(r"\b(pytest|make|pip)\b", runs[0])
+    assert {s["uses"].split("@")[0] for s in steps if "uses" in s} == {"actions/checkout",
+                                                                      "Comfy-Org/publish-node-action"}
+
+
+@pytest.mark.skipif(os.name == "nt", reason="shell scripts")
+def test_ci_entry_point_runs_the_readme_test_command():
+    run = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert "make test" in run
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    stamp_rule = next(line for line in makefile.splitlines() if line.startswith("$(STAMP):"))
+    for needed in ("requirements.txt", "requirements-dev.txt", "tools/host-requirements.txt",
+                   "$(COMFYUI_DIR)/requirements.txt"):
+        assert needed in stamp_rule.split(), f"the venv stamp must be rebuilt when {needed} changes"
