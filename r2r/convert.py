@@ -384,15 +384,6 @@ def describe_sd_keys(keys) -> str:
     return "; ".join(parts)
 
 
-def clear_vae_sd_to_diffusers(sd: dict, num_levels: int = 4) -> dict:
-    """Like :func:`clear_vae_to_diffusers` but returns one dict; keys that fit no rule are kept under
-    their original name, so a strict ``load_state_dict`` reports them as unexpected."""
-    out, unmatched = clear_vae_to_diffusers(sd, num_levels)
-    for k in unmatched:
-        out[k] = sd[k]
-    return out
-
-
 def text_encoder_sd_to_transformers(sd: dict, prefix: str = "cond_stage_model.transformer.") -> dict:
     """CLIP text tower from an SD checkpoint (``cond_stage_model.transformer.*``) -> CLIPTextModel keys."""
     out = {}

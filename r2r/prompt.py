@@ -2,25 +2,44 @@
 
 R2R always uses the empty prompt (ref §a.3). Its CLIP embedding (tokenizer padded to 77 tokens,
 ``last_hidden_state``) is computed from the release's text encoder once and written next to the
-weights (``<release>/r2r_empty_prompt.safetensors``) or, when that folder is read-only, into the
-user cache (``$R2R_CACHE_DIR`` or ``~/.cache/r2r``). After that the 0.5 GB text encoder is never
-loaded again. :func:`encode_prompt` keeps custom prompts possible.
+weights (``<release>/r2r_empty_prompt.safetensors``) or, when that folder is read-only or the source
+is the hub cache, into the user cache (``$R2R_CACHE_DIR``, default ``~/.cache/r2r``). After that the
+0.5 GB text encoder is never loaded again. :func:`encode_prompt` keeps custom prompts possible.
+
+This module depends on :mod:`r2r.layout`, :mod:`r2r.statedict` and :mod:`r2r.hub`; the model loading
+(:mod:`r2r.loading`) depends on it, never the reverse.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
+import warnings
 from pathlib import Path
 
+from .convert import text_encoder_sd_to_transformers
+from .devices import resolve_dtype
 from .errors import R2RUserError, R2RWeightsNotFound
+from .fileio import atomic_write_bytes
+from .hub import hub_snapshot, looks_like_repo_id
+from .layout import (
+    OFFICIAL_CONFIGS,
+    OFFICIAL_REPO,
+    SD_FOLDER,
+    describe_path,
+    find_weights_file,
+    official_config,
+    read_json,
+    release_paths,
+)
+from .statedict import read_state_dict
 
 CACHE_NAME = "r2r_empty_prompt.safetensors"
 FORMAT = "r2r-empty-prompt-v1"
 
 
 def user_cache_dir() -> Path:
+    """``$R2R_CACHE_DIR``, else ``$XDG_CACHE_HOME/r2r``, else ``~/.cache/r2r``."""
     if os.environ.get("R2R_CACHE_DIR"):
         return Path(os.environ["R2R_CACHE_DIR"])
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -33,8 +52,6 @@ def _identity(text_encoder) -> str:
         return ""
     p = Path(text_encoder)
     if p.is_dir():
-        from .weights import find_weights_file
-
         try:
             p = find_weights_file(p, "text encoder")
         except R2RWeightsNotFound:
@@ -83,47 +100,37 @@ def find_cached_prompt(root, key: str | None = None, text_encoder=None):
     return None
 
 
-def _atomic_save(tensor, path: Path, identity: str) -> None:
-    from safetensors.torch import save_file
+def save_prompt_cache(tensor, path: Path, identity: str) -> None:
+    """Write the embedding cache file atomically (OSError when the folder cannot take it)."""
+    from safetensors.torch import save
 
+    data = save({"prompt_embeds": tensor.detach().float().cpu().contiguous()},
+                metadata={"format": FORMAT, "text": "", "text_encoder": identity})
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        save_file({"prompt_embeds": tensor.detach().float().cpu().contiguous()}, str(tmp),
-                  metadata={"format": FORMAT, "text": "", "text_encoder": identity})
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write_bytes(path, data)
 
 
 def load_text_encoder(text_encoder, torch_dtype=None, device="cpu", config=None):
     """CLIPTextModel from a transformers folder, a .safetensors file, or an SD checkpoint
     (``cond_stage_model.transformer.*``)."""
-    import torch
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from .convert import text_encoder_sd_to_transformers
-    from .weights import official_config, read_state_dict, resolve_torch_dtype
-
-    torch_dtype = resolve_torch_dtype(torch_dtype or torch.float32)
+    torch_dtype = resolve_dtype(torch_dtype, device)
     p = Path(text_encoder)
     if not p.exists():
         raise R2RWeightsNotFound(
-            f"Text encoder not found at {p}; expected stable-diffusion-inpainting/text_encoder/ "
-            "(config.json + model.safetensors) of 1243asdad/region2region."
+            f"Text encoder not found at {p}; expected {SD_FOLDER}/text_encoder/ "
+            f"(config.json + model.safetensors) of {OFFICIAL_REPO}."
         )
     if p.is_dir():
         if not (p / "config.json").is_file():
             raise R2RWeightsNotFound(f"{p} has no config.json; a text encoder folder needs config.json + model.safetensors.")
-        cfg = json.loads((p / "config.json").read_text())
-        from .weights import find_weights_file
-
+        cfg = read_json(p / "config.json", "text encoder config")
         file = find_weights_file(p, "text encoder")
     else:
         sib = p.parent / "config.json"
-        cfg = json.loads(sib.read_text()) if sib.is_file() else official_config("text_encoder")
-        if "vocab_size" not in cfg:
+        cfg = read_json(sib, "text encoder config") if sib.is_file() else official_config("text_encoder")
+        if "vocab_size" not in cfg:  # the config beside the file belongs to something else
             cfg = official_config("text_encoder")
         file = p
     state = read_state_dict(file)
@@ -132,7 +139,10 @@ def load_text_encoder(text_encoder, torch_dtype=None, device="cpu", config=None)
     if config is not None:
         cfg = dict(config)
     cfg = {k: v for k, v in cfg.items() if k not in ("architectures", "transformers_version", "torch_dtype", "dtype")}
-    model = CLIPTextModel(CLIPTextConfig(**cfg))
+    try:
+        model = CLIPTextModel(CLIPTextConfig(**cfg))
+    except Exception as exc:
+        raise R2RUserError(f"The text encoder config for {file} is invalid ({exc}); use the official config.json.") from exc
     expected = model.state_dict()
     # transformers < 5 (the official release) prefixes every key with "text_model."; 5.x does not
     model_prefixed = any(k.startswith("text_model.") for k in expected)
@@ -150,20 +160,20 @@ def load_text_encoder(text_encoder, torch_dtype=None, device="cpu", config=None)
         raise R2RUserError(
             f"{file} does not match the CLIP text encoder (config {cfg.get('hidden_size')} wide): missing "
             f"{missing[:4]}, unexpected {unexpected[:4]}, wrong shapes {bad[:4]}. Expected "
-            "stable-diffusion-inpainting/text_encoder/ of 1243asdad/region2region (CLIP ViT-L/14 text tower)."
+            f"{SD_FOLDER}/text_encoder/ of {OFFICIAL_REPO} (CLIP ViT-L/14 text tower)."
         )
     model.load_state_dict(state, strict=False)  # strictness checked above (position_ids is derived)
     return model.to(device=device, dtype=torch_dtype).eval()
 
 
 def load_tokenizer(tokenizer):
+    """CLIPTokenizer from a tokenizer folder; the official CLIP tokenizer (shipped with r2r) when the
+    folder is None or absent (a release whose tokenizer/ was deleted)."""
     from transformers import CLIPTokenizer
 
     p = Path(tokenizer) if tokenizer is not None else None
     if p is None or not p.is_dir():
-        from .weights import OFFICIAL_CONFIGS, SD_FOLDER
-
-        p = OFFICIAL_CONFIGS / SD_FOLDER / "tokenizer"  # the official tokenizer files ship with r2r
+        p = OFFICIAL_CONFIGS / SD_FOLDER / "tokenizer"
     return CLIPTokenizer.from_pretrained(str(p))
 
 
@@ -184,32 +194,50 @@ def compute_prompt_embeds(text_encoder, tokenizer=None, text: str = "", device="
     return out.float()
 
 
+def require_prompt_source(root, text_encoder=None, *, key: str | None = None) -> None:
+    """Raise before any model loads when the empty prompt is neither cached nor computable."""
+    if text_encoder is not None and Path(text_encoder).exists():
+        return
+    if find_cached_prompt(root, key, text_encoder) is not None:
+        return
+    where = Path(root) / CACHE_NAME if root is not None else _user_cache_file(key or "")
+    raise R2RWeightsNotFound(
+        f"The empty-prompt embedding is not cached ({where}) and the text encoder is missing "
+        f"({text_encoder}). Put {SD_FOLDER}/text_encoder/ (config.json + model.safetensors) and tokenizer/ of "
+        f"{OFFICIAL_REPO} into the release folder once; the embedding is then cached and the text encoder "
+        "is no longer needed."
+    )
+
+
 def empty_prompt_embeds(root, text_encoder=None, tokenizer=None, *, key: str | None = None, write_to_root: bool = True,
                         config=None):
-    """The cached empty-prompt embedding; computed from the text encoder and cached on first use."""
+    """The cached empty-prompt embedding; computed from the text encoder and cached on first use.
+
+    The cache goes to ``<root>/r2r_empty_prompt.safetensors`` (when ``write_to_root``), else, or when
+    that folder is read-only, to the user cache (:func:`user_cache_dir`). When no location can be
+    written the embedding is still returned, with a warning.
+    """
     cached = find_cached_prompt(root, key, text_encoder)
     if cached is not None:
         return cached
-    if text_encoder is None or not Path(text_encoder).exists():
-        where = f"{Path(root) / CACHE_NAME}" if root is not None else str(_user_cache_file(key or ""))
-        raise R2RWeightsNotFound(
-            f"The empty-prompt embedding is not cached ({where}) and the text encoder is missing "
-            f"({text_encoder}). Put stable-diffusion-inpainting/text_encoder/ (config.json + model.safetensors) "
-            "and tokenizer/ of 1243asdad/region2region into the release folder once; the embedding is then "
-            "cached and the text encoder is no longer needed."
-        )
+    require_prompt_source(root, text_encoder, key=key)
     emb = compute_prompt_embeds(text_encoder, tokenizer, "", config=config)
     identity = _identity(text_encoder)
     targets = []
     if root is not None and write_to_root:
         targets.append(Path(root) / CACHE_NAME)
     targets.append(_user_cache_file(key) if key is not None else _user_cache_file(str(Path(root).resolve())))
+    failures = []
     for path in targets:
         try:
-            _atomic_save(emb, path, identity)
-            break
-        except OSError:
-            continue  # read-only folder: fall back to the user cache
+            save_prompt_cache(emb, path, identity)
+            return emb
+        except OSError as exc:  # read-only folder (or a file where a folder should be): try the next place
+            failures.append(f"{path} ({exc.strerror or exc})")
+    warnings.warn(
+        f"r2r could not cache the empty-prompt embedding ({'; '.join(failures)}); it will be computed again on "
+        "every load. Set R2R_CACHE_DIR to a writable folder.", RuntimeWarning, stacklevel=2,
+    )
     return emb
 
 
@@ -218,7 +246,7 @@ def prompt_embeds_from_files(text_encoder=None, tokenizer=None, prompt_embeds=No
     if prompt_embeds is not None:
         p = Path(prompt_embeds)
         if not p.is_file():
-            raise R2RWeightsNotFound(f"prompt_embeds file {p} does not exist.")
+            raise R2RWeightsNotFound(f"prompt_embeds: {describe_path(p)}; expected a cached {CACHE_NAME} file.")
         t = _read_cache(p, "")
         if t is None:
             raise R2RUserError(
@@ -240,16 +268,16 @@ def encode_prompt(source, text: str = "", *, torch_dtype=None, device="cpu"):
 
     The empty prompt comes from the cache; other prompts load the text encoder.
     """
-    from .weights import hub_snapshot, looks_like_repo_id, release_paths, resolve_torch_dtype
-
-    torch_dtype = resolve_torch_dtype(torch_dtype)
+    if not isinstance(text, str):
+        raise R2RUserError(f"prompt must be a string, got {type(text).__name__}.")
+    torch_dtype = resolve_dtype(torch_dtype, device)
     if isinstance(source, dict):
-        te, tok, root, key = source.get("text_encoder"), source.get("tokenizer"), None, None
+        te, tok = source.get("text_encoder"), source.get("tokenizer")
         if text == "":
             return prompt_embeds_from_files(te, tok, source.get("prompt_embeds"), source.get("text_encoder_config")).to(
                 device=device, dtype=torch_dtype
             )
-    else:
+    elif isinstance(source, (str, os.PathLike)):
         if looks_like_repo_id(str(source)):
             key = f"hub:{source}"
             root = hub_snapshot(str(source), ["text_encoder", "tokenizer"])
@@ -261,6 +289,9 @@ def encode_prompt(source, text: str = "", *, torch_dtype=None, device="cpu"):
             return empty_prompt_embeds(root, te, tok, key=key, write_to_root=key is None).to(
                 device=device, dtype=torch_dtype
             )
+    else:
+        raise R2RUserError(f"encode_prompt source must be a release folder, a hub repo id like {OFFICIAL_REPO!r} or "
+                           f"a dict of files, got {type(source).__name__}.")
     if te is None:
         raise R2RWeightsNotFound("A custom prompt needs the text encoder; give 'text_encoder' in the source.")
     cfg = source.get("text_encoder_config") if isinstance(source, dict) else None

@@ -80,24 +80,51 @@ def test_empty_prompt_is_cached_and_text_encoder_not_loaded_again(tiny_release, 
     assert emb.shape == (1, 77, 32) and not torch.allclose(emb, ref)
 
 
+def _make_read_only(folder: Path, monkeypatch) -> None:
+    """chmod 0o555; as root (where chmod does not stop writes) the cache writer refuses the folder too."""
+    import os
+
+    folder.chmod(0o555)
+    if os.geteuid() == 0:
+        real = prompt.atomic_write_bytes
+
+        def refuse(path, data, **kw):
+            if Path(path).parent == folder:
+                raise PermissionError(13, "Permission denied", str(path))
+            return real(path, data, **kw)
+
+        monkeypatch.setattr(prompt, "atomic_write_bytes", refuse)
+
+
 def test_prompt_cache_falls_back_to_user_cache_when_release_is_read_only(release_copy, tmp_path, monkeypatch):
     monkeypatch.setenv("R2R_CACHE_DIR", str(tmp_path / "usercache"))
-    real_save = prompt._atomic_save
+    _make_read_only(release_copy, monkeypatch)
+    try:
+        c = weights.load_components(release_copy, components=("controller",))
+        assert not (release_copy / prompt.CACHE_NAME).exists()
+        cached = list((tmp_path / "usercache").glob("*.safetensors"))
+        assert len(cached) == 1
+        # then the text encoder may disappear
+        release_copy.chmod(0o755)
+        shutil.rmtree(release_copy / SD / "text_encoder")
+        c2 = weights.load_components(release_copy, components=("controller",))
+        torch.testing.assert_close(c.prompt_embeds, c2.prompt_embeds)
+    finally:
+        release_copy.chmod(0o755)
 
-    def read_only_root(tensor, path, identity):
-        if path.parent == release_copy:
-            raise PermissionError(f"read-only: {path}")
-        return real_save(tensor, path, identity)
 
-    monkeypatch.setattr(prompt, "_atomic_save", read_only_root)
-    c = weights.load_components(release_copy, components=("controller",))
-    assert not (release_copy / prompt.CACHE_NAME).exists()
-    cached = list((tmp_path / "usercache").glob("*.safetensors"))
-    assert len(cached) == 1
-    # then the text encoder may disappear
-    shutil.rmtree(release_copy / SD / "text_encoder")
-    c2 = weights.load_components(release_copy, components=("controller",))
-    torch.testing.assert_close(c.prompt_embeds, c2.prompt_embeds)
+def test_prompt_cache_nowhere_writable_still_loads_with_a_warning(release_copy, tmp_path, monkeypatch):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder should be")
+    monkeypatch.setenv("R2R_CACHE_DIR", str(blocker / "r2r"))
+    _make_read_only(release_copy, monkeypatch)
+    try:
+        with pytest.warns(RuntimeWarning, match="R2R_CACHE_DIR"):
+            c = weights.load_components(release_copy, components=("clear_vae",))
+    finally:
+        release_copy.chmod(0o755)
+    assert c.prompt_embeds.shape == (1, 77, 32)
+    assert not (release_copy / prompt.CACHE_NAME).exists() and blocker.read_text().startswith("a file")
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -197,13 +224,13 @@ class PickledThing:  # an arbitrary pickled object: r2r must never execute it
 def test_missing_files_name_file_and_folder(release_copy, tmp_path):
     with pytest.raises(R2RWeightsNotFound, match="does not exist"):
         weights.load_components(tmp_path / "nowhere")
-    with pytest.raises(R2RWeightsNotFound, match="not an R2R release folder"):
+    with pytest.raises(R2RWeightsNotFound, match="exists but is not an R2R release folder"):
         weights.load_components(tmp_path)
     (release_copy / "clear_vae" / "diffusion_pytorch_model.safetensors").unlink()
     with pytest.raises(R2RWeightsNotFound, match=r"No R2R Clear-VAE weights in .*clear_vae.*download"):
         weights.load_components(release_copy)
     shutil.rmtree(release_copy / SD / "controlnet")
-    with pytest.raises(R2RWeightsNotFound, match=r"Harmony Controller missing: .*controlnet needs config.json"):
+    with pytest.raises(R2RWeightsNotFound, match=r"Harmony Controller missing: the folder .*controlnet is missing"):
         weights.load_components(release_copy, components=("controller",))
     with pytest.raises(R2RWeightsNotFound, match="R2R U-Net not found at .*unet.safetensors"):
         weights.load_unet(tmp_path / "unet.safetensors")
@@ -272,8 +299,8 @@ def test_unsafe_or_broken_files(tmp_path):
     (tmp_path / "weights.onnx").write_bytes(b"x")
     with pytest.raises(R2RUserError, match="Unsupported weights file"):
         weights.load_clear_vae(tmp_path / "weights.onnx")
-    with pytest.raises(R2RUserError, match="Unsupported torch_dtype"):
-        weights.resolve_torch_dtype("float8")
+    with pytest.raises(R2RUserError, match="Unsupported dtype"):
+        weights.load_clear_vae(tmp_path / "weights.onnx", torch_dtype="float8")
     with pytest.raises(R2RUserError, match="Unknown component"):
         weights.load_components(tmp_path, components=("vae",))
 
