@@ -1,5 +1,6 @@
 """make-dataset: layout, determinism (shards, workers), resume, crash safety, error reporting."""
 
+import contextlib
 import filecmp
 import json
 from pathlib import Path
@@ -288,3 +289,79 @@ def test_generated_set_evaluates_with_the_official_metrics(tmp_path):
     assert ev.overall["n"] == 3 and set(ev.subsets) == {"R-ADE20K"}
     for row in ev.per_image:
         assert row["fmse"] == pytest.approx(recorded[row["file_name"]], rel=0.05, abs=1.0)
+
+
+def slow_generator(real, mask, seed, **kwargs):
+    """Marks that a worker started an image, then works for a minute (the parent-death test)."""
+    if real.shape[:2] == (TRIAL_SIZE, TRIAL_SIZE):
+        return real.copy()
+    import os
+    import time
+
+    Path(os.environ["R2R_TEST_MARKERS"], f"{os.getpid()}-{seed}").touch()
+    time.sleep(60)
+    return real.copy()
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")  # a zombie has exited; only its parent's wait() is missing
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc (Linux)")
+def test_workers_die_with_their_parent(tmp_path):
+    """SIGKILL the make-dataset process while 2 workers are busy: the workers are gone within
+    seconds instead of waiting forever."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    im, mk = _sources(tmp_path, n=4)
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, R2R_TEST_MARKERS=str(markers),
+               PYTHONPATH=os.pathsep.join([str(root / "tests"), str(root), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "r2r", "make-dataset", "--images", str(im), "--masks", str(mk), "--out",
+         str(tmp_path / "out"), "--workers", "2", "--generator", "test_make_dataset:slow_generator", "--no-progress"],
+        cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.time() + 120
+        while len(list(markers.iterdir())) < 2:
+            assert proc.poll() is None, proc.stdout.read().decode()
+            assert time.time() < deadline, "the workers never started"
+            time.sleep(0.1)
+        workers = {int(p.name.split("-")[0]) for p in markers.iterdir()}
+        assert len(workers) == 2 and workers <= set(_children(proc.pid))
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        deadline = time.time() + 5
+        while any(_alive(w) for w in workers) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not [w for w in workers if _alive(w)], "worker processes outlived their parent"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for w in _children(proc.pid):
+            with contextlib.suppress(OSError):
+                os.kill(w, signal.SIGKILL)

@@ -53,8 +53,10 @@ def worker_init(parent_pid: int) -> None:
         cv2.setNumThreads(1)
     except ImportError:  # only a speed setting
         pass
-    from ..blending import poisson
-
+    try:
+        from ..blending import poisson
+    except ImportError:  # a custom generator may not need the blending code; this is only a speed setting
+        return
     setter = getattr(poisson, "set_num_threads", None)
     if setter is not None:
         setter(1)
