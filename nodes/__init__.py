@@ -13,9 +13,9 @@ from . import _host, data, examples, harmonize, loaders
 
 try:
     # the KSampler path (R2R Conditioning ...) lives in its own module; a pack without it still loads
-    from .ksampler import NODES as KSAMPLER_NODES
+    from .ksampler_path import NODES as KSAMPLER_NODES
 except ModuleNotFoundError as exc:
-    if exc.name != f"{__name__}.ksampler":
+    if exc.name != f"{__name__}.ksampler_path":
         raise
     KSAMPLER_NODES = []
 
