@@ -107,7 +107,7 @@ def test_torch_variant_matches_numpy(composite):
         (dict(mask="EMPTY"), "mask is empty"),
         (dict(mask="FULL"), "reference region is empty"),
         (dict(reference_mask="EMPTY"), "reference region is empty"),
-        (dict(mask="SMALL"), "must be an HxW array matching"),
+        (dict(mask="SMALL"), "does not match the image size"),
         (dict(mask="NEG"), "values in"),
         (dict(composite="GREY"), "HxWx3"),
     ],

@@ -276,7 +276,7 @@ def test_dtypes_and_grayscale():
         (dict(mask=np.zeros((16, 16), bool)), "mask is empty"),
         (dict(mask=np.ones((8, 8), bool)), "does not match the image size"),
         (dict(mode="fancy"), "mode must be one of"),
-        (dict(erode=-1), "erode and margin"),
+        (dict(erode=-1), "erode must be a whole number"),
         (dict(source=np.zeros((16, 12, 3), np.float32)), "same shape"),
         (dict(target=np.full((16, 16, 3), np.nan, np.float32)), "NaN"),
         (dict(target=np.zeros((16, 16, 3), np.int32)), "uint8"),
@@ -304,7 +304,7 @@ def test_masked_non_convergence_is_reported():
 @pytest.mark.parametrize("mixed", [False, True])
 def test_torch_backend_matches_numpy(mode, mixed):
     torch = pytest.importorskip("torch")
-    from r2r.blending.torch_poisson import poisson_blend_torch
+    from r2r.blending.poisson_torch import poisson_blend_torch
 
     T, S = random_images(34, 40, seed=13)
     M1 = blob_mask(34, 40, 5, frac=0.3)

@@ -88,7 +88,7 @@ def test_colour_comes_from_the_reference(scene):
     res = random_poisson_blend(real, mask, seed=0, reference=blue, alpha=1.0)
     fg, fr = res.composite[mask].astype(float).mean(0), real[mask].astype(float).mean(0)
     assert fg[2] - fr[2] > 20 and fg[0] < fr[0]
-    shift = res.diagnostics["color_shift"]
+    shift = res.diagnostics["color_shift_rgb_channels"]
     assert shift[2] > 20 and res.diagnostics["reference"] == "image"
 
 
@@ -129,7 +129,7 @@ def test_filter_retries_and_reports(scene):
     assert ok.diagnostics["accepted"] is True and ok.diagnostics["tries"] == 1
     d = ok.diagnostics
     assert passes_filter(d, min_fmse=d["fmse"] - 1) and not passes_filter(d, max_fmse=d["fmse"] - 1)
-    assert not passes_filter(d, min_color_shift=d["color_shift_norm"] + 1)
+    assert not passes_filter(d, min_color_shift_lab=d["color_shift_lab"] + 1)
     # fMSE exactly as the official metric (0..255 scale, 3 channels)
     err = (ok.composite.astype(np.float64) - real)[mask]
     assert d["fmse"] == pytest.approx((err**2).sum() / (3 * mask.sum()), rel=1e-5)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import R2RUserError
+from .inputs import fraction, image_bchw, image_hwc, is_torch, mask_weights_b1hw, mask_weights_hw
 
 __all__ = ["harmonize_statistics", "harmonize_statistics_torch", "STD_RATIO_LIMITS"]
 
@@ -29,37 +30,20 @@ _EPS = 1e-6
 
 
 def _check_strength(strength):
-    try:
-        s = float(strength)
-    except (TypeError, ValueError):
-        s = float("nan")
-    if not (0.0 <= s <= 1.0):
-        raise R2RUserError(
-            f"strength must be a number in [0, 1] (0 = unchanged, 1 = full statistics transfer); got {strength!r}."
-        )
-    return s
+    return fraction(strength, "strength", "0 = unchanged, 1 = full statistics transfer.")
 
 
-def _soft_mask_numpy(mask, hw, name):
-    m = np.asarray(mask)
-    if m.ndim == 3 and m.shape[2] == 1:
-        m = m[:, :, 0]
-    if m.ndim != 2 or m.shape != tuple(hw):
+def _check_regions(fg_weight, ref_weight, reference_mask_given):
+    """Refuse an empty foreground or reference region (weights summed per batch item: ``[B]``)."""
+    if bool((fg_weight < 1e-3).any()):
+        raise R2RUserError("The mask is empty, so there is no foreground to harmonize. "
+                           "Draw the foreground in white on black.")
+    if bool((ref_weight < 1e-3).any()):
         raise R2RUserError(
-            f"{name} must be an HxW array matching the image size {tuple(hw)}; got shape {tuple(np.shape(mask))}. "
-            "Resize the mask to the image first."
+            "The reference region is empty: "
+            + ("reference_mask has no pixel above 0. Mark the region in white." if reference_mask_given else
+               "the mask covers the whole image, so there is no background. Pass reference_mask= to name a region.")
         )
-    if m.dtype == bool:
-        return m.astype(np.float32)
-    if m.dtype == np.uint8:
-        return m.astype(np.float32) / 255.0
-    m = m.astype(np.float32)
-    if not np.isfinite(m).all() or m.min() < 0 or m.max() > 1:
-        raise R2RUserError(
-            f"{name} must hold values in [0, 1] (float) or 0..255 (uint8); got min {np.nanmin(m):.3g}, "
-            f"max {np.nanmax(m):.3g}. Normalise the mask first."
-        )
-    return m
 
 
 def _bbox(w):
@@ -113,35 +97,17 @@ def harmonize_statistics(composite, mask, strength=1.0, reference_mask=None):
     statistics the foreground takes (default: the background, 1 - mask).
     Torch ``[B,3,H,W]`` tensors are routed to :func:`harmonize_statistics_torch`.
     """
-    if type(composite).__module__.startswith("torch"):
+    if is_torch(composite):
         return harmonize_statistics_torch(composite, mask, strength, reference_mask)
     import cv2
 
     s = _check_strength(strength)
-    img = np.asarray(composite)
-    if img.ndim != 3 or img.shape[2] != 3:
-        raise R2RUserError(
-            f"composite must be an HxWx3 RGB image; got shape {img.shape}. Convert grey/RGBA images to RGB first."
-        )
-    if img.dtype != np.uint8 and not np.issubdtype(img.dtype, np.floating):
-        raise R2RUserError(f"composite must be uint8 or float in [0, 1]; got dtype {img.dtype}.")
-    m = _soft_mask_numpy(mask, img.shape[:2], "mask")
-    ref_w = (1.0 - m) if reference_mask is None else _soft_mask_numpy(reference_mask, img.shape[:2],
-                                                                        "reference_mask")
-    if float(m.sum()) < 1e-3:
-        raise R2RUserError("The mask is empty, so there is no foreground to harmonize. "
-                           "Draw the foreground in white on black.")
-    if float(ref_w.sum()) < 1e-3:
-        raise R2RUserError(
-            "The reference region is empty: " + ("the mask covers the whole image, so there is no "
-                                                 "background. Pass reference_mask= to name a region."
-                                                 if reference_mask is None else
-                                                 "reference_mask has no pixel above 0. Mark the region in white.")
-        )
+    img = image_hwc(composite, "composite", rgb=True, unit_range=True)
+    m = mask_weights_hw(mask, img.shape[:2], "mask")
+    ref_w = (1.0 - m) if reference_mask is None else mask_weights_hw(reference_mask, img.shape[:2], "reference_mask")
+    _check_regions(np.array([m.sum()]), np.array([ref_w.sum()]), reference_mask is not None)
     if s == 0.0:
         return img.copy()
-    if img.dtype != np.uint8 and not np.isfinite(img).all():
-        raise R2RUserError("composite contains NaN or infinite values; clean the image first.")
     f = img
     mean_f, std_f = _region_stats(f, m)
     mean_r, std_r = _region_stats(f, ref_w)
@@ -209,38 +175,16 @@ def harmonize_statistics_torch(composite, mask, strength=1.0, reference_mask=Non
     import torch
 
     s = _check_strength(strength)
-    if not torch.is_tensor(composite) or composite.ndim != 4 or composite.shape[1] != 3:
+    if not torch.is_tensor(composite) or composite.ndim != 4:
         raise R2RUserError(
             f"composite must be a [B,3,H,W] float tensor in [0,1]; got {getattr(composite, 'shape', type(composite))}."
         )
-
-    def as_mask(t, name):
-        if not torch.is_tensor(t):
-            t = torch.as_tensor(np.asarray(t))
-        if t.ndim == 2:
-            t = t[None]
-        if t.ndim == 3:
-            t = t[:, None]
-        if t.ndim != 4 or t.shape[1] != 1 or t.shape[-2:] != composite.shape[-2:] or t.shape[0] not in (
-                1, composite.shape[0]):
-            raise R2RUserError(
-                f"{name} must be [B,1,H,W] or [B,H,W] matching the image {tuple(composite.shape)}; "
-                f"got {tuple(t.shape)}. Resize the mask to the image first."
-            )
-        t = t.to(device=composite.device, dtype=torch.float32)
-        if t.max() > 1.0:
-            t = t / 255.0
-        return t.expand(composite.shape[0], 1, *composite.shape[-2:])
-
-    m = as_mask(mask, "mask")
-    w = (1.0 - m) if reference_mask is None else as_mask(reference_mask, "reference_mask")
-    if (m.sum(dim=(1, 2, 3)) < 1e-3).any():
-        raise R2RUserError("The mask is empty for at least one batch item; there is no foreground to harmonize.")
-    if (w.sum(dim=(1, 2, 3)) < 1e-3).any():
-        raise R2RUserError(
-            "The reference region is empty for at least one batch item (a mask covering the whole image, "
-            "or an empty reference_mask). Pass a reference_mask that marks some pixels."
-        )
+    image_bchw(composite, "composite", channels=3, unit_range=True)
+    B, hw = composite.shape[0], composite.shape[-2:]
+    m = mask_weights_b1hw(mask, B, hw, "mask", device=composite.device)
+    w = (1.0 - m) if reference_mask is None else mask_weights_b1hw(reference_mask, B, hw, "reference_mask",
+                                                                   device=composite.device)
+    _check_regions(m.sum(dim=(1, 2, 3)), w.sum(dim=(1, 2, 3)), reference_mask is not None)
     if s == 0.0:
         return composite.clone()
     x = composite.float().clamp(0.0, 1.0)

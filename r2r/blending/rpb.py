@@ -27,12 +27,16 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import R2RUserError
-from .poisson import MODES, _as_bool_mask, _as_numpy_image, _field_on, _solve_checked
+from .diagnostics import check_filter, filter_rejection, passes_filter, rpb_diagnostics, window_diagnostics
+from .inputs import bool_mask_hw, image_bchw, image_hwc, mask_weights_b1hw, whole_number
+from .poisson_numpy import paint_solution, solve_prepared
+from .poisson_setup import check_mode
 
 _WINDOW_PAD = 12  # pixels around the dilated mask's bounding box that the solve may use
+PLACEMENTS = ("auto", "same", "random")
 
-__all__ = ["RPBResult", "random_poisson_blend", "random_poisson_blend_torch", "rpb_diagnostics",
-           "passes_filter"]
+__all__ = ["PLACEMENTS", "RPBResult", "passes_filter", "random_poisson_blend", "random_poisson_blend_torch",
+           "rpb_diagnostics"]
 
 
 @dataclass
@@ -42,9 +46,11 @@ class RPBResult:
     composite: the disharmonious image (same dtype/shape as ``real``).
     mask: HxW foreground mask, uint8 {0, 255} for uint8 input, float32 {0, 1} otherwise.
     real: the ground truth (the input ``real``, unchanged).
-    diagnostics: see :func:`rpb_diagnostics` plus ``alpha``, ``reference`` (what was used),
-    ``reference_rect`` (y0, y1, x0, x1 in the reference), ``mode``, ``mixed``, ``tries``
-    and ``accepted`` (False when no draw passed the fMSE / colour-shift filter).
+    diagnostics: the keys of :func:`rpb_diagnostics` (``fmse``, ``color_shift_lab``, ...;
+    units in :mod:`.diagnostics`) plus ``alpha``, ``reference`` (what was used),
+    ``reference_rect`` (y0, y1, x0, x1 in the reference), ``mode``, ``mixed``, ``tries``,
+    ``accepted`` (False when no draw passed the filter) and ``rejection`` (why the last
+    draw failed the filter, or None).
     """
 
     composite: np.ndarray
@@ -53,36 +59,60 @@ class RPBResult:
     diagnostics: dict = field(default_factory=dict)
 
 
-# ----------------------------------------------------------------------------- helpers
+# ----------------------------------------------------------------------------- input checks
 
 
 def _rng(seed):
     if isinstance(seed, np.random.Generator):
         return seed
-    if seed is None or isinstance(seed, (int, np.integer)):
-        return np.random.default_rng(seed)
+    if seed is None:
+        return np.random.default_rng()
+    if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
+        if seed < 0:
+            raise R2RUserError(f"seed must be >= 0; got {seed}. Pass e.g. seed=1234 for a reproducible composite.")
+        return np.random.default_rng(int(seed))
     raise R2RUserError(
-        f"seed must be None, an int or a numpy.random.Generator; got {type(seed).__name__}. "
+        f"seed must be None, an int >= 0 or a numpy.random.Generator; got {type(seed).__name__}. "
         "Pass e.g. seed=1234 for a reproducible composite."
     )
 
 
-def _to_float255(img):
-    return img.astype(np.float32) * (1.0 if img.dtype == np.uint8 else 255.0)
-
-
-def _check_rgb(img, name):
-    arr = _as_numpy_image(img, name)
-    if arr.shape[2] != 3:
+def _alpha_range(alpha) -> tuple[float, float]:
+    if isinstance(alpha, (int, float, np.floating, np.integer)) and not isinstance(alpha, bool):
+        lo = hi = float(alpha)
+    else:
+        try:
+            lo, hi = (float(v) for v in alpha)
+        except (TypeError, ValueError):
+            raise R2RUserError(
+                f"alpha must be a number or a (low, high) pair in [0, 1]; got {alpha!r}. "
+                "Example: alpha=(0.5, 1.0)."
+            ) from None
+    if not (0.0 <= lo <= hi <= 1.0):
         raise R2RUserError(
-            f"{name} must be an RGB image (HxWx3); got {arr.shape[2]} channel(s). "
-            "Convert it with PIL's .convert('RGB') or cv2.cvtColor first."
+            f"alpha must lie in [0, 1] with low <= high; got {alpha!r}. Example: alpha=(0.5, 1.0)."
         )
-    return arr
+    return lo, hi
 
 
-def _load_pool_item(item, idx):
-    """A pool entry is an image, a path, or an (image-or-path, region_mask-or-None) pair."""
+def _region_mask(region, hw, name):
+    """A reference region as a bool mask of the reference's size ``hw`` (non-empty)."""
+    reg = bool_mask_hw(region, None, name)
+    if reg.shape != tuple(hw):
+        raise R2RUserError(
+            f"{name} is {reg.shape[1]}x{reg.shape[0]} but the image it marks a region of is {hw[1]}x{hw[0]}; "
+            "give the region at that image's size."
+        )
+    if not reg.any():
+        raise R2RUserError(
+            f"{name} is empty; mark the region whose colours the foreground should take in white, "
+            "or leave it unset for a random region."
+        )
+    return reg
+
+
+def _check_pool_item(item, idx):
+    """Validate a pool entry (an image, a path, or an (image-or-path, region_mask-or-None) pair)."""
     region = None
     if isinstance(item, tuple):
         if len(item) != 2:
@@ -90,6 +120,23 @@ def _load_pool_item(item, idx):
                 f"pool[{idx}] must be an image, a path or an (image, region_mask) pair; got a tuple of "
                 f"{len(item)} items."
             )
+        item, region = item
+    if isinstance(item, (str, os.PathLike)):
+        if not os.path.isfile(item):
+            raise R2RUserError(
+                f"pool[{idx}]: cannot read the image file {os.fspath(item)!r}: it does not exist or is not a "
+                "file. Check the path."
+            )
+        return
+    arr = image_hwc(item, f"pool[{idx}]", rgb=True, unit_range=True)
+    if region is not None:
+        _region_mask(region, arr.shape[:2], f"pool[{idx}] region_mask")
+
+
+def _load_pool_item(item, idx):
+    """A pool entry as (RGB image, bool region mask or None)."""
+    region = None
+    if isinstance(item, tuple):
         item, region = item
     if isinstance(item, (str, os.PathLike)):
         import cv2
@@ -101,7 +148,13 @@ def _load_pool_item(item, idx):
                 "and is a PNG/JPEG/WebP image."
             )
         item = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    return _check_rgb(item, f"pool[{idx}]"), region
+    img = image_hwc(item, f"pool[{idx}]", rgb=True, unit_range=True)
+    if region is not None:
+        region = _region_mask(region, img.shape[:2], f"pool[{idx}] region_mask")
+    return img, region
+
+
+# ----------------------------------------------------------------------------- helpers
 
 
 def _resize_to(img, hw, nearest=False):
@@ -134,7 +187,8 @@ def _fill_outside(patch, region):
     return patch[lut_y[labels], lut_x[labels]]
 
 
-def _window(mask, margin):
+def _bbox(mask, margin):
+    """(y0, y1, x0, x1) of the mask's bounding box grown by ``margin``, clipped to the image."""
     rows = np.flatnonzero(mask.any(axis=1))
     cols = np.flatnonzero(mask.any(axis=0))
     H, W = mask.shape
@@ -160,113 +214,39 @@ def _random_rect(rng, hw_img, hw_rect, avoid=None, tries=8):
     return best
 
 
-def rpb_diagnostics(composite, real, mask) -> dict:
-    """Per-sample diagnostics, on the 0..255 scale of the official metrics.
-
-    fmse: mean squared error over the foreground pixels and 3 channels (ref §f.4);
-    mse: over the whole image; psnr: skimage-style, data_range 255;
-    color_shift: the foreground's mean composite - real per RGB channel;
-    color_shift_norm: its Euclidean length; fg_ratio: foreground fraction.
-    """
-    c = _to_float255(np.asarray(composite))
-    r = _to_float255(np.asarray(real))
-    m = np.asarray(mask).astype(bool)
-    n = int(m.sum())
-    err = (c - r) ** 2
-    fmse = float(err[m].sum() / (3 * n)) if n else 0.0
-    mse = float(err.mean())
-    shift = (c[m] - r[m]).mean(axis=0) if n else np.zeros(3)
-    psnr = float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
-    return {
-        "fmse": fmse,
-        "mse": mse,
-        "psnr": psnr,
-        "color_shift": [float(v) for v in shift],
-        "color_shift_norm": float(np.linalg.norm(shift)),
-        "fg_ratio": n / m.size,
-    }
-
-
-def _fg_diagnostics(comp_w, real_w, mask_w, n, n_pixels, scale):
-    """rpb_diagnostics when only the foreground differs (what RPB guarantees), on the work window."""
-    d = (comp_w - real_w) * (mask_w[:, :, None] * np.float32(scale))
-    dd = d.reshape(-1, d.shape[2]).astype(np.float64)
-    sq = float(np.einsum("ij,ij->", dd, dd))
-    shift = dd.sum(axis=0) / max(n, 1)
-    mse = sq / (3 * n_pixels)
-    return {
-        "fmse": sq / (3 * n) if n else 0.0,
-        "mse": mse,
-        "psnr": float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse)),
-        "color_shift": [float(v) for v in shift],
-        "color_shift_norm": float(np.linalg.norm(shift)),
-        "fg_ratio": n / n_pixels,
-    }
-
-
-def passes_filter(diagnostics, *, min_fmse=None, max_fmse=None, min_color_shift=None) -> bool:
-    """True when the sample is neither too easy (fMSE / colour shift too small) nor broken."""
-    f = diagnostics["fmse"]
-    if not np.isfinite(f):
-        return False
-    if min_fmse is not None and f < min_fmse:
-        return False
-    if max_fmse is not None and f > max_fmse:
-        return False
-    if min_color_shift is not None and diagnostics["color_shift_norm"] < min_color_shift:
-        return False
-    return True
-
-
-def _sample_alpha(rng, alpha):
-    if isinstance(alpha, (int, float, np.floating, np.integer)):
-        a = float(alpha)
-        lo = hi = a
-    else:
-        try:
-            lo, hi = (float(v) for v in alpha)
-        except (TypeError, ValueError):
-            raise R2RUserError(
-                f"alpha must be a number or a (low, high) pair in [0, 1]; got {alpha!r}. "
-                "Example: alpha=(0.5, 1.0)."
-            ) from None
-    if not (0.0 <= lo <= hi <= 1.0):
-        raise R2RUserError(
-            f"alpha must lie in [0, 1] with low <= high; got {alpha!r}. Example: alpha=(0.5, 1.0)."
-        )
-    return lo if lo == hi else float(rng.uniform(lo, hi))
-
-
 # ----------------------------------------------------------------------------- main API
 
 
 def random_poisson_blend(real, mask, seed=None, *, rng=None, reference=None, reference_mask=None,
                          pool=None, alpha=(0.5, 1.0), mode="box", mixed=False, dilate=1,
-                         placement="auto", min_fmse=None, max_fmse=None, min_color_shift=None,
+                         placement="auto", min_fmse=None, max_fmse=None, min_color_shift_lab=None,
                          max_tries=8) -> RPBResult:
     """Make one disharmonious composite from a real image and its foreground mask.
 
     real: HxWx3 uint8 (0..255) or float (0..1) RGB; mask: HxW (bool, 0/255 uint8 or 0..1
-    float, thresholded at 0.5). seed / rng: int, None or numpy Generator (same seed ->
-    same composite). reference: an RGB image (any size, resized to ``real``) whose colours
-    the foreground takes; reference_mask: a region of ``reference`` (or of ``real`` itself
-    when ``reference`` is None) to take them from. pool: a sequence of images / paths /
+    float, thresholded at 0.5; neither empty nor the whole image). seed / rng: int >= 0,
+    None or numpy Generator (same seed -> same composite). reference: an RGB image (any
+    size, resized to ``real``) whose colours the foreground takes; reference_mask: a
+    region of ``reference`` (or of ``real`` itself when ``reference`` is None), at that
+    image's size, to take them from. pool: a sequence of images / paths /
     (image, region_mask) pairs to draw a reference from when none is given. Without
     reference, reference_mask and pool, another region of the same image is used.
-    alpha: strength, a number or a (low, high) range sampled uniformly per composite.
-    mode / mixed: the Poisson formulation (see r2r.blending.poisson). dilate: pixels the
-    mask is dilated by for the Poisson solve (1 = the official prototype's 3x3 dilation).
-    placement: "same" (the reference's pixels at the foreground's own place, as in the
-    prototype), "random" (a random rectangle of the reference) or "auto" (same for
-    another image, random for the image itself). min_fmse / max_fmse / min_color_shift:
-    the filter; up to ``max_tries`` draws are made until one passes (diagnostics
-    ``accepted`` says whether one did; the last draw is returned otherwise).
+    alpha: strength, a number or a (low, high) range in [0, 1] sampled uniformly per
+    composite. mode / mixed: the Poisson formulation (see r2r.blending.poisson). dilate:
+    pixels the mask is dilated by for the Poisson solve (1 = the official prototype's 3x3
+    dilation). placement: "same" (the reference's pixels at the foreground's own place, as
+    in the prototype), "random" (a random rectangle of the reference) or "auto" (same for
+    another image, random for the image itself). min_fmse / max_fmse (0..255-scale fMSE)
+    / min_color_shift_lab (CIE Lab Delta E): the filter of :func:`.diagnostics.passes_filter`;
+    up to ``max_tries`` draws are made until one passes (diagnostics ``accepted`` says
+    whether one did; the last draw is returned otherwise). Every input is checked before
+    any work and none is modified.
     """
     if rng is not None:
         seed = rng
     gen = _rng(seed)
-    R = _check_rgb(real, "real")
-    M = _as_bool_mask(mask, R.shape[:2])
+    R = image_hwc(real, "real", rgb=True, unit_range=True)
+    M = bool_mask_hw(mask, R.shape[:2])
     if not M.any():
         raise R2RUserError(
             "The foreground mask is empty (no pixel above 0.5); RPB needs a foreground to recolour. "
@@ -277,21 +257,23 @@ def random_poisson_blend(real, mask, seed=None, *, rng=None, reference=None, ref
             "The foreground mask covers the whole image, so there is no background to harmonize "
             "against. Use a mask that leaves part of the image out."
         )
-    if mode not in MODES:
+    check_mode(mode)
+    if placement not in PLACEMENTS:
         raise R2RUserError(
-            f"mode must be one of {MODES}; got {mode!r}. Use 'box' (default, like the official prototype) "
-            "or 'masked'."
-        )
-    if placement not in ("auto", "same", "random"):
-        raise R2RUserError(
-            f"placement must be 'auto', 'same' or 'random'; got {placement!r}. Leave it at 'auto' unless you "
+            f"placement must be one of {PLACEMENTS}; got {placement!r}. Leave it at 'auto' unless you "
             "need one behaviour."
         )
-    if int(dilate) != dilate or dilate < 0 or int(max_tries) != max_tries or max_tries < 1:
-        raise R2RUserError(
-            f"dilate must be a whole number >= 0 and max_tries one >= 1; got dilate={dilate!r}, "
-            f"max_tries={max_tries!r}. The defaults are dilate=1, max_tries=8."
-        )
+    dilate = whole_number(dilate, "dilate", 0, "The default is 1 (the prototype's 3x3 dilation).")
+    max_tries = whole_number(max_tries, "max_tries", 1, "The default is 8.")
+    alpha_lo, alpha_hi = _alpha_range(alpha)
+    filt = dict(zip(("min_fmse", "max_fmse", "min_color_shift_lab"),
+                    check_filter(min_fmse, max_fmse, min_color_shift_lab), strict=True))
+    H, W = R.shape[:2]
+    if reference is not None:
+        reference = image_hwc(reference, "reference", rgb=True, unit_range=True)
+    if reference_mask is not None:
+        region_hw = reference.shape[:2] if reference is not None else (H, W)
+        reference_mask = _region_mask(reference_mask, region_hw, "reference_mask")
     pool_list = None
     if reference is None and reference_mask is None and pool is not None:
         if isinstance(pool, (str, bytes)) or not isinstance(pool, Sequence) or len(pool) == 0:
@@ -299,29 +281,28 @@ def random_poisson_blend(real, mask, seed=None, *, rng=None, reference=None, ref
                 "pool must be a non-empty list of images, image paths or (image, region_mask) pairs; "
                 f"got {type(pool).__name__}."
             )
+        for k, item in enumerate(pool):
+            _check_pool_item(item, k)
         pool_list = pool
-    if reference is not None:
-        reference = _check_rgb(reference, "reference")
 
     import cv2
 
     solve_mask = M
     if dilate:
-        solve_mask = cv2.dilate(M.astype(np.uint8), np.ones((3, 3), np.uint8), iterations=int(dilate)) > 0
-    H, W = R.shape[:2]
+        solve_mask = cv2.dilate(M.astype(np.uint8), np.ones((3, 3), np.uint8), iterations=dilate) > 0
     # the work window: the part of the canvas the solve sees, with room for the solver to
     # grow its frame to FFT-friendly sizes; everything below works on this crop only
-    win = _window(solve_mask, _WINDOW_PAD)
+    win = _bbox(solve_mask, _WINDOW_PAD)
     wh, ww = win[1] - win[0], win[3] - win[2]
     crop = (slice(win[0], win[1]), slice(win[2], win[3]))
     Mw = M[crop]
     Rw = R[crop].astype(np.float32)
     SMw = solve_mask[crop]
-    n_fg = int(M.sum())
-    scale = 1.0 if R.dtype == np.uint8 else 255.0
+    value_range = 255.0 if R.dtype == np.uint8 else 1.0  # the solve's tolerance is relative to it
+    scale = 255.0 / value_range  # to the diagnostics' 0..255 scale
 
     result = None
-    for attempt in range(1, int(max_tries) + 1):
+    for attempt in range(1, max_tries + 1):
         # ---- choose the reference image and region
         if reference is not None:
             ref_img, region, kind = reference, reference_mask, "image"
@@ -335,20 +316,13 @@ def random_poisson_blend(real, mask, seed=None, *, rng=None, reference=None, ref
             ref_img, region, kind = R, None, "self"
         same_image = ref_img is R
         ref_img = _resize_to(ref_img, (H, W))
+        place = "region"
         if region is not None:
-            reg = np.asarray(region)
-            reg = _as_bool_mask(reg, reg.shape[:2] if reg.ndim >= 2 else (), "reference_mask")
-            if reg.shape != (H, W):
-                reg = _resize_to(reg.astype(np.uint8), (H, W), nearest=True) > 0
-            region = reg
-            if not region.any():
-                raise R2RUserError(
-                    "reference_mask is empty; mark the region whose colours the foreground should take "
-                    "in white, or leave reference_mask unset for a random region."
-                )
-            rect = _window(region, 0)
-            patch = _fill_outside(ref_img[rect[0]:rect[1], rect[2]:rect[3]], region[rect[0]:rect[1],
-                                                                                      rect[2]:rect[3]])
+            if region.shape != (H, W):
+                region = _resize_to(region.astype(np.uint8), (H, W), nearest=True) > 0
+            rect = _bbox(region, 0)
+            patch = _fill_outside(ref_img[rect[0]:rect[1], rect[2]:rect[3]],
+                                  region[rect[0]:rect[1], rect[2]:rect[3]])
         else:
             place = placement
             if place == "auto":
@@ -356,6 +330,7 @@ def random_poisson_blend(real, mask, seed=None, *, rng=None, reference=None, ref
             if place == "same" and not same_image:
                 rect = win
             else:
+                place = "random"
                 rect = _random_rect(gen, (H, W), (wh, ww), avoid=M if same_image else None)
             patch = ref_img[rect[0]:rect[1], rect[2]:rect[3]]
         patch = _resize_to(np.ascontiguousarray(patch), (wh, ww)).astype(np.float32)
@@ -363,18 +338,19 @@ def random_poisson_blend(real, mask, seed=None, *, rng=None, reference=None, ref
             patch /= 255.0
         elif R.dtype == np.uint8 and ref_img.dtype != np.uint8:
             patch *= 255.0
-        a = _sample_alpha(gen, alpha)
+        a = alpha_lo if alpha_lo == alpha_hi else float(gen.uniform(alpha_lo, alpha_hi))
 
         # ---- Poisson-clone the real foreground into the canvas, mix by alpha
         comp = R.copy()
         if a == 0.0:
-            diag = _fg_diagnostics(Rw, Rw, Mw, n_fg, H * W, scale)
+            diag = window_diagnostics(Rw, Rw, Mw, H * W, scale)
         else:
             # the canvas is the reference patch over the whole work window; the solve only
             # writes the window's interior, which holds the (dilated) mask
-            sol = _solve_checked(patch, Rw, SMw, mode, mixed, None, None, 5e-4, 2000, True)
-            blended = _field_on(sol, patch)
-            mixw = blended * a
+            sol = solve_prepared(patch, Rw, SMw, mode=mode, mixed=mixed, erode=None, margin=None, tol=5e-4,
+                                 max_iter=2000, fft_friendly=True, value_range_=value_range)
+            mixw = paint_solution(sol, patch)
+            mixw *= a
             mixw += Rw * (1.0 - a)
             if R.dtype == np.uint8:
                 np.rint(mixw, out=mixw)
@@ -383,16 +359,16 @@ def random_poisson_blend(real, mask, seed=None, *, rng=None, reference=None, ref
                 np.clip(mixw, 0.0, 1.0, out=mixw)
             fgw = mixw.astype(R.dtype)
             np.copyto(comp[crop], fgw, where=Mw[:, :, None])
-            diag = _fg_diagnostics(fgw.astype(np.float32), Rw, Mw, n_fg, H * W, scale)
-        accepted = passes_filter(diag, min_fmse=min_fmse, max_fmse=max_fmse, min_color_shift=min_color_shift)
+            diag = window_diagnostics(fgw.astype(np.float32), Rw, Mw, H * W, scale)
+        rejection = filter_rejection(diag, **filt)
         diag.update({
             "alpha": a, "reference": kind, "reference_rect": [int(v) for v in rect], "mode": mode,
-            "mixed": bool(mixed), "tries": attempt, "accepted": accepted,
+            "mixed": bool(mixed), "tries": attempt, "accepted": rejection is None, "rejection": rejection,
         })
         result = (comp, diag)
-        if accepted:
+        if rejection is None:
             break
-        if reference is not None and reference_mask is not None and np.isscalar(alpha):
+        if pool_list is None and place != "random" and alpha_lo == alpha_hi:
             break  # nothing random left to redraw
     comp, diag = result
     out_mask = (M.astype(np.uint8) * 255) if R.dtype == np.uint8 else M.astype(np.float32)
@@ -412,17 +388,14 @@ def random_poisson_blend_torch(real, mask, seed=None, **kwargs):
             f"real must be a [B,3,H,W] float tensor in [0,1]; got {getattr(real, 'shape', type(real))}. "
             "Permute HxWx3 images with .permute(2, 0, 1)[None]."
         )
-    m = mask
-    if torch.is_tensor(m) and m.ndim == 4:
-        m = m[:, 0]
-    if not torch.is_tensor(m) or m.ndim != 3 or m.shape[0] != real.shape[0] or m.shape[1:] != real.shape[2:]:
+    if not torch.is_tensor(mask) or mask.ndim not in (3, 4) or mask.shape[0] != real.shape[0]:
         raise R2RUserError(
-            f"mask must be [B,1,H,W] or [B,H,W] matching real {tuple(real.shape)}; "
+            f"mask must be a [B,1,H,W] or [B,H,W] tensor matching real {tuple(real.shape)}; "
             f"got {getattr(mask, 'shape', type(mask))}. Resize the mask to the image first."
         )
     gen = _rng(seed)
-    reals = real.detach().float().permute(0, 2, 3, 1).cpu().numpy()
-    masks = m.detach().float().cpu().numpy()
+    reals = image_bchw(real, "real", channels=3, unit_range=True).detach().float().permute(0, 2, 3, 1).cpu().numpy()
+    masks = mask_weights_b1hw(mask, real.shape[0], real.shape[-2:])[:, 0].detach().cpu().numpy()
     comps, outm, diags = [], [], []
     for i in range(real.shape[0]):
         res = random_poisson_blend(reals[i], masks[i], gen, **kwargs)
