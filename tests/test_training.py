@@ -335,7 +335,7 @@ def test_epoch_plan_shards_and_mixtures():
 def test_loss_curve_and_sample_sheet(tmp_path):
     import cv2
 
-    from training.checkpoint import draw_loss_curve, sample_sheet, write_png
+    from training.pictures import draw_loss_curve, sample_sheet, write_png
 
     draw_loss_curve(str(tmp_path / "c.png"), list(range(1, 51)), [1 / s for s in range(1, 51)])
     img = cv2.imread(str(tmp_path / "c.png"))

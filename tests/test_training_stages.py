@@ -97,10 +97,13 @@ def test_resume_continues_exactly(tiny_release, tiny_dataset, tmp_path):
     assert not (tmp_path / "b" / "clear_vae").exists()  # no output before the run finishes
     ckpts = sorted(os.listdir(tmp_path / "b" / "checkpoints"))
     assert ckpts == ["checkpoint-000002"]
-    with open(tmp_path / "b" / "metrics.jsonl", "a") as fh:  # a crash after the checkpoint: stale + cut lines
+    metrics = tmp_path / "b" / "metrics.jsonl"
+    with open(metrics, "a") as fh:  # a crash after the checkpoint: stale + cut lines
         fh.write('{"step": 3, "loss": 99.0}\n{"step": 4, "lo')
+    before = metrics.read_bytes()
     resumed = _run(cfg_b, tmp_path, "b.yaml", resume="latest")
     assert resumed["finished"]
+    assert metrics.read_bytes().startswith(before)  # appended, never truncated
     assert [h[1] for h in full["history"]] == [h[1] for h in resumed["history"]]
     assert len(full["history"]) == 4 and len({h[1] for h in full["history"]}) > 1
     wa, wb = _state(tmp_path / "a" / "clear_vae"), _state(tmp_path / "b" / "clear_vae")
@@ -108,12 +111,19 @@ def test_resume_continues_exactly(tiny_release, tiny_dataset, tmp_path):
     # EMA weights were written (they differ from the raw last weights)
     import json
 
+    from training.checkpoint import read_metrics
+
     meta = json.loads((tmp_path / "b" / "r2r_training.json").read_text())
     assert meta["stage"] == "clear_vae" and meta["steps"] == 4 and meta["init"]["ema"] is True
     assert meta["init"]["vgg16"] == "RANDOM (tests only)"
-    lines = (tmp_path / "b" / "metrics.jsonl").read_text().strip().splitlines()
-    assert [json.loads(x)["step"] for x in lines] == [1, 2, 3, 4]
-    assert [json.loads(x)["loss"] for x in lines] == [h[1] for h in full["history"]]
+    records = read_metrics(metrics)  # the stale step-3 line is superseded by the resume event
+    assert [r["event"] for r in records if "event" in r] == ["start", "resume"]
+    steps = [r for r in records if "loss" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4]
+    assert [r["loss"] for r in steps] == [h[1] for h in full["history"]]
+    # the checkpoint holds no pickle: safetensors + JSON only
+    ckpt_files = sorted(os.listdir(tmp_path / "b" / "checkpoints" / "checkpoint-000004"))
+    assert ckpt_files == ["ema.safetensors", "model.safetensors", "optimizer.safetensors", "trainer_state.json"]
     assert (tmp_path / "b" / "loss_curve.png").is_file()
 
 

@@ -11,6 +11,7 @@ __all__ = ["STAGES", "TrainingConfig", "load_config", "run_training"]
 
 
 def run_training(cfg, **kwargs):
+    """:func:`training.trainer.run_training` (resume, stop_after, overwrite, force_resume, skip_bad_files)."""
     from .trainer import run_training as _run
 
     return _run(cfg, **kwargs)

@@ -1,6 +1,9 @@
-"""``python -m training <stage> --config FILE.yaml [--set key=value ...] [--resume latest|DIR]``.
+"""``python -m training <stage> --config FILE.yaml [--set key=value ...] [--resume latest|DIR | --overwrite]``.
 
 Also works under ``accelerate launch -m training ...`` (multi-GPU / multi-node).
+Exit codes: 0 done (or stopped with --stop-after), 2 a problem with the input (message says how to fix
+it; nothing was changed), 1 a file could not be written during training (the checkpoints written
+so far are kept), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -23,7 +26,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.max_steps=100 (repeatable)")
     p.add_argument("--resume", default=None, metavar="latest|DIR",
-                   help="continue from the newest checkpoint in output.dir ('latest') or from a checkpoint folder")
+                   help="continue the run in output.dir from its newest checkpoint ('latest'; starts at step 0 when "
+                        "the folder is empty) or from a checkpoint folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in a used output folder: the old run is moved to <dir>.previous-<time>")
+    p.add_argument("--force-resume", action="store_true",
+                   help="resume although seed, data, batch size, learning rate ... differ from the checkpoint's")
+    p.add_argument("--skip-bad-files", action="store_true",
+                   help="train without the items whose files are unreadable, mismatched or have empty masks "
+                        "(default: list them and stop)")
     p.add_argument("--output-dir", default=None, help="shortcut for --set output.dir=DIR")
     p.add_argument("--output-release", default=None, metavar="DIR",
                    help="also write/update a full release folder (hub layout) with the trained component; the other "
@@ -49,10 +60,15 @@ def main(argv=None) -> int:
         cfg = load_config(args.config, stage=args.stage, overrides=overrides)
         from .trainer import run_training
 
-        result = run_training(cfg, resume=args.resume, stop_after=args.stop_after)
+        result = run_training(cfg, resume=args.resume, stop_after=args.stop_after, overwrite=args.overwrite,
+                              force_resume=args.force_resume, skip_bad_files=args.skip_bad_files)
     except R2RUserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        print(f"error: {exc.strerror or exc} ({exc.filename or 'while writing the run'}). The checkpoints written so "
+              "far are kept; free space or fix permissions, then continue with --resume latest", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted (continue with --resume latest)", file=sys.stderr)
         return 130

@@ -1,14 +1,26 @@
-"""Checkpoints (resumable training state), EMA, stage outputs, release assembly, logs and pictures.
+"""Checkpoints (resumable training state, no pickles), metrics log, stage outputs and release assembly.
 
 Layout of ``output.dir``::
 
-    checkpoints/checkpoint-000500/   accelerate state (model, optimizer, scheduler, scaler, EMA) + trainer_state.json
+    checkpoints/checkpoint-000500/   model.safetensors       the trained network's state dict
+                                     optimizer.safetensors   the optimizer's tensors (AdamW moments, steps)
+                                     ema.safetensors         the EMA weights (when train.ema.enabled)
+                                     trainer_state.json      step/epoch counters, loss history, config,
+                                                             optimizer hyper-parameters, LR-scheduler,
+                                                             grad-scaler and EMA settings (written last)
     <component>/                     the trained network as a diffusers folder (safetensors):
                                      clear_vae/, stable-diffusion-inpainting/unet/ or .../controlnet/
     r2r_training.json                metadata: stage, config, data, steps, metrics, init
-    metrics.jsonl                    one JSON object per logged step / validation
+    metrics.jsonl                    one JSON object per logged step / validation / run event (append-only)
+    data_check.json                  the data scan's results, keyed by file size and mtime (a cache)
+    bad_files.txt                    files left out with --skip-bad-files
     loss_curve.png                   the training loss (drawn with OpenCV)
     samples/step-000500.png          sample sheets (composite | prediction | ground truth)
+
+Nothing in a checkpoint is a pickle: tensors are safetensors, everything else is JSON. The random
+states are not stored: the trainer reseeds every random draw from (seed, step, item).
+Every file is written through :func:`r2r.fileio.atomic_writer` (checkpoint files with fsync) into a
+``.tmp-<pid>`` folder that is renamed when complete, so an interrupted save is never picked up.
 """
 
 from __future__ import annotations
@@ -18,30 +30,19 @@ import os
 import shutil
 import time
 
-import numpy as np
-
 from r2r.errors import R2RUserError
+from r2r.fileio import TEMP_MARKER, atomic_write_bytes, atomic_writer
 
 CHECKPOINT_PREFIX = "checkpoint-"
 STATE_FILE = "trainer_state.json"
 METADATA_FILE = "r2r_training.json"
+METRICS_FILE = "metrics.jsonl"
+#: written into every trainer_state.json; checkpoints without it are the old pickle-based format
+CHECKPOINT_FORMAT = "r2r-training-checkpoint/2"
+MODEL_FILE, OPTIMIZER_FILE, EMA_FILE = "model.safetensors", "optimizer.safetensors", "ema.safetensors"
 
 
-# ------------------------------------------------------------------------------ atomic files
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_json(path: str, obj) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=_json_default) + "\n").encode("utf-8"))
-
-
+# ------------------------------------------------------------------------------ files
 def _json_default(o):
     if hasattr(o, "item"):
         return o.item()
@@ -50,18 +51,40 @@ def _json_default(o):
     return str(o)
 
 
-def append_jsonl(path: str, obj) -> None:
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(obj, default=_json_default) + "\n")
+def atomic_write_json(path, obj, *, fsync: bool = False) -> None:
+    text = json.dumps(obj, indent=2, default=_json_default) + "\n"
+    atomic_write_bytes(path, text.encode("utf-8"), fsync=fsync)
 
 
-def write_png(path: str, rgb_uint8: np.ndarray) -> None:
-    import cv2
+def append_jsonl(path, obj) -> None:
+    """Append one JSON line (never rewrites the file); a line cut by a crash is closed first."""
+    line = (json.dumps(obj, default=_json_default) + "\n").encode("utf-8")
+    with open(path, "ab+") as fh:
+        if fh.seek(0, os.SEEK_END) > 0:
+            fh.seek(-1, os.SEEK_END)
+            if fh.read(1) != b"\n":
+                line = b"\n" + line
+        fh.write(line)
 
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(np.ascontiguousarray(rgb_uint8), cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise RuntimeError(f"PNG encoding failed for {path}")
-    atomic_write_bytes(path, buf.tobytes())
+
+def read_metrics(path) -> list[dict]:
+    """The effective records of a metrics.jsonl: unreadable lines (cut by a crash) are skipped, and a
+    ``{"event": "resume", "step": S}`` line supersedes the records after step S logged before it."""
+    records: list[dict] = []
+    if not os.path.exists(path):
+        return records
+    with open(path, encoding="utf-8") as fh:
+        for raw in fh:
+            try:
+                rec = json.loads(raw)
+            except ValueError:
+                continue
+            if not isinstance(rec, dict):
+                continue
+            if rec.get("event") == "resume":
+                records = [r for r in records if "event" in r or int(r.get("step", 0)) <= int(rec["step"])]
+            records.append(rec)
+    return records
 
 
 def replace_dir(tmp_dir: str, final_dir: str) -> None:
@@ -75,8 +98,36 @@ def replace_dir(tmp_dir: str, final_dir: str) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _save_tensors(path: str, tensors: dict) -> None:
+    """safetensors file, atomically and fsynced; tensors sharing memory are cloned (safetensors refuses them)."""
+    from safetensors.torch import save_file
+
+    seen, out = set(), {}
+    for k, v in tensors.items():
+        v = v.detach().cpu().contiguous()
+        key = (v.untyped_storage().data_ptr(), v.storage_offset())
+        out[k] = v.clone() if key in seen and v.numel() else v
+        seen.add(key)
+    with atomic_writer(path, fsync=True) as tmp:
+        save_file(out, str(tmp))
+
+
+def _load_tensors(path: str) -> dict:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError) as exc:
+        raise R2RUserError(
+            f"checkpoint file {path} cannot be read ({exc}); resume from an earlier checkpoint "
+            "(--resume <output>/checkpoints/checkpoint-NNNNNN) or start over with --overwrite"
+        ) from exc
+
+
 # ------------------------------------------------------------------------------ checkpoints
 def checkpoint_dirs(output_dir: str) -> list[str]:
+    """Complete checkpoints (their trainer_state.json exists) of ``output_dir``, oldest first."""
     root = os.path.join(output_dir, "checkpoints")
     if not os.path.isdir(root):
         return []
@@ -85,36 +136,72 @@ def checkpoint_dirs(output_dir: str) -> list[str]:
     return [os.path.join(root, n) for n in sorted(names, key=lambda n: int(n[len(CHECKPOINT_PREFIX):]))]
 
 
-def resolve_resume(resume: str | None, output_dir: str) -> str | None:
-    """``latest`` -> newest complete checkpoint in output_dir (None when there is none); a path -> checked."""
-    if not resume:
-        return None
-    if resume == "latest":
-        dirs = checkpoint_dirs(output_dir)
-        return dirs[-1] if dirs else None
-    if not os.path.isfile(os.path.join(resume, STATE_FILE)):
+def read_trainer_state(ckpt_dir: str) -> dict:
+    """trainer_state.json of a checkpoint, checked: readable JSON, this format, all files present."""
+    path = os.path.join(ckpt_dir, STATE_FILE)
+    hint = "resume from another checkpoint (--resume <output>/checkpoints/checkpoint-NNNNNN) or start over with --overwrite"
+    try:
+        with open(path, encoding="utf-8") as fh:
+            state = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise R2RUserError(f"checkpoint {ckpt_dir} is damaged: {STATE_FILE} cannot be read ({exc}); {hint}") from exc
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise R2RUserError(
-            f"--resume {resume!r} is not a training checkpoint (no {STATE_FILE} in it); pass a "
-            f"{output_dir}/checkpoints/{CHECKPOINT_PREFIX}NNNNNN folder or 'latest'"
+            f"checkpoint {ckpt_dir} was written by an older trainer in accelerate's pickle-based format, which this "
+            "trainer does not load (a pickle can run code). Start over with --overwrite (the old run is moved "
+            "aside) or train into another --output-dir"
         )
-    return resume
+    need = [MODEL_FILE, OPTIMIZER_FILE] + ([EMA_FILE] if state.get("ema") else [])
+    missing = [n for n in need if not os.path.isfile(os.path.join(ckpt_dir, n))]
+    if missing:
+        raise R2RUserError(f"checkpoint {ckpt_dir} is incomplete (missing {', '.join(missing)}); {hint}")
+    return state
 
 
-def save_checkpoint(accelerator, output_dir: str, step: int, state: dict, total_limit: int) -> str:
-    """accelerate state + trainer_state.json, written to a temp folder and renamed (a crash never leaves a
-    half checkpoint that resume would pick up)."""
+def _optimizer_split(sd: dict) -> tuple[dict, dict]:
+    tensors, scalars = {}, {}
+    for idx, st in sd["state"].items():
+        for name, v in st.items():
+            if hasattr(v, "shape"):
+                tensors[f"{idx}.{name}"] = v
+            else:
+                scalars.setdefault(str(idx), {})[name] = v
+    return tensors, {"param_groups": sd["param_groups"], "state": scalars}
+
+
+def _optimizer_join(tensors: dict, meta: dict) -> dict:
+    state: dict = {}
+    for key, t in tensors.items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = t
+    for idx, values in meta.get("state", {}).items():
+        state.setdefault(int(idx), {}).update(values)
+    groups = [{**g, **({"betas": tuple(g["betas"])} if "betas" in g else {})} for g in meta["param_groups"]]
+    return {"state": state, "param_groups": groups}
+
+
+def save_checkpoint(accelerator, output_dir: str, step: int, state: dict, *, net, optimizer, lr_scheduler,
+                    ema=None, total_limit: int = 0) -> str:
+    """Write ``checkpoints/checkpoint-<step>`` (main process) via a temp folder that is renamed when complete."""
     root = os.path.join(output_dir, "checkpoints")
     final = os.path.join(root, f"{CHECKPOINT_PREFIX}{step:06d}")
-    tmp = f"{final}.tmp"
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        os.makedirs(root, exist_ok=True)
+        tmp = f"{final}{TEMP_MARKER}{os.getpid()}"
         if os.path.exists(tmp):
             shutil.rmtree(tmp)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(tmp)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        atomic_write_json(os.path.join(tmp, STATE_FILE), state)
+        os.makedirs(tmp)
+        _save_tensors(os.path.join(tmp, MODEL_FILE), net.state_dict())
+        opt_tensors, opt_meta = _optimizer_split(optimizer.state_dict())
+        _save_tensors(os.path.join(tmp, OPTIMIZER_FILE), opt_tensors)
+        ema_meta = None
+        if ema is not None:
+            ema_meta = {k: v for k, v in ema.state_dict().items() if k != "shadow_params"}
+            _save_tensors(os.path.join(tmp, EMA_FILE), {str(i): p for i, p in enumerate(ema.shadow_params)})
+        scaler = getattr(accelerator, "scaler", None)
+        full = {"format": CHECKPOINT_FORMAT, **state, "optimizer": opt_meta, "lr_scheduler": lr_scheduler.state_dict(),
+                "grad_scaler": scaler.state_dict() if scaler is not None else None, "ema": ema_meta}
+        atomic_write_json(os.path.join(tmp, STATE_FILE), full, fsync=True)  # last: marks the folder complete
         replace_dir(tmp, final)
         if total_limit > 0:
             for old in checkpoint_dirs(output_dir)[:-total_limit]:
@@ -123,16 +210,32 @@ def save_checkpoint(accelerator, output_dir: str, step: int, state: dict, total_
     return final
 
 
-def load_trainer_state(ckpt_dir: str) -> dict:
-    with open(os.path.join(ckpt_dir, STATE_FILE), encoding="utf-8") as fh:
-        return json.load(fh)
+def load_checkpoint(accelerator, ckpt_dir: str, state: dict, *, net, optimizer, lr_scheduler, ema=None) -> None:
+    """Restore the network, optimizer, LR scheduler, grad scaler and EMA from a checkpoint (every process)."""
+    model_state = _load_tensors(os.path.join(ckpt_dir, MODEL_FILE))
+    try:
+        net.load_state_dict(model_state, strict=True)
+    except RuntimeError as exc:
+        raise R2RUserError(
+            f"checkpoint {ckpt_dir} does not fit the network this config builds ({str(exc)[:300]}); resume with the "
+            "config the checkpoint was written with"
+        ) from exc
+    optimizer.load_state_dict(_optimizer_join(_load_tensors(os.path.join(ckpt_dir, OPTIMIZER_FILE)), state["optimizer"]))
+    lr_scheduler.load_state_dict(state["lr_scheduler"])
+    scaler = getattr(accelerator, "scaler", None)
+    if scaler is not None and state.get("grad_scaler"):
+        scaler.load_state_dict(state["grad_scaler"])
+    if ema is not None and state.get("ema"):
+        shadow = _load_tensors(os.path.join(ckpt_dir, EMA_FILE))
+        ema.load_state_dict({**state["ema"], "shadow_params": [shadow[str(i)] for i in range(len(shadow))]})
+        ema.to(accelerator.device)
 
 
 # ------------------------------------------------------------------------------ outputs
 def save_component(model, output_dir: str, rel_dir: str) -> str:
-    """``model.save_pretrained`` (safetensors) into ``output_dir/rel_dir`` atomically."""
+    """``model.save_pretrained`` (safetensors) into ``output_dir/rel_dir`` via a temp folder."""
     final = os.path.join(output_dir, rel_dir)
-    tmp = f"{final}.tmp-{os.getpid()}"
+    tmp = f"{final}{TEMP_MARKER}{os.getpid()}"
     if os.path.exists(tmp):
         shutil.rmtree(tmp)
     os.makedirs(os.path.dirname(final), exist_ok=True)
@@ -178,7 +281,7 @@ def assemble_release(release_dir: str, base_release: str | None, component_src: 
             elif not os.path.exists(dst):
                 (_link_or_copy_tree(src, dst) if os.path.isdir(src) else shutil.copy2(src, dst))
     final = os.path.join(release_dir, rel_dir)
-    tmp = f"{final}.tmp-{os.getpid()}"
+    tmp = f"{final}{TEMP_MARKER}{os.getpid()}"
     if os.path.exists(tmp):
         shutil.rmtree(tmp)
     os.makedirs(os.path.dirname(final), exist_ok=True)
@@ -203,69 +306,3 @@ def write_metadata(path: str, *, stage: str, config: dict, data: dict, steps: in
         "metrics": metrics,
         "config": config,
     })
-
-
-# ------------------------------------------------------------------------------ pictures
-def draw_loss_curve(path: str, steps: list[int], losses: list[float], title: str = "training loss",
-                    width: int = 800, height: int = 400) -> None:
-    """Loss curve PNG drawn with OpenCV (no matplotlib): raw loss in light blue, moving average in dark blue."""
-    import cv2
-
-    img = np.full((height, width, 3), 255, np.uint8)
-    left, right, top, bottom = 70, 20, 40, 40
-    pw, ph = width - left - right, height - top - bottom
-    cv2.rectangle(img, (left, top), (left + pw, top + ph), (0, 0, 0), 1)
-    cv2.putText(img, title, (left, 25), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 1, cv2.LINE_AA)
-    vals = np.asarray(losses, np.float64)
-    ok = np.isfinite(vals)
-    if ok.sum() >= 1:
-        xs, ys = np.asarray(steps, np.float64)[ok], vals[ok]
-        x0, x1 = xs.min(), max(xs.max(), xs.min() + 1)
-        y0, y1 = ys.min(), ys.max()
-        if y1 - y0 < 1e-12:
-            y0, y1 = y0 - 0.5 * abs(y0 or 1), y1 + 0.5 * abs(y1 or 1)
-
-        def pts(x, y):
-            px = left + (x - x0) / (x1 - x0) * pw
-            py = top + ph - (y - y0) / (y1 - y0) * ph
-            return np.stack([px, py], 1).round().astype(np.int32)
-
-        cv2.polylines(img, [pts(xs, ys)], False, (235, 190, 140), 1, cv2.LINE_AA)
-        k = max(1, len(ys) // 20)
-        if k > 1:
-            avg = np.convolve(ys, np.ones(k) / k, mode="valid")
-            cv2.polylines(img, [pts(xs[k - 1:], avg)], False, (150, 60, 20), 2, cv2.LINE_AA)
-        for frac in (0.0, 0.5, 1.0):
-            y = y0 + frac * (y1 - y0)
-            py = int(round(top + ph - frac * ph))
-            cv2.putText(img, f"{y:.4g}", (4, py + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (60, 60, 60), 1, cv2.LINE_AA)
-            cv2.line(img, (left - 4, py), (left, py), (0, 0, 0), 1)
-        for frac in (0.0, 0.5, 1.0):
-            x = x0 + frac * (x1 - x0)
-            px = int(round(left + frac * pw))
-            cv2.putText(img, f"{int(round(x))}", (px - 10, top + ph + 18), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
-                        (60, 60, 60), 1, cv2.LINE_AA)
-        cv2.putText(img, "step", (left + pw // 2 - 15, height - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1,
-                    cv2.LINE_AA)
-    write_png(path, img[..., ::-1])  # drawn in BGR
-
-
-def sample_sheet(rows: list[list[np.ndarray]], labels: list[str], tile: int = 256) -> np.ndarray:
-    """Grid of ``HxWx3 uint8`` tiles (one row per example) with column labels on top."""
-    import cv2
-
-    cols = max(len(r) for r in rows)
-    head = 24
-    sheet = np.full((head + tile * len(rows), tile * cols, 3), 255, np.uint8)
-    for j, lab in enumerate(labels[:cols]):
-        cv2.putText(sheet, lab, (j * tile + 6, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
-    for i, row in enumerate(rows):
-        for j, im in enumerate(row):
-            im = np.asarray(im)
-            if im.ndim == 2:
-                im = np.repeat(im[..., None], 3, 2)
-            if im.shape[:2] != (tile, tile):
-                interp = cv2.INTER_AREA if im.shape[0] > tile else cv2.INTER_NEAREST
-                im = cv2.resize(im, (tile, tile), interpolation=interp)
-            sheet[head + i * tile: head + (i + 1) * tile, j * tile:(j + 1) * tile] = im
-    return sheet

@@ -15,6 +15,8 @@ from typing import Any
 from r2r.errors import R2RUserError
 
 STAGES = ("clear_vae", "unet", "controller")
+#: diffusers LR schedules usable with (warmup, max_steps) only
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 #: the release sub-folder each stage writes (the hub layout the loader reads)
 STAGE_COMPONENT_DIR = {
     "clear_vae": "clear_vae",
@@ -162,6 +164,10 @@ class TrainingConfig:
 
         if self.stage not in STAGES:
             bad("stage", f"one of {', '.join(STAGES)}", self.stage)
+        if not (0 <= self.seed < 2**63):
+            bad("seed", "an integer in 0 .. 2**63-1", self.seed)
+        if not self.output.dir or not str(self.output.dir).strip():
+            bad("output.dir", "the folder for checkpoints, logs and the trained component", self.output.dir)
         r = self.data.resolution
         if r < 64 or r % 64:
             bad("data.resolution", "a multiple of 64, at least 64 (e.g. 256 or 512)", r)
@@ -180,17 +186,36 @@ class TrainingConfig:
                     bad(f"{key}.root", "the dataset folder", src.root)
                 if src.repeat < 0:
                     bad(f"{key}.repeat", "a number >= 0", src.repeat)
+                if src.limit < 0:
+                    bad(f"{key}.limit", "an integer >= 0 (0 = all items)", src.limit)
         c = self.data.crop
         if not (0 < c.scale[0] <= c.scale[1] <= 1):
             bad("data.crop.scale", "[min, max] with 0 < min <= max <= 1", list(c.scale))
         if not (0 < c.ratio[0] <= c.ratio[1]):
             bad("data.crop.ratio", "[min, max] with 0 < min <= max", list(c.ratio))
+        if not (0 <= c.min_foreground <= 1):
+            bad("data.crop.min_foreground", "a fraction in [0, 1]", c.min_foreground)
+        if c.tries < 1:
+            bad("data.crop.tries", "an integer >= 1", c.tries)
+        for key in ("num_workers", "val_limit"):
+            if getattr(self.data, key) < 0:
+                bad(f"data.{key}", "an integer >= 0", getattr(self.data, key))
         t = self.train
         for key in ("batch_size", "gradient_accumulation_steps", "max_steps"):
             if getattr(t, key) < 1:
                 bad(f"train.{key}", "an integer >= 1", getattr(t, key))
-        if t.learning_rate <= 0:
+        if not t.learning_rate > 0:  # also refuses NaN
             bad("train.learning_rate", "a positive number", t.learning_rate)
+        for key in ("weight_decay", "max_grad_norm", "lr_warmup_steps"):
+            if not getattr(t, key) >= 0:
+                bad(f"train.{key}", "a number >= 0", getattr(t, key))
+        for key in ("adam_beta1", "adam_beta2"):
+            if not (0 <= getattr(t, key) < 1):
+                bad(f"train.{key}", "a number in [0, 1)", getattr(t, key))
+        if not t.adam_epsilon > 0:
+            bad("train.adam_epsilon", "a positive number", t.adam_epsilon)
+        if t.lr_scheduler not in LR_SCHEDULERS:
+            bad("train.lr_scheduler", f"one of {', '.join(LR_SCHEDULERS)}", t.lr_scheduler)
         if t.mixed_precision not in ("no", "fp16", "bf16"):
             bad("train.mixed_precision", "'no', 'fp16' or 'bf16'", t.mixed_precision)
         if not (0 <= t.low_timestep_prob <= 1):
@@ -201,7 +226,10 @@ class TrainingConfig:
             bad("train.ema.decay", "a number in (0, 1)", t.ema.decay)
         if self.loss.cr_weight < 0:
             bad("loss.cr_weight", "a number >= 0", self.loss.cr_weight)
-        for key in ("every", "checkpoint_every", "sample_every", "validate_every", "inference_steps"):
+        if self.log.inference_steps < 1:
+            bad("log.inference_steps", "an integer >= 1 (denoising steps for samples and validation)",
+                self.log.inference_steps)
+        for key in ("every", "checkpoint_every", "checkpoints_total_limit", "sample_every", "validate_every"):
             if getattr(self.log, key) < 0:
                 bad(f"log.{key}", "an integer >= 0 (0 disables)", getattr(self.log, key))
         if self.stage in ("unet", "controller") and not self.init.release:

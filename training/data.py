@@ -30,12 +30,14 @@ from r2r.errors import R2RUserError
 
 @dataclass(frozen=True)
 class Record:
-    """One training item: ``composite`` is None for folder sources (made with RPB)."""
+    """One training item: ``composite`` is None for folder sources (made with RPB); ``problem`` says why
+    an item found while listing cannot be used (e.g. an image without a mask), reported by the data check."""
 
     real: str
     mask: str
     composite: str | None
     name: str
+    problem: str | None = None
 
 
 # ---------------------------------------------------------------------------- listing
@@ -61,10 +63,11 @@ def _folder_records(root: str, masks: str | None) -> list[Record]:
     records = []
     for it in items:
         if it.problem:
+            records.append(Record(real=str(it.image), mask="", composite=None, name=it.key, problem=it.problem))
             continue
         for m in it.masks:
             records.append(Record(real=str(it.image), mask=str(m.path), composite=None, name=f"{it.key}_{m.k}"))
-    if not records:
+    if not any(r.problem is None for r in records):
         problems = [it.problem for it in items if it.problem][:3]
         raise R2RUserError(
             f"no image/mask pairs found in {root!r} with masks in {mask_dir!r} "
@@ -88,18 +91,18 @@ def list_records(src) -> list[Record]:
 
 # ---------------------------------------------------------------------------- image i/o
 def read_rgb(path: str) -> np.ndarray:
-    from r2r.dataset.writer import read_image_rgb
+    from r2r.fileio import read_image
 
-    return read_image_rgb(path)
+    return read_image(path)
 
 
 def read_mask(path: str, shape: tuple[int, int] | None = None) -> np.ndarray:
     """Boolean ``HxW`` mask (>= 128 is foreground); resized nearest to ``shape`` (H, W) when given."""
     import cv2
 
-    from r2r.dataset.writer import read_mask_array
+    from r2r.fileio import read_mask as read_mask_u8
 
-    m = read_mask_array(path)
+    m = read_mask_u8(path)
     if shape is not None and m.shape != tuple(shape):
         m = cv2.resize(m, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
     return m >= 128
@@ -224,24 +227,53 @@ class HarmonizationDataset:
             out["hint"] = torch.cat([uint8_to_pm1(pre), out["composite"], out["mask"]], dim=0)
         return out
 
+    def load_or_substitute(self, index: int, epoch: int = 0) -> dict:
+        """:meth:`load`, but an item whose files became unreadable after the data check is replaced by the
+        next loadable one (in index order, so the substitute is the same on resume); the replaced items are
+        listed in ``item["skipped"]`` as ``(real image path, problem)`` so the trainer can warn and count."""
+        import cv2
+
+        skipped = []
+        for k in range(len(self.records)):
+            i = (index + k) % len(self.records)
+            try:
+                item = self.load(i, epoch)
+            except (R2RUserError, OSError, ValueError, cv2.error) as exc:
+                skipped.append((self.records[i].real, str(exc).splitlines()[0]))
+                continue
+            item["skipped"] = skipped
+            return item
+        raise R2RUserError(f"no training item can be read any more (the last problem: {skipped[-1][1]})")
+
     def __getitem__(self, key):
         if isinstance(key, tuple):
-            item = self.load(key[0], key[1])
+            item = self.load_or_substitute(key[0], key[1])
             if len(key) > 2:
                 import torch
 
                 item["position"] = torch.tensor(key[2])
             return item
-        return self.load(key, 0)
+        return self.load_or_substitute(key, 0)
 
 
-def build_dataset(sources, data_cfg, *, seed: int, need_hint: bool, augment: bool):
-    """Records of all sources (mixture) + per-source repeat factors -> (dataset, repeats list)."""
+def list_sources(sources) -> tuple[list[Record], list[float]]:
+    """Records of all sources (mixture) and each record's repeat factor."""
     records, repeats = [], []
     for src in sources:
         recs = list_records(src)
         records.extend(recs)
         repeats.extend([src.repeat] * len(recs))
+    return records, repeats
+
+
+def build_dataset(sources, data_cfg, *, seed: int, need_hint: bool, augment: bool, exclude=frozenset()):
+    """Records of all sources minus ``exclude`` (record keys of bad items) -> (dataset, repeats list)."""
+    from .scan import record_key
+
+    pairs = [(r, k) for r, k in zip(*list_sources(sources)) if record_key(r) not in exclude]
+    if not pairs:
+        raise R2RUserError("every item of the data source(s) is unreadable; fix the files listed above")
+    records, repeats = [r for r, _ in pairs], [k for _, k in pairs]
     ds = HarmonizationDataset(
         records, resolution=data_cfg.resolution, seed=seed, flip=data_cfg.flip,
         crop_cfg=data_cfg.crop if data_cfg.crop_enabled else None, need_hint=need_hint, augment=augment,
@@ -294,9 +326,13 @@ class EpochPlan:
 
 
 def collate(items: list[dict]) -> dict:
+    """Stack the tensors of ``items``; their ``skipped`` lists are concatenated."""
     import torch
 
-    return {k: torch.stack([it[k] for it in items]) for k in items[0]}
+    skipped = [s for it in items for s in it.pop("skipped", [])]
+    batch = {k: torch.stack([it[k] for it in items]) for k in items[0]}
+    batch["skipped"] = skipped
+    return batch
 
 
 def iterate_batches(dataset, plan: EpochPlan, epoch: int, start: int, num_workers: int):

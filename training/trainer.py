@@ -7,7 +7,11 @@ index, gradients are averaged by DDP).
 Determinism: the data order and augmentations are seeded by (seed, epoch, index), and every
 micro-batch reseeds the noise/timestep generator and the global torch RNG (dropout) from
 (seed, micro-step, process), so a run resumed from a checkpoint continues exactly like an
-uninterrupted one (optimizer, LR scheduler, grad scaler and EMA are restored by accelerate).
+uninterrupted one (network, optimizer, LR scheduler, grad scaler and EMA are restored from the
+checkpoint's safetensors/JSON files, :mod:`training.checkpoint`).
+
+Before any model loads, :mod:`training.preflight` checks the options, paths, the output folder
+(``--resume`` / ``--overwrite``), the resume compatibility and the data (:mod:`training.scan`).
 """
 
 from __future__ import annotations
@@ -19,20 +23,15 @@ import types
 import numpy as np
 import torch
 
+from r2r.devices import resolve_dtype
 from r2r.errors import R2RUserError
 
 from . import checkpoint as ckpt
 from .config import STAGE_COMPONENT_DIR, TrainingConfig
-from .data import EpochPlan, build_dataset, iterate_batches
+from .data import EpochPlan, build_dataset, collate, iterate_batches
+from .pictures import draw_loss_curve, sample_sheet, write_png
+from .preflight import RunOptions, check_options, commit, plan_run
 from .stages import build_stage
-
-
-def _get(d: dict, dotted: str):
-    for part in dotted.split("."):
-        if not isinstance(d, dict):
-            return None
-        d = d.get(part)
-    return d
 
 
 def _step_seed(seed: int, a: int, b: int, salt: int = 3) -> int:
@@ -48,13 +47,18 @@ def _to_uint8(x_pm1_or_01: torch.Tensor, pm1: bool) -> np.ndarray:
 
 class Trainer:
     def __init__(self, cfg: TrainingConfig, *, resume: str | None = None, stop_after: int | None = None,
+                 overwrite: bool = False, force_resume: bool = False, skip_bad_files: bool = False,
                  accelerator=None):
         from accelerate import Accelerator
         from accelerate.utils import DistributedDataParallelKwargs
 
         self.cfg = cfg
         self.out = cfg.output.dir
+        self.opts = RunOptions(resume=resume, overwrite=overwrite, force_resume=force_resume,
+                               skip_bad_files=skip_bad_files, stop_after=stop_after)
         self.stop_after = stop_after
+        self._warned: set[str] = set()
+        check_options(self.opts)  # cheap, before the accelerator starts
         if accelerator is None:
             # several processes without CUDA (e.g. torchrun --nproc_per_node 2 on CPU): gloo DDP on the CPU
             multi_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
@@ -70,27 +74,48 @@ class Trainer:
                 "train.mixed_precision is fp16, which needs a CUDA GPU, but this run is on the CPU; "
                 "use --set train.mixed_precision=bf16 (or no) on CPUs"
             )
-        self.resume_dir = ckpt.resolve_resume(resume, self.out)
-        if resume == "latest" and self.resume_dir is None:
-            self._log(f"--resume latest: no checkpoint in {self.out}/checkpoints yet, starting from step 0")
+        self._preflight()
+
+    def _preflight(self):
+        """Checks (main process) before any model loads; the outcome is shared with the other processes."""
+        acc, plan, failure, error = self.acc, None, None, None
+        if acc.is_main_process:
+            try:
+                plan = plan_run(self.cfg, self.opts, acc.num_processes, self._log)
+                commit(plan, self.cfg, self.opts, self._log)
+            except Exception as exc:  # noqa: BLE001 - re-raised below, after the other processes learn of it
+                failure, error = exc, str(exc)
+        shared = [error, plan.resume_dir if plan else None, plan.bad_keys if plan else [],
+                  plan.differences if plan else [], plan.train_fingerprint if plan else {}]
+        if acc.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            broadcast_object_list(shared)
+        if failure is not None:
+            raise failure
+        if shared[0] is not None:
+            raise R2RUserError(f"the main process stopped: {shared[0]}")
+        self.resume_dir, self.bad_keys, self.forced_changes, self.train_fingerprint = shared[1:]
+        self.saved_state = ckpt.read_trainer_state(self.resume_dir) if self.resume_dir else None
 
     # ------------------------------------------------------------------ setup
     def setup(self):
         cfg, acc = self.cfg, self.acc
-        if acc.is_main_process:
-            os.makedirs(self.out, exist_ok=True)
         torch.manual_seed(cfg.seed)
-        weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[acc.mixed_precision]
+        weight_dtype = resolve_dtype("fp32" if acc.mixed_precision == "no" else acc.mixed_precision)
         if acc.device.type == "cpu" and weight_dtype == torch.float16:
             weight_dtype = torch.float32  # fp16 convs are not implemented on CPU; keep frozen parts in fp32
         self.weight_dtype = weight_dtype
         module, self.info = build_stage(cfg, acc.device, weight_dtype)
         need_hint = cfg.stage == "controller"
-        self.train_ds, repeats = build_dataset(cfg.data.train, cfg.data, seed=cfg.seed, need_hint=need_hint, augment=True)
+        bad = frozenset(self.bad_keys)
+        self.train_ds, repeats = build_dataset(cfg.data.train, cfg.data, seed=cfg.seed, need_hint=need_hint,
+                                               augment=True, exclude=bad)
         self.plan = EpochPlan(repeats, cfg.train.batch_size, cfg.seed, acc.num_processes, acc.process_index)
         self.val_ds = None
         if cfg.data.val:
-            self.val_ds, _ = build_dataset(cfg.data.val, cfg.data, seed=cfg.seed, need_hint=need_hint, augment=False)
+            self.val_ds, _ = build_dataset(cfg.data.val, cfg.data, seed=cfg.seed, need_hint=need_hint, augment=False,
+                                           exclude=bad)
         params = [p for p in module.net.parameters() if p.requires_grad]
         self.num_trainable = sum(p.numel() for p in params)
         optimizer = torch.optim.AdamW(
@@ -119,34 +144,22 @@ class Trainer:
             self.ema = EMAModel(self._ema_params(), decay=e.decay, update_after_step=e.update_after_step,
                                 use_ema_warmup=e.use_ema_warmup)
             self.ema.to(acc.device)
-            acc.register_for_checkpointing(self.ema)
         self.state = {"global_step": 0, "micro_step": 0, "epoch": 0, "batch_in_epoch": 0, "history": [],
-                      "val": [], "seed": cfg.seed, "stage": cfg.stage}
+                      "val": [], "seed": cfg.seed, "stage": cfg.stage, "skipped_items": 0}
+        event = {"event": "start", "step": 0, "seed": cfg.seed}
         if self.resume_dir:
-            saved = ckpt.load_trainer_state(self.resume_dir)
-            if saved.get("stage") != cfg.stage:
-                raise R2RUserError(
-                    f"checkpoint {self.resume_dir} is from stage {saved.get('stage')!r}, not {cfg.stage!r}; "
-                    "resume with the same stage and config"
-                )
-            if int(saved.get("num_processes", acc.num_processes)) != acc.num_processes:
-                raise R2RUserError(
-                    f"checkpoint {self.resume_dir} was written by {saved.get('num_processes')} process(es), this run "
-                    f"has {acc.num_processes}; exact resume needs the same number of processes and batch size"
-                )
-            old = saved.get("config") or {}
-            changed = [k for k in ("seed", "train.batch_size", "train.gradient_accumulation_steps", "data.train",
-                                   "data.resolution")
-                       if _get(old, k) is not None and _get(old, k) != _get(cfg.to_dict(), k)]
-            if changed:
-                self._log(f"warning: {', '.join(changed)} differ from the checkpoint's config; the run will not "
-                          "continue exactly as the original one")
-            acc.load_state(self.resume_dir)
-            self.state.update({k: v for k, v in saved.items() if k not in ("config", "num_processes")})
+            saved = self.saved_state
+            ckpt.load_checkpoint(acc, self.resume_dir, saved, net=self._net(), optimizer=self.optimizer,
+                                 lr_scheduler=self.lr_scheduler, ema=self.ema)
+            self.state.update({k: saved[k] for k in self.state if k in saved})
+            acc.step = self.state["micro_step"]  # accelerate's accumulation counter
+            event = {"event": "resume", "step": self.state["global_step"], "checkpoint": self.resume_dir}
+            if self.forced_changes:
+                event["forced_changes"] = self.forced_changes
             self._log(f"resumed from {self.resume_dir} at step {self.state['global_step']}")
-        elif ckpt.checkpoint_dirs(self.out):
-            self._log(f"starting from step 0 although {self.out}/checkpoints holds checkpoints "
-                      "(pass --resume latest to continue the earlier run)")
+        if acc.is_main_process:
+            ckpt.append_jsonl(os.path.join(self.out, ckpt.METRICS_FILE),
+                              {**event, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
 
     def _net(self):
         return self.acc.unwrap_model(self.model).net
@@ -164,22 +177,7 @@ class Trainer:
         cfg, acc, st = self.cfg, self.acc, self.state
         accum = cfg.train.gradient_accumulation_steps
         max_steps = cfg.train.max_steps
-        metrics_path = os.path.join(self.out, "metrics.jsonl")
-        if acc.is_main_process and os.path.exists(metrics_path):
-            if not self.resume_dir:
-                os.replace(metrics_path, metrics_path + ".previous")
-            else:  # drop lines logged after the checkpoint we resume from (they will be logged again)
-                import json
-
-                def _step(line):
-                    try:
-                        return int(json.loads(line).get("step", 0))
-                    except (ValueError, AttributeError):
-                        return None  # a line cut by a crash
-
-                with open(metrics_path, encoding="utf-8") as fh:
-                    keep = [ln for ln in fh if ln.strip() and (_step(ln) or 0) <= st["global_step"] and _step(ln) is not None]
-                ckpt.atomic_write_bytes(metrics_path, "".join(keep).encode("utf-8"))
+        metrics_path = os.path.join(self.out, ckpt.METRICS_FILE)
         self._log(
             f"{self.num_trainable:,} trainable parameters; {len(self.train_ds)} training items, "
             f"{self.plan.batches_per_epoch} batches/epoch/process; {acc.num_processes} process(es) on {acc.device}; "
@@ -199,6 +197,7 @@ class Trainer:
             epoch, start = st["epoch"], st["batch_in_epoch"]
             for k, batch in iterate_batches(self.train_ds, self.plan, epoch, start, cfg.data.num_workers):
                 positions = batch.pop("position").tolist()
+                self._warn_skipped(batch.pop("skipped"), collective=True)
                 batch = {n: v.to(acc.device, non_blocking=True) for n, v in batch.items()}
                 torch.manual_seed(_step_seed(cfg.seed, st["micro_step"], acc.process_index))  # dropout (exact resume)
                 # noise, timesteps and posterior samples per item, keyed by its place in the epoch order: the
@@ -234,6 +233,8 @@ class Trainer:
                 st["history"].append([gs, step_loss])
                 record = {"step": gs, "loss": step_loss, "lr": self.lr_scheduler.get_last_lr()[0],
                           "epoch": epoch, **{n: float(np.mean(v)) for n, v in step_logs.items()}}
+                if st["skipped_items"]:
+                    record["skipped_items"] = st["skipped_items"]
                 step_losses, step_logs = [], {}
                 if bar is not None:
                     bar.update(1)
@@ -264,15 +265,32 @@ class Trainer:
         return result
 
     # ------------------------------------------------------------------ checkpoints / outputs
+    def _warn_skipped(self, skipped: list, collective: bool = False) -> None:
+        """Items whose files became unreadable after the data check were replaced by the next good item:
+        warn (every process, once per file) and count them (``collective``: summed over the processes, which
+        must all call it)."""
+        for path, problem in skipped:
+            if path not in self._warned:
+                self._warned.add(path)
+                print(f"[r2r-train {self.cfg.stage}] warning: skipped an unreadable item (changed after the data "
+                      f"check?): {problem}", flush=True)
+        if collective and self.acc.num_processes > 1:
+            n = torch.tensor(float(len(skipped)), device=self.acc.device)
+            self.state["skipped_items"] += int(self.acc.reduce(n, "sum").item())
+        else:
+            self.state["skipped_items"] += len(skipped)
+
     def save_checkpoint(self):
         st = dict(self.state)
         st["num_processes"] = self.acc.num_processes
         st["config"] = self.cfg.to_dict()
-        path = ckpt.save_checkpoint(self.acc, self.out, self.state["global_step"], st,
-                                    self.cfg.log.checkpoints_total_limit)
+        st["data_fingerprint"] = self.train_fingerprint
+        path = ckpt.save_checkpoint(self.acc, self.out, self.state["global_step"], st, net=self._net(),
+                                    optimizer=self.optimizer, lr_scheduler=self.lr_scheduler, ema=self.ema,
+                                    total_limit=self.cfg.log.checkpoints_total_limit)
         if self.acc.is_main_process and self.state["history"]:
             steps, losses = zip(*self.state["history"])
-            ckpt.draw_loss_curve(os.path.join(self.out, "loss_curve.png"), list(steps), list(losses),
+            draw_loss_curve(os.path.join(self.out, "loss_curve.png"), list(steps), list(losses),
                                  title=f"{self.cfg.stage} training loss")
         self._log(f"checkpoint {path}")
 
@@ -318,6 +336,7 @@ class Trainer:
                 data = {
                     "train": [vars(s) for s in cfg.data.train], "val": [vars(s) for s in cfg.data.val],
                     "train_items": len(self.train_ds), "resolution": cfg.data.resolution,
+                    "bad_items_left_out": len(self.bad_keys), "unreadable_items_replaced": self.state["skipped_items"],
                 }
                 meta = dict(stage=cfg.stage, config=cfg.to_dict(), data=data, steps=self.state["global_step"],
                             metrics=metrics, info={**self.info, "ema": bool(self.ema is not None and cfg.train.ema.use_for_output)},
@@ -327,7 +346,7 @@ class Trainer:
                     ckpt.write_metadata(os.path.join(cfg.output.release, ckpt.METADATA_FILE), **meta)
                 if self.state["history"]:
                     steps, losses = zip(*self.state["history"])
-                    ckpt.draw_loss_curve(os.path.join(self.out, "loss_curve.png"), list(steps), list(losses),
+                    draw_loss_curve(os.path.join(self.out, "loss_curve.png"), list(steps), list(losses),
                                          title=f"{cfg.stage} training loss")
                 self._log(f"wrote {comp_dir}" + (f" and release {cfg.output.release}" if cfg.output.release else ""))
             acc.wait_for_everyone()
@@ -374,8 +393,9 @@ class Trainer:
         n = len(self.val_ds) if not self.cfg.data.val_limit else min(self.cfg.data.val_limit, len(self.val_ds))
         bs = max(1, self.cfg.train.batch_size)
         for lo in range(0, n, bs):
-            items = [self.val_ds.load(i, 0) for i in range(lo, min(n, lo + bs))]
-            yield {k: torch.stack([it[k] for it in items]).to(self.acc.device) for k in items[0]}
+            batch = collate([self.val_ds.load_or_substitute(i, 0) for i in range(lo, min(n, lo + bs))])
+            self._warn_skipped(batch.pop("skipped"))
+            yield {k: v.to(self.acc.device) for k, v in batch.items()}
 
     def validate(self, step: int, final: bool = False) -> dict:
         """Metrics (r2r.metrics: MSE, fMSE, PSNR, SSIM as the official evaluation) on data.val, main process."""
@@ -400,7 +420,7 @@ class Trainer:
             metrics["count"] = len(rows)
             rec = {"step": step, "validation": metrics}
             self.state["val"].append(rec)
-            ckpt.append_jsonl(os.path.join(self.out, "metrics.jsonl"), rec)
+            ckpt.append_jsonl(os.path.join(self.out, ckpt.METRICS_FILE), rec)
             self._log(f"validation at step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
         self.acc.wait_for_everyone()
         return metrics
@@ -411,8 +431,9 @@ class Trainer:
             if self.val_ds is not None:
                 batch = next(self._val_batches())
             else:
-                items = [self.train_ds.load(i, 0) for i in range(min(4, len(self.train_ds)))]
-                batch = {k: torch.stack([it[k] for it in items]).to(self.acc.device) for k in items[0]}
+                batch = collate([self.train_ds.load_or_substitute(i, 0) for i in range(min(4, len(self.train_ds)))])
+                self._warn_skipped(batch.pop("skipped"))
+                batch = {k: v.to(self.acc.device) for k, v in batch.items()}
             batch = {k: v[:4] for k, v in batch.items()}
             pred = self.predict(batch)
             rows = []
@@ -421,13 +442,16 @@ class Trainer:
                 rows.append([_to_uint8(batch["composite"][i], True), _to_uint8(pred[i], False),
                              _to_uint8(batch["real"][i], True), m])
             tile = max(128, min(256, self.cfg.data.resolution))
-            sheet = ckpt.sample_sheet(rows, ["composite", "prediction", "ground truth", "mask"], tile=tile)
-            ckpt.write_png(os.path.join(self.out, "samples", f"step-{step:06d}.png"), sheet)
+            sheet = sample_sheet(rows, ["composite", "prediction", "ground truth", "mask"], tile=tile)
+            write_png(os.path.join(self.out, "samples", f"step-{step:06d}.png"), sheet)
         self.acc.wait_for_everyone()
 
 
-def run_training(cfg: TrainingConfig, *, resume: str | None = None, stop_after: int | None = None) -> dict:
-    trainer = Trainer(cfg, resume=resume, stop_after=stop_after)
+def run_training(cfg: TrainingConfig, *, resume: str | None = None, stop_after: int | None = None,
+                 overwrite: bool = False, force_resume: bool = False, skip_bad_files: bool = False) -> dict:
+    """Check everything (:mod:`training.preflight`), then train; see :class:`Trainer` for the options."""
+    trainer = Trainer(cfg, resume=resume, stop_after=stop_after, overwrite=overwrite, force_resume=force_resume,
+                      skip_bad_files=skip_bad_files)
     trainer.setup()
     result = trainer.train()
     trainer.acc.wait_for_everyone()
