@@ -7,12 +7,15 @@ Reference: ``inference/scripts/evaluate/main.py`` of the official code (ref §f.
 * MSE  = mean over H*W*3 of ``(out - gt)**2``;
 * PSNR = ``10 * log10(255**2 / MSE)`` (``inf`` for a perfect image, as scikit-image);
 * fMSE = ``MSE(out*m, gt*m) * H*W / sum(m)`` = squared error summed over the foreground and
-  the 3 channels / (3 * foreground pixels);
+  the 3 channels / (3 * foreground pixels); bMSE the same over the background (``1 - m``; 0
+  with ``use_gt_bg``);
 * SSIM = scikit-image ``structural_similarity(out, gt, channel_axis=-1)`` with its defaults
   (7x7 uniform window, sample covariance, K1=0.01, K2=0.03, border of 3 px cropped, mean
   over channels) and the script's odd ``data_range = out.max() - gt.min()``;
 * results are per-image means (per subset and over all images, not a mean of subset
-  means) plus a breakdown by foreground ratio: [0, 5%), [5%, 15%), [15%, 100%].
+  means) plus a breakdown by foreground ratio: [0, 5%), [5%, 15%), [15%, 100%) -- all three
+  half-open as in the script, so an image whose mask covers it entirely (ratio 1.0) is in no
+  bin (it still counts in its subset and overall).
 
 Loading/resizing (``load_triplet``): prediction and ground truth read as RGB, the mask with
 PIL ``convert("1")``; anything not at ``resolution`` x ``resolution`` is resized with PIL
@@ -33,10 +36,13 @@ from pathlib import Path
 import numpy as np
 
 from .errors import R2RUserError
+from .fileio import IMAGE_EXTENSIONS, TEMP_MARKER
 
+#: foreground-ratio bins [lo, hi) of the official script (ratio 1.0 falls in none of them)
 RATIO_BINS = ((0.0, 0.05, "0-5%"), (0.05, 0.15, "5-15%"), (0.15, 1.0, "15-100%"))
-METRICS = ("mse", "fmse", "psnr", "ssim")
-PRED_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+BINNING_NOTE = ("foreground-ratio bins [0,5%), [5%,15%), [15%,100%) as the official script: an image with ratio "
+                "exactly 1.0 is in no bin")
+METRICS = ("mse", "fmse", "bmse", "psnr", "ssim")
 
 
 # ----------------------------------------------------------------------------- single metrics
@@ -89,6 +95,13 @@ def fmse(out, gt, mask) -> float:
     return float(np.sum(((o - g) * m) ** 2) / (o.shape[2] * fg))
 
 
+def bmse(out, gt, mask) -> float:
+    """Background MSE: as :func:`fmse` over the background (``1 - mask``). ``nan`` when the mask
+    covers the whole image."""
+    m = _as_float(mask, "mask")
+    return fmse(out, gt, 1.0 - m)
+
+
 def _box_mean_valid(a: np.ndarray, win: int) -> np.ndarray:
     """Mean over every full ``win x win`` window (the 'valid' part of a uniform filter) per channel.
     The border handling of the filter does not matter: the border is cropped."""
@@ -134,7 +147,8 @@ def ssim(out, gt, data_range: float | None = None, win_size: int = 7) -> float:
 
 
 def image_metrics(out, gt, mask, use_gt_bg: bool = False) -> dict:
-    """All metrics of one image (0..255 HxWx3 arrays, mask HxW(x1) in {0,1}) plus ``fg_ratio``."""
+    """All metrics of one image (0..255 HxWx3 arrays, mask HxW(x1) in {0,1}) plus ``fg_ratio``:
+    ``mse``, ``fmse``, ``bmse``, ``psnr``, ``ssim``."""
     o = _as_float(out, "prediction")
     g = _as_float(gt, "ground truth")
     _check_pair(o, g)
@@ -146,6 +160,7 @@ def image_metrics(out, gt, mask, use_gt_bg: bool = False) -> dict:
     return {
         "mse": mse(o, g),
         "fmse": fmse(o, g, m),
+        "bmse": bmse(o, g, m),
         "psnr": psnr(g, o, data_range=255.0),
         "ssim": ssim(o, g),
         "fg_ratio": float(m.mean()),
@@ -207,6 +222,7 @@ class EvalReport:
     subset_ratio_bins: dict = field(default_factory=dict)  # subset -> bin label -> {...}
     settings: dict = field(default_factory=dict)
     empty_masks: list = field(default_factory=list)  # file names whose mask is empty at eval size
+    full_masks: list = field(default_factory=list)  # file names whose mask covers the image (no bin, no bMSE)
 
     def to_dict(self) -> dict:
         return {
@@ -216,6 +232,7 @@ class EvalReport:
             "ratio_bins": self.ratio_bins,
             "subset_ratio_bins": self.subset_ratio_bins,
             "empty_masks": self.empty_masks,
+            "full_masks": self.full_masks,
             "per_image": self.per_image,
         }
 
@@ -228,11 +245,12 @@ def _mean_block(rows: list) -> dict:
     return out
 
 
-def ratio_bin(fg_ratio: float) -> str:
+def ratio_bin(fg_ratio: float) -> str | None:
+    """The label of the official foreground-ratio bin of ``fg_ratio``; None for 1.0 (no bin)."""
     for lo, hi, label in RATIO_BINS:
         if lo <= fg_ratio < hi:
             return label
-    return RATIO_BINS[-1][2]  # ratio == 1.0 belongs to the last (closed) bin
+    return None
 
 
 def summarize(rows: list) -> EvalReport:
@@ -250,18 +268,19 @@ def summarize(rows: list) -> EvalReport:
             label: _mean_block([r for r in rs if ratio_bin(r["fg_ratio"]) == label]) for _, _, label in RATIO_BINS
         }
     rep.empty_masks = [r["file_name"] for r in rows if isinstance(r["fmse"], float) and math.isnan(r["fmse"])]
+    rep.full_masks = [r["file_name"] for r in rows if ratio_bin(r["fg_ratio"]) is None]
     return rep
 
 
 def index_predictions(pred_dir) -> dict[str, Path]:
     """stem -> prediction file under ``pred_dir`` (recursive); duplicate stems are an error."""
-    pred_dir = Path(pred_dir)
-    if not pred_dir.is_dir():
-        raise R2RUserError(f"prediction folder {pred_dir} does not exist; pass the folder of harmonized images with --pred")
+    from .dataset.layouts import check_folder
+
+    pred_dir = check_folder(pred_dir, "prediction folder", "pass the folder of harmonized images with --pred")
     found: dict[str, Path] = {}
     dups = []
     for p in sorted(pred_dir.rglob("*")):
-        if p.suffix.lower() not in PRED_EXTS or ".tmp-" in p.name or not p.is_file():
+        if p.suffix.lower() not in IMAGE_EXTENSIONS or TEMP_MARKER in p.name or not p.is_file():
             continue
         if p.stem in found:
             dups.append((found[p.stem], p))
@@ -328,6 +347,7 @@ def evaluate(pred_dir, data_root, split: str = "test", resolution: int | None = 
         "split": split,
         "resolution": resolution if resolution else "full",
         "use_gt_bg": bool(use_gt_bg),
+        "ratio_bins": BINNING_NOTE,
         "n": len(rows),
     }
     return rep
@@ -340,9 +360,10 @@ def format_table(rep: EvalReport) -> str:
         def f(v, nd):
             return "nan" if isinstance(v, float) and math.isnan(v) else ("inf" if v == math.inf else f"{v:.{nd}f}")
 
-        return f"{label:<14} {b['n']:>6} {f(b['psnr'], 3):>8} {f(b['mse'], 3):>9} {f(b['fmse'], 3):>10} {f(b['ssim'], 4):>7}"
+        return (f"{label:<14} {b['n']:>6} {f(b['psnr'], 3):>8} {f(b['mse'], 3):>9} {f(b['fmse'], 3):>10} "
+                f"{f(b['bmse'], 3):>9} {f(b['ssim'], 4):>7}")
 
-    head = f"{'subset':<14} {'n':>6} {'PSNR':>8} {'MSE':>9} {'fMSE':>10} {'SSIM':>7}"
+    head = f"{'subset':<14} {'n':>6} {'PSNR':>8} {'MSE':>9} {'fMSE':>10} {'bMSE':>9} {'SSIM':>7}"
     lines = [head, "-" * len(head)]
     for s, b in rep.subsets.items():
         lines.append(row(s, b))
@@ -353,6 +374,7 @@ def format_table(rep: EvalReport) -> str:
     lines.append("-" * len(head))
     for label, b in rep.ratio_bins.items():
         lines.append(row(label, b))
+    lines.append(f"({BINNING_NOTE}: {len(rep.full_masks)} such image(s) here)")
     st = rep.settings
     if st:
         lines.append("")
@@ -363,5 +385,10 @@ def format_table(rep: EvalReport) -> str:
         lines.append(
             f"note: {len(rep.empty_masks)} image(s) have an empty mask at this resolution; their fMSE is undefined "
             f"and left out of the fMSE means (e.g. {rep.empty_masks[0]})"
+        )
+    if rep.full_masks:
+        lines.append(
+            f"note: {len(rep.full_masks)} image(s) have a mask covering the whole image; their bMSE is undefined "
+            f"and left out of the bMSE means, and they are in no foreground-ratio bin (e.g. {rep.full_masks[0]})"
         )
     return "\n".join(lines)

@@ -108,14 +108,54 @@ def test_ratio_bins_boundaries():
     assert metrics.ratio_bin(0.0499) == "0-5%"
     assert metrics.ratio_bin(0.05) == "5-15%"
     assert metrics.ratio_bin(0.15) == "15-100%"
-    assert metrics.ratio_bin(1.0) == "15-100%"
+    assert metrics.ratio_bin(0.9999) == "15-100%"
+    assert metrics.ratio_bin(1.0) is None  # the official bins are all half-open: a full mask is in none
+
+
+def test_bmse_hand_computed():
+    gt = np.zeros((10, 10, 3), np.float32)
+    out = np.zeros((10, 10, 3), np.float32)
+    m = np.zeros((10, 10), np.float32)
+    m[0:2, :] = 1  # 20 foreground pixels, 80 background pixels
+    out[5, 5] = [4.0, 8.0, 0.0]  # one background pixel: squared error 16 + 64 + 0 = 80
+    out[0, 0] = [30.0, 30.0, 30.0]  # foreground error, ignored by bMSE
+    assert metrics.bmse(out, gt, m) == pytest.approx(80 / (3 * 80))
+    # the official formula: MSE(out*(1-m), gt*(1-m)) * H*W / sum(1-m)
+    b = (1 - m)[..., None]
+    assert metrics.bmse(out, gt, m) == pytest.approx(float(np.mean((out * b - gt * b) ** 2)) * 100 / b.sum())
+    r = metrics.image_metrics(out, gt, m)
+    assert r["bmse"] == pytest.approx(1 / 3) and r["fmse"] == pytest.approx(2700 / 60)
+    assert metrics.image_metrics(out, gt, m, use_gt_bg=True)["bmse"] == 0.0  # background pasted from gt
+    assert math.isnan(metrics.bmse(out, gt, np.ones((10, 10))))  # no background
+
+
+def test_full_mask_is_in_no_bin_and_out_of_the_bmse_mean():
+    def row(name, subset, ratio, bmse):
+        return {"file_name": name, "subset": subset, "mse": 1.0, "fmse": 2.0, "bmse": bmse, "psnr": 40.0,
+                "ssim": 0.9, "fg_ratio": ratio}
+
+    rows = [row("A/a", "A", 0.01, 3.0), row("A/b", "A", 0.2, 5.0), row("A/full", "A", 1.0, math.nan),
+            row("B/c", "B", 0.1, 7.0)]
+    rep = metrics.summarize(rows)
+    assert [rep.ratio_bins[k]["n"] for k in ("0-5%", "5-15%", "15-100%")] == [1, 1, 1]  # 3 of 4 images binned
+    assert rep.overall["n"] == 4 and rep.subsets["A"]["n"] == 3  # ... but all count in subsets and overall
+    assert rep.overall["bmse"] == pytest.approx(5.0)  # (3 + 5 + 7) / 3: the full mask has no background
+    assert rep.subsets["A"]["bmse"] == pytest.approx(4.0)
+    assert rep.ratio_bins["15-100%"]["bmse"] == pytest.approx(5.0)
+    assert rep.subset_ratio_bins["A"]["15-100%"]["n"] == 1
+    assert rep.full_masks == ["A/full"]
+    table = metrics.format_table(rep)
+    assert "bMSE" in table and "ratio exactly 1.0 is in no bin" in table and "1 such image(s)" in table
 
 
 def test_summary_is_per_image_mean_not_mean_of_subsets():
     rows = [
-        {"file_name": "A/x", "subset": "A", "mse": 1.0, "fmse": 10.0, "psnr": 40.0, "ssim": 1.0, "fg_ratio": 0.01},
-        {"file_name": "A/y", "subset": "A", "mse": 3.0, "fmse": 30.0, "psnr": 30.0, "ssim": 0.9, "fg_ratio": 0.10},
-        {"file_name": "B/z", "subset": "B", "mse": 8.0, "fmse": math.nan, "psnr": 20.0, "ssim": 0.5, "fg_ratio": 0.5},
+        {"file_name": "A/x", "subset": "A", "mse": 1.0, "fmse": 10.0, "bmse": 0.5, "psnr": 40.0, "ssim": 1.0,
+         "fg_ratio": 0.01},
+        {"file_name": "A/y", "subset": "A", "mse": 3.0, "fmse": 30.0, "bmse": 1.5, "psnr": 30.0, "ssim": 0.9,
+         "fg_ratio": 0.10},
+        {"file_name": "B/z", "subset": "B", "mse": 8.0, "fmse": math.nan, "bmse": 4.0, "psnr": 20.0, "ssim": 0.5,
+         "fg_ratio": 0.5},
     ]
     rep = metrics.summarize(rows)
     assert rep.overall["n"] == 3
@@ -178,6 +218,12 @@ def test_evaluate_matches_manual_pipeline(tiny_eval):
         skm.structural_similarity(out, gt, data_range=out.max() - gt.min(), channel_axis=-1), abs=2e-6
     )
     assert row["fmse"] == pytest.approx(skm.mean_squared_error(out * m, gt * m) * 256 * 256 / m.sum(), rel=1e-5)
+    assert row["bmse"] == 0.0  # --use-gt-bg pastes the ground truth's background
+    nobg = metrics.evaluate(pred, data, split="test", resolution=256)
+    out_raw = np.asarray(Image.open(pred / "c1_1_1.png").convert("RGB").resize((256, 256), Image.BILINEAR), np.float32)
+    raw = next(r for r in nobg.per_image if r["file_name"].endswith("c1_1_1.jpg"))
+    b = 1 - m
+    assert raw["bmse"] == pytest.approx(skm.mean_squared_error(out_raw * b, gt * b) * 256 * 256 / b.sum(), rel=1e-5)
     assert row["fg_ratio"] == pytest.approx(m.mean())
     full = metrics.evaluate(pred, data, resolution=None)
     assert full.settings["resolution"] == "full" and full.overall["mse"] > rep.overall["mse"]
@@ -203,9 +249,10 @@ def test_evaluate_cli_json(tiny_eval, tmp_path, capsys):
                "--no-progress", "--workers", "2"])
     assert rc == 0
     text = capsys.readouterr().out
-    assert "PSNR" in text and "HCOCO" in text and "15-100%" in text
+    assert "PSNR" in text and "bMSE" in text and "HCOCO" in text and "15-100%" in text and "in no bin" in text
     res = json.loads(out_json.read_text())
     assert res["settings"]["use_gt_bg"] is True and res["overall"]["n"] == 3 and len(res["per_image"]) == 3
+    assert res["overall"]["bmse"] == 0.0 and "no bin" in res["settings"]["ratio_bins"]
     single = metrics.evaluate(pred, data, use_gt_bg=True)  # the worker processes give the same numbers
     assert [r["ssim"] for r in single.per_image] == [r["ssim"] for r in res["per_image"]]
     rc = main(["evaluate", "--pred", str(tmp_path / "nope"), "--data", str(data)])

@@ -1,4 +1,4 @@
-"""``python -m r2r evaluate``: MSE / fMSE / PSNR / SSIM exactly as the official R2R script.
+"""``python -m r2r evaluate``: MSE / fMSE / bMSE / PSNR / SSIM exactly as the official R2R script.
 
     python -m r2r evaluate --pred outputs/ --data data/iHarmony4 --split test --resolution 256 \
         --use-gt-bg --json results.json
@@ -22,16 +22,31 @@ def add_arguments(p) -> None:
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
-def run(args) -> int:
-    import json
-    from pathlib import Path
-
-    from ..dataset.writer import atomic_write_text
+def check_args(args) -> None:
+    """Every argument, before any image is read: folders exist, numbers are in range, and the
+    JSON destination can be written and is not one of the inputs."""
+    from ..dataset.layouts import check_folder, find_split_file
     from ..errors import R2RUserError
-    from ..metrics import evaluate, format_table
+    from ..fileio import check_output_file
 
     if not args.full_resolution and args.resolution < 7:
         raise R2RUserError(f"--resolution must be >= 7 (the SSIM window), got {args.resolution}")
+    if args.workers < 1:
+        raise R2RUserError(f"--workers must be >= 1, got {args.workers}")
+    check_folder(args.pred, "--pred", "pass the folder of harmonized images")
+    check_folder(args.data, "--data", "pass the dataset root (the folder that holds test.jsonl)")
+    list_file = find_split_file(args.data, args.split)
+    if args.json_out:
+        check_output_file(args.json_out, inputs=[list_file], what="--json file")
+
+
+def run(args) -> int:
+    import json
+
+    from ..fileio import atomic_write_text
+    from ..metrics import evaluate, format_table
+
+    check_args(args)
     rep = evaluate(
         args.pred,
         args.data,
@@ -39,12 +54,10 @@ def run(args) -> int:
         resolution=None if args.full_resolution else args.resolution,
         use_gt_bg=args.use_gt_bg,
         progress=args.progress,
-        workers=max(1, args.workers),
+        workers=args.workers,
     )
     print(format_table(rep))
     if args.json_out:
-        path = Path(args.json_out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, json.dumps(rep.to_dict(), indent=1) + "\n")
-        print(f"results written to {path}")
+        atomic_write_text(args.json_out, json.dumps(rep.to_dict(), indent=1) + "\n")
+        print(f"results written to {args.json_out}")
     return 0

@@ -12,7 +12,10 @@ size or the number of processes.
 from __future__ import annotations
 
 import os
+import re
 import sys
+
+from ..devices import DTYPE_CHOICES
 
 
 def add_arguments(p) -> None:
@@ -30,13 +33,19 @@ def add_arguments(p) -> None:
     p.add_argument("--output-size", type=int, default=0,
                    help="save as N x N (official evaluation: 256); 0 keeps the composite's size")
     p.add_argument("--no-paste-back", action="store_true", help="keep the model's background instead of the original")
-    p.add_argument("--dtype", default="auto", choices=("auto", "fp32", "fp16", "bf16"),
+    p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
                    help="model precision (auto: fp16 on CUDA, fp32 on CPU)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (accelerate picks the device per process)")
     p.add_argument("--limit", type=int, default=0, help="only the first N items of the split (0 = all)")
 
 
-def _check_args(args):
+#: the seeds torch.Generator.manual_seed accepts from 0 up
+SEED_MAX = 2**64 - 1
+
+
+def check_args(args) -> None:
+    """Numbers, the weights source, the dataset folder and the device, before anything is loaded."""
+    from ..dataset.layouts import check_folder
     from ..errors import R2RUserError
 
     for name in ("batch_size", "steps"):
@@ -46,6 +55,46 @@ def _check_args(args):
         raise R2RUserError(f"--max-side must be a multiple of 64 and at least 64 (official 1024), got {args.max_side}")
     if args.output_size < 0:
         raise R2RUserError(f"--output-size must be 0 (original size) or a positive size like 256, got {args.output_size}")
+    if args.limit < 0:
+        raise R2RUserError(f"--limit must be 0 (all items) or a positive count, got {args.limit}")
+    if not 0 <= args.seed <= SEED_MAX:
+        raise R2RUserError(f"--seed must be in 0..{SEED_MAX}, got {args.seed}")
+    weights = str(args.weights)
+    if os.path.exists(weights):
+        if not os.path.isdir(weights):
+            raise R2RUserError(f"--weights {weights} is a file; pass the release folder (with stable-diffusion-"
+                               "inpainting/ and clear_vae/) or a hub repo id such as 1243asdad/region2region")
+    elif not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", weights) or weights.startswith((".", "/")):
+        raise R2RUserError(f"--weights {weights} is neither an existing folder nor a hub repo id (owner/name); "
+                           "check the path or run `python -m r2r download` first")
+    check_folder(args.data, "--data", "pass the dataset root (the folder that holds test.jsonl)")
+    if args.device != "auto":
+        from ..devices import resolve_device
+
+        resolve_device(args.device)
+
+
+def check_outputs(out_dir: str, samples) -> dict:
+    """output path -> composite for every sample; refuses two samples with one output file and an
+    output file that is one of the inputs, and checks that ``out_dir`` can be written."""
+    from ..errors import R2RUserError
+    from ..fileio import check_writable_dir
+
+    inputs = {os.path.realpath(p) for s in samples for p in (s.composite, s.mask, s.real)}
+    outputs: dict[str, object] = {}
+    for s in samples:
+        key = output_path(out_dir, s.composite)
+        if key in outputs:
+            raise R2RUserError(
+                f"two listed composites map to the same output file {key}: {outputs[key]} and {s.composite}; "
+                "split the list per subset and use one --out folder for each"
+            )
+        if os.path.realpath(key) in inputs:
+            raise R2RUserError(f"--out {out_dir} would overwrite the input {key}; choose an output folder outside "
+                               "the dataset's image folders")
+        outputs[key] = s.composite
+    check_writable_dir(out_dir, what="output folder (--out)")
+    return outputs
 
 
 def output_path(out_dir: str, composite_path) -> str:
@@ -63,29 +112,19 @@ def run(args) -> int:
     from accelerate import PartialState
 
     from ..dataset.layouts import read_split
-    from ..dataset.writer import atomic_write_bytes, encode_image, read_image_rgb, read_mask_array
-    from ..errors import R2RUserError
+    from ..devices import resolve_dtype
+    from ..fileio import read_image, read_mask, write_image
     from ..pipeline import R2RPipeline
 
-    _check_args(args)
+    check_args(args)
     # several processes without CUDA (torchrun on CPU): gloo
     state = PartialState(cpu=int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available())
     samples = read_split(args.data, args.split)
     if args.limit:
         samples = samples[: args.limit]
-    stems = {}
-    for s in samples:
-        key = output_path(args.out, s.composite)
-        if key in stems:
-            raise R2RUserError(
-                f"two listed composites map to the same output file {key}: {stems[key]} and {s.composite}; "
-                "split the list per subset and use one --out folder for each"
-            )
-        stems[key] = s.composite
+    check_outputs(args.out, samples)
     mine = shard(samples, state.process_index, state.num_processes)
     todo = [s for s in mine if not os.path.exists(output_path(args.out, s.composite))]
-    if state.is_main_process:
-        os.makedirs(args.out, exist_ok=True)
     state.wait_for_everyone()
     skipped = len(mine) - len(todo)
     print(f"[infer-dataset] process {state.process_index}/{state.num_processes}: {len(todo)} to harmonize, "
@@ -94,10 +133,7 @@ def run(args) -> int:
         state.wait_for_everyone()
         return 0
     device = state.device if args.device == "auto" else args.device
-    dtype = args.dtype
-    if dtype == "auto":
-        dtype = "fp16" if torch.device(device).type == "cuda" else "fp32"
-    pipe = R2RPipeline.from_pretrained(args.weights, torch_dtype=dtype, device=device)
+    pipe = R2RPipeline.from_pretrained(args.weights, torch_dtype=resolve_dtype(args.dtype, device), device=device)
 
     from tqdm.auto import tqdm
 
@@ -109,19 +145,19 @@ def run(args) -> int:
         i += len(chunk)
         loaded = []
         for s in chunk:
-            comp = read_image_rgb(s.composite)
-            mask = read_mask_array(s.mask)
+            comp = read_image(s.composite)
+            mask = read_mask(s.mask)
             if mask.shape[:2] != comp.shape[:2]:
                 import cv2
 
-                mask = cv2.resize(mask.astype(np.uint8), (comp.shape[1], comp.shape[0]), interpolation=cv2.INTER_NEAREST)
+                mask = cv2.resize(mask, (comp.shape[1], comp.shape[0]), interpolation=cv2.INTER_NEAREST)
             loaded.append((s, comp, mask))
         groups: dict[tuple, list] = {}
         for item in loaded:
             groups.setdefault(item[1].shape, []).append(item)
         for items in groups.values():
             comp = torch.from_numpy(np.stack([c for _, c, _ in items])).permute(0, 3, 1, 2).float() / 255.0
-            mask = torch.from_numpy(np.stack([(m > (127 if m.dtype == np.uint8 else 0.5)) for _, _, m in items]))
+            mask = torch.from_numpy(np.stack([m >= 128 for _, _, m in items]))
             mask = mask.float()[:, None] if mask.ndim == 3 else mask.float()
             gens = [torch.Generator().manual_seed(args.seed) for _ in items]
             out = pipe(comp, mask, num_inference_steps=args.steps, generator=gens, max_side=args.max_side,
@@ -132,7 +168,7 @@ def run(args) -> int:
                     x = torch.nn.functional.interpolate(x[None], size=(args.output_size,) * 2, mode="bilinear",
                                                         antialias=True, align_corners=False)[0].clamp(0, 1)
                 arr = (x * 255.0).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-                atomic_write_bytes(output_path(args.out, s.composite), encode_image(arr, ".png"))
+                write_image(output_path(args.out, s.composite), arr)
                 done += 1
                 bar.update(1)
     bar.close()

@@ -9,13 +9,13 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import R2RUserError
+from .layouts import check_folder
 from .writer import check_subset_name
 
 DEFAULT_GENERATOR = "r2r.blending:random_poisson_blend"
@@ -192,17 +192,6 @@ def _is_whole(value) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
-def _check_source_dir(path, flag: str) -> Path:
-    d = Path(path)
-    if not d.exists():
-        raise R2RUserError(f"{flag} {d} does not exist; pass an existing folder with {flag}")
-    if not d.is_dir():
-        raise R2RUserError(f"{flag} {d} is a file, not a folder; pass the folder that holds the files with {flag}")
-    if not os.access(d, os.R_OK | os.X_OK):
-        raise R2RUserError(f"{flag} {d} is not readable (permissions); fix them or copy the folder")
-    return d
-
-
 def _inside(a: Path, b: Path) -> bool:
     """``a`` is ``b`` or below it."""
     return a == b or b in a.parents
@@ -265,8 +254,8 @@ def validate_config(cfg: MakeConfig) -> None:
         bad("alpha is given twice (--alpha and --gen-arg alpha=...); keep one")
     if cfg.images is None or cfg.masks is None:
         bad("pass the source folders with --images DIR --masks DIR (or --source DIR with a known layout)")
-    images = _check_source_dir(cfg.images, "--images").resolve()
-    masks = _check_source_dir(cfg.masks, "--masks").resolve()
+    images = check_folder(cfg.images, "--images", "pass the folder of real images with --images").resolve()
+    masks = check_folder(cfg.masks, "--masks", "pass the folder of masks with --masks").resolve()
     if not str(cfg.out).strip():
         bad("--out is empty; pass the dataset folder to write")
     out = Path(cfg.out).resolve()

@@ -23,6 +23,7 @@ Two kinds of layouts:
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,17 +174,26 @@ def read_index_file(path) -> list[str]:
 
 
 def find_split_file(root, split: str) -> Path:
+    """The list file of ``split``: a split name (``test`` -> ``test.jsonl``/``.txt``/``IHD_test.txt``
+    in ``root``) or the path of a ``.jsonl``/``.txt`` list (as given, or relative to ``root``)."""
     root = Path(root)
     cand = Path(split)
-    if cand.suffix in (".jsonl", ".txt") and cand.exists():
-        return cand
-    if cand.suffix in (".jsonl", ".txt") and (root / cand).exists():
-        return root / cand
+    if cand.suffix in (".jsonl", ".txt") or "/" in split or "\\" in split:
+        for p in (cand, root / cand):
+            if p.is_file():
+                return p
+            if p.is_dir():
+                raise R2RUserError(f"--split {split} is a folder; pass a .jsonl/.txt list file or a split name")
+        if cand.suffix not in (".jsonl", ".txt"):
+            raise R2RUserError(f"--split {split!r} looks like a path but is not a .jsonl/.txt file; pass a split "
+                               "name (test, train) or the path of a .jsonl/.txt list")
+        raise R2RUserError(f"the list file {split} does not exist (looked at {cand} and {root / cand}); check "
+                           "the path, or pass a split name such as test or train")
     tried = []
     for base in SPLIT_LIST_NAMES.get(split, (split,)):
         for ext in (".jsonl", ".txt"):
             tried.append(root / f"{base}{ext}")
-            if tried[-1].exists():
+            if tried[-1].is_file():
                 return tried[-1]
     raise R2RUserError(
         f"no list of the {split!r} split in {root}: looked for "
@@ -193,11 +203,22 @@ def find_split_file(root, split: str) -> Path:
     )
 
 
+def check_folder(path, what: str, fix: str) -> Path:
+    """``path`` is an existing, readable folder; otherwise an R2RUserError saying which of these
+    it is not (``fix`` says what to pass instead)."""
+    path = Path(path)
+    if not path.exists():
+        raise R2RUserError(f"{what} {path} does not exist; {fix}")
+    if not path.is_dir():
+        raise R2RUserError(f"{what} {path} is a file, not a folder; {fix}")
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise R2RUserError(f"{what} {path} is not readable (permissions); fix them or copy the folder")
+    return path
+
+
 def read_split(root, split: str = "test", check_files: bool = True) -> list[HarmonizationSample]:
     """Samples of ``split`` (``train``/``test`` or a path to a list file) of a dataset root."""
-    root = Path(root)
-    if not root.is_dir():
-        raise R2RUserError(f"dataset folder {root} does not exist; pass the folder that holds test.jsonl")
+    root = check_folder(root, "dataset folder", "pass the dataset root (the folder that holds test.jsonl)")
     list_file = find_split_file(root, split)
     samples = [sample_from_file_name(root, fn) for fn in read_index_file(list_file)]
     if not samples:
@@ -260,8 +281,7 @@ def find_sources(images, masks) -> list[SourceItem]:
     """
     images, masks = Path(images), Path(masks)
     for what, d, flag in (("image", images, "--images"), ("mask", masks, "--masks")):
-        if not d.is_dir():
-            raise R2RUserError(f"{what} folder {d} does not exist; pass an existing folder with {flag}")
+        check_folder(d, f"{what} folder", f"pass the folder of {what}s with {flag}")
     image_files = list_images(images)
     if not image_files:
         raise R2RUserError(
@@ -300,9 +320,7 @@ def detect_layout(root) -> tuple[Path, Path, str]:
     ``annotations/`` label maps), iHarmony4/RPHarmony subsets (``real_images/`` + ``masks/``)
     and plain ``images/`` + ``masks/`` folders.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise R2RUserError(f"source folder {root} does not exist")
+    root = check_folder(root, "source folder", "pass the dataset folder with --source")
     subdirs = {p.name: p for p in root.iterdir() if p.is_dir()}
     img = [n for n in subdirs if n.lower().endswith("-image")]
     msk = [n for n in subdirs if n.lower().endswith("-mask")]
