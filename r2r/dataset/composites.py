@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..blending.diagnostics import filter_rejection, rpb_diagnostics
 from ..errors import R2RUserError
 from ..fileio import read_image, read_mask
 from .config import FilterSettings, WorkerSettings, WorkUnit, jsonable
@@ -34,36 +35,21 @@ def read_label_map(path) -> np.ndarray:
     return arr
 
 
-def composite_diagnostics(composite: np.ndarray, real: np.ndarray, mask: np.ndarray) -> dict:
-    """fMSE (0..255 scale, as the evaluation computes it) and colour shifts of the foreground:
-    the distance between the foreground's mean colour in composite and real image in RGB
-    (0..255) and in CIE Lab."""
-    import cv2
+#: the diagnostics of r2r.blending.rpb_diagnostics recorded per composite in the manifest
+RECORDED_DIAGNOSTICS = ("fmse", "color_shift_rgb", "color_shift_lab", "fg_ratio")
 
-    m = mask.astype(bool)
-    c = composite[m].astype(np.float64)  # index first: only the foreground is converted
-    r = real[m].astype(np.float64)
-    fmse = float(((c - r) ** 2).mean()) if c.size else 0.0
-    mean_c, mean_r = c.mean(0), r.mean(0)
-    lab_c = cv2.cvtColor((mean_c / 255.0).astype(np.float32).reshape(1, 1, 3), cv2.COLOR_RGB2Lab).reshape(3)
-    lab_r = cv2.cvtColor((mean_r / 255.0).astype(np.float32).reshape(1, 1, 3), cv2.COLOR_RGB2Lab).reshape(3)
-    return {
-        "fmse": round(fmse, 4),
-        "color_shift_rgb": round(float(np.linalg.norm(mean_c - mean_r)), 4),
-        "color_shift_lab": round(float(np.linalg.norm(lab_c - lab_r)), 4),
-        "fg_ratio": round(float(m.mean()), 6),
-    }
+
+def composite_diagnostics(composite: np.ndarray, real: np.ndarray, mask: np.ndarray) -> dict:
+    """The recorded diagnostics of one composite (units: :mod:`r2r.blending.diagnostics`), rounded
+    to 4 decimals (``fg_ratio`` 6) as they are written to the records and the manifest."""
+    d = rpb_diagnostics(composite, real, mask)
+    return {k: round(float(d[k]), 6 if k == "fg_ratio" else 4) for k in RECORDED_DIAGNOSTICS}
 
 
 def rejection_reason(diag: dict, filt: FilterSettings) -> str | None:
-    """Why a composite fails the filter, or None when it passes."""
-    if filt.min_fmse is not None and diag["fmse"] < filt.min_fmse:
-        return f"fMSE {diag['fmse']:.2f} < --min-fmse {filt.min_fmse}"
-    if filt.max_fmse is not None and diag["fmse"] > filt.max_fmse:
-        return f"fMSE {diag['fmse']:.2f} > --max-fmse {filt.max_fmse}"
-    if filt.min_color_shift_lab is not None and diag["color_shift_lab"] < filt.min_color_shift_lab:
-        return f"Lab colour shift {diag['color_shift_lab']:.2f} < --min-color-shift-lab {filt.min_color_shift_lab}"
-    return None
+    """Why a composite fails the filter (the one filter of r2r.blending), or None when it passes."""
+    return filter_rejection(diag, min_fmse=filt.min_fmse, max_fmse=filt.max_fmse,
+                            min_color_shift_lab=filt.min_color_shift_lab)
 
 
 def load_masks(unit: WorkUnit, ws: WorkerSettings, size_hw: tuple[int, int]) -> list[tuple[int, np.ndarray]]:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..blending.diagnostics import check_filter
 from ..errors import R2RUserError
 from .layouts import check_folder
 from .writer import check_subset_name
@@ -28,8 +29,9 @@ SEED_MAX = 2**63 - 1
 
 @dataclass(frozen=True)
 class FilterSettings:
-    """Which composites are kept: fMSE on the 0..255 scale (as the evaluation computes it) and
-    the distance in CIE Lab between the foreground's mean colour in composite and real image."""
+    """Which composites are kept (thresholds of :func:`r2r.blending.filter_rejection`): fMSE on the
+    0..255 scale (as the evaluation computes it) and the CIE76 Delta E between the foreground's mean
+    colour in composite and real image."""
 
     min_fmse: float | None = None
     max_fmse: float | None = None
@@ -233,12 +235,10 @@ def validate_config(cfg: MakeConfig) -> None:
         bad(f"--jpeg-quality must be a whole number in 1..100, got {cfg.jpeg_quality!r}")
     if cfg.max_side is not None and (not _is_whole(cfg.max_side) or cfg.max_side < 64):
         bad(f"--max-side must be a whole number >= 64, got {cfg.max_side!r}")
-    for name, value in (("--min-fmse", cfg.min_fmse), ("--max-fmse", cfg.max_fmse),
-                        ("--min-color-shift-lab", cfg.min_color_shift_lab)):
-        if value is not None and not (np.isfinite(value) and value >= 0):
-            bad(f"{name} must be a number >= 0, got {value!r}")
-    if cfg.min_fmse is not None and cfg.max_fmse is not None and cfg.min_fmse > cfg.max_fmse:
-        bad(f"--min-fmse {cfg.min_fmse} is larger than --max-fmse {cfg.max_fmse}")
+    try:
+        check_filter(cfg.min_fmse, cfg.max_fmse, cfg.min_color_shift_lab)
+    except R2RUserError as exc:
+        bad(f"filter (--min-fmse / --max-fmse / --min-color-shift-lab): {exc}")
     if not 0.0 <= cfg.label_min_area <= cfg.label_max_area <= 1.0:
         bad(f"--label-min-area/--label-max-area need 0 <= min <= max <= 1, got {cfg.label_min_area} "
             f"{cfg.label_max_area}")
