@@ -30,6 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import R2RUserError
+from .options import FULLRES_MODES, check_choice
 
 MODES = ("color_transform", "upsample")
 DEFAULT_MODE = "color_transform"
@@ -367,8 +368,8 @@ def _transfer_torch(composite_full, harmonized_low, mask_full, mode, composite_l
     return torch.where(mask_full > 0, res, composite_full)
 
 
-def restore_fullres(result_working, prepared, mode: str = "auto", feather: int | None = None, **kwargs):
-    """Drop-in for :func:`r2r.imaging.restore` (paste-back on) with a choice of full-resolution mode.
+def color_transform_and_paste(result_working, prepared, mode: str = "auto", feather: int | None = None, **kwargs):
+    """Like :func:`r2r.pasteback.upsample_and_paste` (paste-back on) with a choice of full-resolution mode.
 
     ``mode="auto"`` (default) uses ``"color_transform"`` when the original is larger than the
     working resolution (more than 5% on the long side) and ``"upsample"`` otherwise (at the
@@ -378,21 +379,21 @@ def restore_fullres(result_working, prepared, mode: str = "auto", feather: int |
     ``prepared`` (from :func:`r2r.imaging.prepare`). The padding is cropped off, the colour
     transform is fitted against the composite exactly as the model saw it, and the result is
     pasted over ``prepared.original_composite`` with the same feathered alpha as
-    ``imaging.restore`` (``feather=None``: one latent cell; 0: the soft mask itself).
+    ``pasteback.upsample_and_paste`` (``feather=None``: one latent cell; 0: the soft mask itself).
     Extra keyword arguments go to :func:`transfer_harmonization` (``radius``, ``eps``, ``presmooth``).
     """
-    from . import imaging
+    from . import pasteback
 
     geom = prepared.geometry
     if mode == "auto":
         mode = "color_transform" if geom.scale > 1.05 else "upsample"
     elif mode not in MODES:
         raise R2RUserError(
-            f"restore_fullres: mode must be 'auto', {', '.join(repr(m) for m in MODES)}; got {mode!r}."
+            f"color_transform_and_paste: mode must be 'auto', {', '.join(repr(m) for m in MODES)}; got {mode!r}."
         )
     if tuple(result_working.shape[-2:]) != tuple(geom.working_size):
         raise R2RUserError(
-            f"restore_fullres expects a result at the working resolution {tuple(geom.working_size)}; got "
+            f"color_transform_and_paste expects a result at the working resolution {tuple(geom.working_size)}; got "
             f"{tuple(result_working.shape[-2:])}. Pass the decoded image from the same prepare() call."
         )
     top, bottom, left, right = geom.padding
@@ -405,31 +406,27 @@ def restore_fullres(result_working, prepared, mode: str = "auto", feather: int |
         soft = soft.expand(orig.shape[0], *soft.shape[1:])
     if low.shape[0] != orig.shape[0]:
         raise R2RUserError(
-            f"restore_fullres: {low.shape[0]} results for {orig.shape[0]} composites; pass one result per composite."
+            f"color_transform_and_paste: {low.shape[0]} results for {orig.shape[0]} composites; pass one result per composite."
         )
-    alpha = imaging.feather_alpha(soft, imaging.default_feather(geom) if feather is None else int(feather))
+    alpha = pasteback.feather_alpha(soft, pasteback.default_feather(geom) if feather is None else int(feather))
     return transfer_harmonization(orig, low.to(orig.device), alpha, mode=mode,
                                   composite_low=comp_low.to(orig.device), **kwargs)
 
 
-RESTORE_MODES = ("auto",) + tuple(MODES)
-
-
-def restore_output(result_working, prepared, *, paste_back: bool = True, feather: int | None = None,
-                   mode: str = "auto"):
+def to_original_size(result_working, prepared, *, paste_back: bool = True, feather: int | None = None,
+                     mode: str = "auto"):
     """The one way results go back to the original resolution (pipeline, CLI and nodes).
 
     ``mode``: ``"auto"`` (default) = ``"color_transform"`` when the original is larger than the
-    working resolution, else ``"upsample"``; ``"upsample"`` = :func:`r2r.imaging.restore`;
-    ``"color_transform"`` = :func:`restore_fullres`. Without ``paste_back`` the decoded image is
-    simply resized (:func:`r2r.imaging.restore`), whatever the mode.
+    working resolution, else ``"upsample"``; ``"upsample"`` = :func:`r2r.pasteback.upsample_and_paste`;
+    ``"color_transform"`` = :func:`color_transform_and_paste`. Without ``paste_back`` the decoded image
+    is simply resized (:func:`r2r.pasteback.upsample_and_paste`), whatever the mode.
     """
-    from . import imaging
+    from . import pasteback
 
-    if mode not in RESTORE_MODES:
-        raise R2RUserError(f"fullres_mode must be one of {RESTORE_MODES}; got {mode!r}.")
+    check_choice(mode, FULLRES_MODES, "fullres_mode")
     if mode == "auto":
         mode = "color_transform" if prepared.geometry.scale > 1.05 else "upsample"
     if mode == "color_transform" and paste_back:
-        return restore_fullres(result_working, prepared, mode="color_transform", feather=feather)
-    return imaging.restore(result_working, prepared, paste_back=paste_back, feather=feather)
+        return color_transform_and_paste(result_working, prepared, mode="color_transform", feather=feather)
+    return pasteback.upsample_and_paste(result_working, prepared, paste_back=paste_back, feather=feather)

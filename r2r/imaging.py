@@ -287,8 +287,9 @@ def resize(x, size, mode: str = "bilinear"):
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=shrinking)
 
 
-def _to_canvas(x, geometry: Geometry, pad_value=None):
-    """Resize ``x`` to the content size and pad it to the working canvas."""
+def to_working(x, geometry: Geometry, pad_value=None):
+    """Bring an original-resolution ``[B,C,H,W]`` tensor onto the working canvas: resize to the content
+    size, then pad (edge replicate, or ``pad_value``, e.g. 0.0 for masks)."""
     import torch.nn.functional as F
 
     x = resize(x, geometry.content_size)
@@ -301,23 +302,12 @@ def _to_canvas(x, geometry: Geometry, pad_value=None):
     return x
 
 
-def _from_canvas(x, geometry: Geometry):
-    """Crop the padding off a working-resolution tensor and resize it to the original size."""
+def from_working(x, geometry: Geometry):
+    """Inverse of :func:`to_working`: crop the padding off and resize to the original size."""
     top, bottom, left, right = geometry.padding
     h, w = x.shape[-2:]
     x = x[..., top : h - bottom, left : w - right]
     return resize(x, geometry.original_size)
-
-
-def to_working(x, geometry: Geometry, pad_value=None):
-    """Bring an original-resolution ``[B,C,H,W]`` tensor onto the working canvas (as ``prepare`` does):
-    resize to the content size, then pad (edge replicate, or ``pad_value``, e.g. 0.0 for masks)."""
-    return _to_canvas(x, geometry, pad_value)
-
-
-def from_working(x, geometry: Geometry):
-    """Inverse of :func:`to_working`: crop the padding off and resize to the original size."""
-    return _from_canvas(x, geometry)
 
 
 def latent_mask_from(mask_working):
@@ -342,6 +332,8 @@ class Prepared:
     geometry: Geometry
     original_composite: object = field(repr=False, default=None)  # [B,3,H,W] float32 in [0, 1]
     original_mask: object = field(repr=False, default=None)  # [B,1,H,W] float32 soft mask in [0, 1]
+    #: [B,1,h/8,w/8] float32 in {0, 1}: the region whose statistics steer MACA (None: the background)
+    reference_latent_mask: object = None
 
     @property
     def batch_size(self) -> int:
@@ -350,24 +342,27 @@ class Prepared:
     def to(self, device=None, dtype=None) -> Prepared:
         """Model-input tensors moved/cast (the originals stay float32 on their device)."""
         kw = {"device": device, "dtype": dtype}
+        ref = None if self.reference_latent_mask is None else self.reference_latent_mask.to(**kw)
         return Prepared(
             self.composite_pm1.to(**kw), self.mask.to(**kw), self.hint.to(**kw), self.latent_mask.to(**kw),
-            self.geometry, self.original_composite, self.original_mask,
+            self.geometry, self.original_composite, self.original_mask, ref,
         )
 
 
-def _broadcast_batch(comp, mask):
-    bc, bm = comp.shape[0], mask.shape[0]
-    if bc == bm:
-        return comp, mask
-    if bm == 1:
-        return comp, mask.expand(bc, -1, -1, -1)
-    if bc == 1:
-        return comp.expand(bm, -1, -1, -1), mask
-    raise R2RUserError(
-        f"The composite batch has {bc} image(s) but the mask batch has {bm}; expected the same number "
-        "(or one of them 1, which is then used for every item)."
-    )
+def broadcast_batch(**named):
+    """Bring ``name=tensor`` arguments (``None`` passes through) to one batch size: equal sizes, or
+    size 1 expanded to the others'. Returns the tensors in argument order."""
+    sizes = {name: t.shape[0] for name, t in named.items() if t is not None}
+    batch = max(sizes.values())
+    bad = {name: n for name, n in sizes.items() if n not in (1, batch)}
+    if bad:
+        listing = ", ".join(f"{name} {n}" for name, n in sizes.items())
+        raise R2RUserError(
+            f"Batch sizes do not match ({listing}); expected the same number of items in each "
+            "(or 1, which is then used for every item)."
+        )
+    return tuple(None if t is None else (t if t.shape[0] == batch else t.expand(batch, *t.shape[1:]))
+                 for t in named.values())
 
 
 def _check_mask_coverage(mask_bin, where: str, fix: str):
@@ -393,8 +388,13 @@ def _uint8_hwc(t):
     return (t.clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
 
-def prepare(composite, mask, max_side: int = 1024, resize_mode: str = "fit", canny_at: str = "original") -> Prepared:
+def prepare(composite, mask, max_side: int = 1024, resize_mode: str = "fit", canny_at: str = "original",
+            reference_mask=None) -> Prepared:
     """Validate and convert inputs to the working resolution (see the module docstring).
+
+    ``reference_mask`` (optional, same size as the composite, 1 = the region whose colours should
+    steer the foreground) is brought to the latent grid like the mask (working canvas, >= 0.5,
+    nearest) as ``Prepared.reference_latent_mask``.
 
     ``canny_at="original"`` (default, the official order and the one the controller was
     trained with): Canny on the original-resolution composite, then the pre-image is
@@ -414,12 +414,20 @@ def prepare(composite, mask, max_side: int = 1024, resize_mode: str = "fit", can
             f"{tuple(comp.shape[-1:-3:-1])} (WxH); expected the same size. Resize the mask to the image "
             "(nearest-neighbour) or use the mask that belongs to this composite."
         )
-    comp, soft = _broadcast_batch(comp, soft)
+    ref = None
+    if reference_mask is not None:
+        ref = to_mask_tensor(reference_mask, "reference_mask").to(comp.device)
+        if tuple(ref.shape[-2:]) != tuple(comp.shape[-2:]):
+            raise R2RUserError(
+                f"The reference_mask size {tuple(ref.shape[-1:-3:-1])} (WxH) does not match the composite size "
+                f"{tuple(comp.shape[-1:-3:-1])} (WxH); paint the reference region on this composite."
+            )
+    comp, soft, ref = broadcast_batch(composite=comp, mask=soft, reference_mask=ref)
     geometry = compute_geometry(int(comp.shape[-2]), int(comp.shape[-1]), max_side, resize_mode)
     _check_mask_coverage(soft >= 0.5, "", "Draw or load a mask that marks the pasted object.")
 
-    comp_w = _to_canvas(comp, geometry).clamp(0, 1)
-    mask_w = (_to_canvas(soft, geometry, pad_value=0.0) >= 0.5).float()
+    comp_w = to_working(comp, geometry).clamp(0, 1)
+    mask_w = (to_working(soft, geometry, pad_value=0.0) >= 0.5).float()
     _check_mask_coverage(
         mask_w, f"at the working resolution {geometry.working_size[1]}x{geometry.working_size[0]}",
         "The object is too small for this max_side: increase max_side or enlarge the mask.",
@@ -441,77 +449,24 @@ def prepare(composite, mask, max_side: int = 1024, resize_mode: str = "fit", can
         pres.append(torch.from_numpy(pre).permute(2, 0, 1).float().div(255.0))
     pre = torch.stack(pres).to(comp.device)
     if canny_at == "original":
-        pre = _to_canvas(pre, geometry).clamp(0, 1)
+        pre = to_working(pre, geometry).clamp(0, 1)
     comp_pm1 = (comp_w - 0.5) / 0.5
     hint = assemble_hint((pre - 0.5) / 0.5, comp_pm1, mask_w)
+    ref_latent = None if ref is None else _reference_latent_mask(ref, geometry)
     # contiguous NCHW (as torchvision's ToTensor gives the official code): the memory layout picks the
     # conv kernels, so a channels-last view would change results in the last bits
     return Prepared(comp_pm1.contiguous(), mask_w.contiguous(), hint.contiguous(), latent_mask.contiguous(),
-                    geometry, comp.contiguous(), soft.contiguous())
+                    geometry, comp.contiguous(), soft.contiguous(), ref_latent)
 
 
-# --------------------------------------------------------------------------- restore
-
-
-def default_feather(geometry: Geometry) -> int:
-    """One latent cell (8 working pixels) in original pixels, at least 1."""
-    return max(1, int(round(8 * geometry.scale)))
-
-
-def feather_alpha(mask_soft, feather: int):
-    """Paste-back alpha ``[B,1,H,W]``: the soft mask, plus a linear ramp over ``feather`` px
-    OUTSIDE the binarised mask (``1 - d / (feather + 1)`` at Euclidean distance ``d``).
-    Pixels farther than ``feather`` px from the mask get alpha exactly 0, so they keep the
-    original background bit for bit."""
-    import cv2
-    import torch
-
-    if not isinstance(mask_soft, torch.Tensor) or mask_soft.ndim != 4:
-        mask_soft = to_mask_tensor(mask_soft, "mask")
-    if feather is None or feather <= 0:
-        return mask_soft
-    binary = (mask_soft >= 0.5).cpu().numpy()
-    ramps = []
-    for i in range(binary.shape[0]):
-        background = (~binary[i, 0]).astype(np.uint8)
-        dist = cv2.distanceTransform(background, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
-        ramp = np.where(dist <= feather, 1.0 - dist / (feather + 1.0), 0.0).astype(np.float32)
-        ramp[binary[i, 0]] = 0.0
-        ramps.append(torch.from_numpy(ramp))
-    ramp = torch.stack(ramps)[:, None].to(mask_soft.device)
-    return torch.maximum(mask_soft, ramp)
-
-
-def restore(result_working, prepared: Prepared, original_composite=None, original_mask=None,
-            paste_back: bool = True, feather: int | None = None):
-    """Bring a working-resolution result ``[B,3,h,w]`` in [0, 1] back to the original size.
-
-    With ``paste_back`` (default) the original composite is kept outside the feathered
-    mask: ``out = alpha * result + (1 - alpha) * original`` where alpha is
-    :func:`feather_alpha` (``feather=None`` -> :func:`default_feather`, ``0`` -> the soft
-    mask itself, i.e. the official hard paste for binary masks). Pixels with alpha 0 are
-    the original values bit for bit.
-    """
-    import torch
-
-    geometry = prepared.geometry
-    if tuple(result_working.shape[-2:]) != tuple(geometry.working_size):
+def _reference_latent_mask(reference, geometry: Geometry):
+    ref_latent = latent_mask_from((to_working(reference, geometry, pad_value=0.0) >= 0.5).float())
+    empty = [i for i in range(ref_latent.shape[0]) if ref_latent[i].sum() == 0]
+    if empty:
         raise R2RUserError(
-            f"restore expects a result at the working resolution {geometry.working_size}; got "
-            f"{tuple(result_working.shape[-2:])}. Pass the decoded image from the same prepare() call."
+            f"The reference_mask of batch item {empty[0]} is empty at the latent resolution (1/8 of the working "
+            f"size {geometry.working_size[1]}x{geometry.working_size[0]}); expected a region of at least a few "
+            "latent cells. Paint a larger reference region (white = the region whose colours the object should "
+            "take), or leave reference_mask out to use the whole background."
         )
-    out = _from_canvas(result_working.float(), geometry).clamp(0, 1)
-    if not paste_back:
-        return out
-    orig = prepared.original_composite if original_composite is None else to_image_tensor(original_composite)
-    soft = prepared.original_mask if original_mask is None else to_mask_tensor(original_mask)
-    orig, soft = orig.to(out.device), soft.to(out.device)
-    orig, soft = _broadcast_batch(orig, soft)
-    if tuple(orig.shape) != tuple(out.shape):
-        raise R2RUserError(
-            f"restore: the original composite {tuple(orig.shape)} does not match the result {tuple(out.shape)}; "
-            "pass the composite and mask given to prepare()."
-        )
-    alpha = feather_alpha(soft, default_feather(geometry) if feather is None else int(feather))
-    blended = out * alpha + orig * (1.0 - alpha)
-    return torch.where(alpha > 0, blended, orig)
+    return ref_latent.contiguous()

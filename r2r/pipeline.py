@@ -1,21 +1,30 @@
-"""R2RPipeline: composite + mask -> harmonized image (ref §a).
+"""R2RPipeline: composite + mask -> harmonized image (ref §a), the one orchestration of R2R.
 
     from r2r import R2RPipeline
-    pipe = R2RPipeline.from_pretrained("models/r2r/region2region", torch_dtype=torch.float16, device="cuda")
+    pipe = R2RPipeline.from_pretrained("models/r2r/region2region", torch_dtype="fp16", device="cuda")
     out = pipe(composite, mask, num_inference_steps=10, generator=0)
     out.images        # [B,3,H,W] in [0, 1] at the original resolution, background pasted back
 
-Flow (official, see :mod:`r2r.sampling` for the random-number order): 7-channel hint ->
-Clear-VAE posterior of the composite (a SAMPLE times the scaling factor is the U-Net's
-"masked image" latent) -> nearest latent mask -> controller residuals + U-Net per
-Euler-ancestral step -> Clear-VAE decode with the composite's encoder skips.
-Unlike the official code, the composite is encoded once and its skips are reused for
-decoding; the discarded posterior draw of the second encode is still taken, so a seed
-gives the official result.
+The stages, in the order every caller runs them:
 
-The stage methods (:meth:`R2RPipeline.prepare`, :meth:`encode`, :meth:`residuals`,
-:meth:`denoise`, :meth:`decode`, :meth:`restore`) are what the ComfyUI nodes call
-separately; ``__call__`` chains them.
+1. :meth:`R2RPipeline.prepare` — validation, working canvas, 7-channel hint, nearest latent mask
+   (and the reference region's latent mask);
+2. :meth:`~R2RPipeline.encode` — one Clear-VAE encoder pass: the posterior (for the U-Net's
+   composite latent) and the 12 encoder skips (for decoding), kept by the placement rule;
+3. :meth:`~R2RPipeline.residuals` — Harmony Controller residuals for every timestep (the
+   controller never sees the noisy latent, so they are computed before the loop, scaled by
+   ``strength``, steered by the reference region);
+4. :meth:`~R2RPipeline.denoise` — the U-Net loop, drawing random numbers in the official order
+   (:mod:`r2r.sampling` is the only place that order is written);
+5. :meth:`~R2RPipeline.decode` — Clear-VAE decode with the composite's skips;
+6. :meth:`~R2RPipeline.restore` — back to the original resolution, background pasted back.
+
+``__call__`` chains them; :meth:`~R2RPipeline.variations` runs 1-3 once and 4-6 per seed. The
+networks come from a *model source* (:mod:`r2r.model_sources`): resident (``from_pretrained``),
+loaded per phase (:func:`harmonize_low_memory`), or ComfyUI's model management (the nodes); a
+stage releases its network when its phase is over. The composite is encoded once (the official
+code encodes it twice); the discarded posterior draw of the second encode is still taken, so a
+seed gives the official result.
 """
 
 from __future__ import annotations
@@ -24,53 +33,26 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import imaging, sampling, tiling
+from . import imaging, memory, sampling, tiling
+from .devices import resolve_device, resolve_dtype
 from .errors import R2RUserError
-
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-          "fp16": torch.float16, "float16": torch.float16}
-
-
-FULLRES_MODES = ("auto", "color_transform", "upsample")
+from .model_sources import PhaseLoadedModels, ResidentModels, missing_network
+from .options import DEFAULT_FULLRES_MODE, DEFAULT_PLACEMENT, FULLRES_MODES, SCHEDULER_NAMES, check_choice
 
 
-def _check_fullres_mode(mode: str) -> None:
-    if mode not in FULLRES_MODES:
-        raise R2RUserError(f"fullres_mode must be one of {FULLRES_MODES}; got {mode!r}.")
-
-
-def resolve_dtype(dtype) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        if dtype in (torch.float32, torch.bfloat16, torch.float16):
-            return dtype
-    elif isinstance(dtype, str) and dtype.lower() in DTYPES:
-        return DTYPES[dtype.lower()]
-    raise R2RUserError(f"Unsupported dtype {dtype!r}; expected one of fp32, bf16, fp16 (or the torch dtypes).")
-
-
-def resolve_device(device) -> torch.device:
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise R2RUserError(f"Unknown device {device!r}; expected 'cpu', 'cuda', 'cuda:N', 'mps' or 'auto'.") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise R2RUserError(f"Device {device!r} was requested but CUDA is not available here; use --device cpu.")
-    return dev
-
-
-def make_generator(generator, device="cpu"):
-    """``None`` | int seed | ``torch.Generator`` | list of generators -> what randn_tensor takes.
+def make_generator(generator):
+    """``None`` | int seed | ``torch.Generator`` | list of those -> what the sampler takes.
 
     An int seed makes a CPU generator, so the same seed gives the same noise on any device.
     """
     if generator is None or isinstance(generator, torch.Generator):
         return generator
     if isinstance(generator, (list, tuple)):
-        return [make_generator(g, device) for g in generator]
+        return [make_generator(g) for g in generator]
     if isinstance(generator, bool) or not isinstance(generator, int):
         raise R2RUserError(f"generator must be None, an int seed or a torch.Generator; got {type(generator).__name__}.")
+    if not 0 <= generator < 2**64:
+        raise R2RUserError(f"A seed must be an integer from 0 to 2**64 - 1; got {generator}.")
     return torch.Generator(device="cpu").manual_seed(int(generator))
 
 
@@ -79,8 +61,9 @@ class EncodedComposite:
     """The Clear-VAE encoding of the composite: posterior (for the U-Net latent) + raw skips (for decoding)."""
 
     posterior: object  # diffusers DiagonalGaussianDistribution, unscaled
-    skips: list | None  # 12 raw encoder features; None when dropped to save memory
+    skips: list | None  # 12 raw encoder features on `skips_device`; None: recomputed when decoding
     scaling_factor: float = 0.18215
+    skips_placement: str = "device"  # device | host | recompute (r2r.memory)
 
 
 @dataclass
@@ -96,286 +79,324 @@ class R2ROutput:
         return [a.permute(1, 2, 0).cpu().numpy() for a in arr]
 
 
-class R2RPipeline:
-    """R2R harmonization: components from :func:`r2r.weights.load_components`."""
+def _check_strength(strength) -> float:
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0.0 <= float(strength) <= 10.0:
+        raise R2RUserError(f"strength (the controller's conditioning scale) must be a number from 0 to 10 "
+                           f"(1 = as trained, 0 = no controller); got {strength!r}.")
+    return float(strength)
 
-    def __init__(self, components, scheduler: str = sampling.DEFAULT_SCHEDULER):
-        for name in ("unet", "controller", "clear_vae", "scheduler_config", "prompt_embeds"):
-            if not hasattr(components, name):
-                raise R2RUserError(f"R2RPipeline needs R2RComponents (from r2r.weights.load_components); missing {name!r}.")
-        for name in ("unet", "clear_vae"):
-            if getattr(components, name) is None:
-                raise R2RUserError(
-                    f"R2RPipeline needs the {name} loaded; load_components(..., components=...) left it out. "
-                    "Load with the default components=('unet', 'controller', 'clear_vae')."
-                )
+
+class R2RPipeline:
+    """R2R harmonization over a model source (see the module docstring).
+
+    ``R2RPipeline(components)`` takes :func:`r2r.weights.load_components`' result (all networks
+    resident); ``R2RPipeline(models=source)`` takes any model source.
+    """
+
+    def __init__(self, components=None, scheduler: str = sampling.DEFAULT_SCHEDULER, *, models=None):
+        if models is None:
+            for name in ("unet", "controller", "clear_vae", "scheduler_config", "prompt_embeds"):
+                if not hasattr(components, name):
+                    raise R2RUserError(
+                        f"R2RPipeline needs R2RComponents (from r2r.weights.load_components); missing {name!r}.")
+            for name in ("unet", "clear_vae"):
+                if getattr(components, name) is None:
+                    raise R2RUserError(
+                        f"R2RPipeline needs the {name} loaded; load_components(..., components=...) left it out. "
+                        "Load with the default components=('unet', 'controller', 'clear_vae')."
+                    )
+            models = ResidentModels(components)
         self.components = components
-        self.unet = components.unet
-        self.controller = components.controller
-        self.clear_vae = components.clear_vae
-        self.scheduler_config = dict(components.scheduler_config)
-        self.prompt_embeds = components.prompt_embeds
-        self.scheduler_name = scheduler
-        sampling.make_scheduler(self.scheduler_config, scheduler)  # validate the name now
-        for module in (self.unet, self.controller, self.clear_vae):
-            if module is not None:
-                module.eval()
+        self.models = models
+        self.scheduler_name = check_choice(scheduler, SCHEDULER_NAMES, "scheduler")
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_pretrained(cls, path_or_repo_id, torch_dtype=torch.float32, device="cpu", scheduler=sampling.DEFAULT_SCHEDULER,
+    def from_pretrained(cls, path_or_repo_id, torch_dtype="fp32", device="cpu", scheduler=sampling.DEFAULT_SCHEDULER,
                         **load_kwargs) -> R2RPipeline:
         """Load a release (hub-layout folder, hub repo id or dict of single files) via ``r2r.weights``."""
         from .weights import load_components
 
-        components = load_components(
-            path_or_repo_id, torch_dtype=resolve_dtype(torch_dtype), device=str(resolve_device(device)), **load_kwargs
-        )
+        device = resolve_device(device)
+        check_choice(scheduler, SCHEDULER_NAMES, "scheduler")
+        components = load_components(path_or_repo_id, torch_dtype=resolve_dtype(torch_dtype, device),
+                                     device=str(device), **load_kwargs)
         return cls(components, scheduler=scheduler)
 
     @property
     def device(self) -> torch.device:
-        return self.unet.device
+        return self.models.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.unet.dtype
+        return self.models.dtype("unet")
 
     @property
-    def scaling_factor(self) -> float:
-        return float(getattr(self.clear_vae.config, "scaling_factor", 0.18215))
+    def source(self) -> str:
+        return self.models.source
+
+    # the resident networks (for a pipeline built from R2RComponents)
+    unet = property(lambda self: self.models.get("unet"))
+    controller = property(lambda self: self.models.get("controller") if self.models.has("controller") else None)
+    clear_vae = property(lambda self: self.models.get("clear_vae"))
+
+    @property
+    def prompt_embeds(self):
+        return self.models.prompt_embeds
+
+    @property
+    def scheduler_config(self) -> dict:
+        return self.models.scheduler_config
 
     def to(self, device=None, dtype=None) -> R2RPipeline:
-        device = None if device is None else resolve_device(device)
-        dtype = None if dtype is None else resolve_dtype(dtype)
-        for module in (self.unet, self.controller, self.clear_vae):
-            if module is not None:
-                module.to(device=device, dtype=dtype)
-        self.prompt_embeds = self.prompt_embeds.to(device=device, dtype=dtype)
+        if not isinstance(self.models, ResidentModels):
+            raise R2RUserError("R2RPipeline.to() moves resident networks; this pipeline loads them per phase.")
+        self.models.to(None if device is None else resolve_device(device),
+                       None if dtype is None else resolve_dtype(dtype))
         return self
 
     def make_scheduler(self, name: str | None = None):
         return sampling.make_scheduler(self.scheduler_config, name or self.scheduler_name)
 
     # ------------------------------------------------------------------ stages
-    def prepare(self, composite, mask, max_side: int = 1024, resize_mode: str = "fit",
-                canny_at: str = "original") -> imaging.Prepared:
+    def prepare(self, composite, mask, max_side: int = 1024, resize_mode: str = "fit", canny_at: str = "original",
+                reference_mask=None) -> imaging.Prepared:
         """Validate inputs and build the working-resolution tensors (float32, on the pipeline's device)."""
-        prepared = imaging.prepare(composite, mask, max_side=max_side, resize_mode=resize_mode, canny_at=canny_at)
+        prepared = imaging.prepare(composite, mask, max_side=max_side, resize_mode=resize_mode, canny_at=canny_at,
+                                   reference_mask=reference_mask)
         return prepared.to(device=self.device)
 
     @torch.inference_mode()
-    def encode(self, prepared: imaging.Prepared, keep_skips: bool = True) -> EncodedComposite:
-        """Clear-VAE encode of the composite: posterior + raw skips (one encoder pass)."""
-        x = prepared.composite_pm1.to(device=self.device, dtype=self.clear_vae.dtype)
-        # banded ("tiled") encode above the memory budget or on out-of-memory; identical maths otherwise
-        posterior, skips = tiling.encode_with_skips_auto(self.clear_vae, x)
-        return EncodedComposite(posterior, skips if keep_skips else None, self.scaling_factor)
+    def encode(self, prepared: imaging.Prepared, skips: str = DEFAULT_PLACEMENT) -> EncodedComposite:
+        """One Clear-VAE encoder pass: the posterior + the raw skips, kept where ``skips`` says
+        (``auto | device | host | recompute``, see :mod:`r2r.memory`). Banded above the memory budget
+        and on out-of-memory (:func:`r2r.tiling.encode_with_skips_auto`)."""
+        vae = self.models.get("clear_vae", self.vae_memory(prepared, "encode"))
+        x = prepared.composite_pm1.to(device=self.device, dtype=vae.dtype)
+        posterior, raw = tiling.encode_with_skips_auto(vae, x)
+        scaling = float(getattr(vae.config, "scaling_factor", 0.18215))
+        placement = memory.choose_placement(skips, memory.tensors_bytes(raw), self.device, "skips")
+        if placement == "host":
+            raw = [s.to("cpu") for s in raw]
+        elif placement == "recompute":
+            raw = None
+        self.models.release("clear_vae")
+        return EncodedComposite(posterior, raw, scaling, placement)
 
     def auto_timestep_batch(self, prepared: imaging.Prepared, n_timesteps: int) -> int:
         """How many timesteps to batch through the controller: 1 on CPU, as many as fit in half the free GPU memory."""
         if self.device.type != "cuda" or n_timesteps <= 1:
             return 1
-        h, w = prepared.latent_mask.shape[-2:]
-        channels = self.controller.config.block_out_channels
-        itemsize = torch.finfo(self.controller.dtype).bits // 8
-        per_step = prepared.batch_size * h * w * itemsize * (
-            4 * channels[0] + 4 * channels[1] / 4 + 4 * channels[2] / 16 + 4 * channels[-1] / 64
-        )
+        controller = self.models.get("controller")
+        per_step = memory.residual_bytes_per_step(controller.config, prepared.batch_size,
+                                                  tuple(prepared.latent_mask.shape[-2:]), controller.dtype)
+        activations = memory.controller_activation_bytes(prepared.batch_size, tuple(prepared.latent_mask.shape[-2:]),
+                                                         controller.dtype)
         free, _ = torch.cuda.mem_get_info(self.device)
-        return int(max(1, min(n_timesteps, (free * 0.5) // (12 * per_step))))
+        return int(max(1, min(n_timesteps, (free * 0.5) // (per_step + activations))))
 
     @torch.inference_mode()
-    def residuals(self, prepared: imaging.Prepared, timesteps, timestep_batch: int | None = None, callback=None,
-                  offload_device=None) -> list:
-        """Harmony Controller residuals for every timestep (before denoising; the controller can then be freed)."""
-        dtype = self.controller.dtype
+    def residuals(self, prepared: imaging.Prepared, timesteps, strength: float = 1.0,
+                  placement: str = DEFAULT_PLACEMENT, timestep_batch: int | None = None, callback=None):
+        """Harmony Controller residuals for every timestep, kept where ``placement`` says.
+
+        Returns a list (one ``(down, mid)`` per timestep) for ``device``/``host``, or — for
+        ``recompute`` — a callable the denoising loop calls per step (the controller then stays
+        loaded through the loop). ``strength`` scales the residuals (0 = no controller); the
+        reference region is ``prepared.reference_latent_mask``.
+        """
+        strength = _check_strength(strength)
+        if strength == 0.0:
+            return None
+        if not self.models.has("controller"):
+            raise missing_network("controller", "Load the release with the controller, or use strength 0.")
+        controller = self.models.get("controller", self.controller_memory(prepared))
+        dtype, device = controller.dtype, self.device
+        n_steps = len(timesteps)
+        latent_hw = tuple(prepared.latent_mask.shape[-2:])
+        nbytes = n_steps * memory.residual_bytes_per_step(controller.config, prepared.batch_size, latent_hw, dtype)
+        where = memory.choose_placement(placement, nbytes, device, "residuals")
+        hint = prepared.hint.to(device, dtype)
+        mask = prepared.latent_mask.to(device, dtype)
+        ref = None if prepared.reference_latent_mask is None else prepared.reference_latent_mask.to(device, dtype)
+        text = self.prompt_embeds.to(device, dtype)
+        if where == "recompute":
+            def on_the_fly(i, t):
+                with torch.inference_mode():
+                    return sampling.controller_residuals(controller, hint, mask, [t], text, conditioning_scale=strength,
+                                                         reference_mask=ref)[0]
+            return on_the_fly
         if timestep_batch is None:
-            timestep_batch = self.auto_timestep_batch(prepared, len(timesteps))
-        return sampling.controller_residuals(
-            self.controller, prepared.hint.to(self.device, dtype), prepared.latent_mask.to(self.device, dtype),
-            timesteps, self.prompt_embeds.to(self.device, dtype), timestep_batch=timestep_batch,
-            callback=callback, offload_device=offload_device,
+            timestep_batch = self.auto_timestep_batch(prepared, n_steps)
+        result = sampling.controller_residuals(
+            controller, hint, mask, timesteps, text, conditioning_scale=strength, reference_mask=ref,
+            timestep_batch=timestep_batch, callback=callback, store_device="cpu" if where == "host" else None,
         )
+        self.models.release("controller")
+        return result
 
     @torch.inference_mode()
     def denoise(self, prepared: imaging.Prepared, encoded: EncodedComposite, residuals, generator=None,
-                num_inference_steps: int = 10, scheduler=None, callback=None, draw_decode_noise: bool = True,
+                num_inference_steps: int = 10, scheduler=None, callback=None, preview=None,
                 free_residuals: bool = False):
-        """The denoising loop (official RNG order); returns float32 latents (scaled)."""
+        """The denoising loop (official RNG order, :func:`r2r.sampling.denoise`); returns float32 latents (scaled).
+
+        ``free_residuals`` drops each residual once used (lower peak memory); leave it off to reuse them.
+        """
         if scheduler is None or isinstance(scheduler, str):
             scheduler = self.make_scheduler(scheduler)
-        return sampling.denoise(
-            self.unet, scheduler, encoded.posterior, prepared.latent_mask.to(self.device), self.prompt_embeds,
-            residuals, make_generator(generator, self.device), num_inference_steps, callback,
-            scaling_factor=encoded.scaling_factor, draw_decode_noise=draw_decode_noise,
-            free_residuals=free_residuals,
+        unet = self.models.get("unet", self.unet_memory(prepared))
+        latents = sampling.denoise(
+            unet, scheduler, encoded.posterior, prepared.latent_mask.to(self.device), self.prompt_embeds,
+            residuals, make_generator(generator), num_inference_steps, callback,
+            scaling_factor=encoded.scaling_factor, free_residuals=free_residuals, preview=preview,
         )
+        if callable(residuals):
+            self.models.release("controller")
+        self.models.release("unet")
+        return latents
 
     @torch.inference_mode()
-    def decode(self, latents, encoded: EncodedComposite | None = None, prepared: imaging.Prepared | None = None):
+    def decode(self, latents, encoded: EncodedComposite | None = None, prepared: imaging.Prepared | None = None,
+               release: bool = True):
         """Clear-VAE decode with the composite's skips -> ``[B,3,h,w]`` float32 in [0, 1].
 
-        Uses ``encoded.skips``; when they were dropped, re-encodes ``prepared``'s composite.
+        Uses ``encoded.skips`` (moved to the device when they wait on the host); when they were not
+        kept, the composite of ``prepared`` is encoded again (the same numbers: the encoder is
+        deterministic). Banded above the memory budget and on out-of-memory.
         """
-        vae = self.clear_vae
-        skips = encoded.skips if encoded is not None else None
+        if prepared is None and (encoded is None or encoded.skips is None):
+            raise R2RUserError("decode needs the composite's encoder skips: pass encoded= (with skips) or prepared=.")
+        working_hw = tuple(prepared.geometry.working_size) if prepared is not None else \
+            tuple(s * 8 for s in latents.shape[-2:])
+        vae = self.models.get("clear_vae", self.vae_memory(prepared, "decode", working_hw, latents.shape[0]))
+        skips = None if encoded is None else encoded.skips
         if skips is None:
-            if prepared is None:
-                raise R2RUserError("decode needs the composite's encoder skips: pass encoded= (with skips) or prepared=.")
             _, skips = tiling.encode_with_skips_auto(vae, prepared.composite_pm1.to(self.device, vae.dtype))
-        z = latents.to(device=self.device, dtype=vae.dtype) / self.scaling_factor
+        else:
+            skips = [s.to(self.device) for s in skips]
+        z = latents.to(device=self.device, dtype=vae.dtype) / float(getattr(vae.config, "scaling_factor", 0.18215))
         image = tiling.decode_with_skips_auto(vae, z, skips)
+        if release:
+            self.models.release("clear_vae")
         return (image.float() / 2 + 0.5).clamp(0, 1)
 
     def restore(self, working_images, prepared: imaging.Prepared, paste_back: bool = True, feather: int | None = None,
-                fullres_mode: str = "auto"):
-        """Back to the original resolution with the original background pasted back.
+                fullres_mode: str = DEFAULT_FULLRES_MODE):
+        """Back to the original resolution with the original background pasted back
+        (:func:`r2r.fullres.to_original_size`: ``upsample``, ``color_transform`` or ``auto``)."""
+        from .fullres import to_original_size
 
-        ``fullres_mode="upsample"`` resizes the working-resolution result (:func:`r2r.imaging.restore`);
-        ``"color_transform"`` carries the harmonization to the original resolution as a local colour
-        transform fitted at the working resolution, so the original foreground detail survives
-        (:func:`r2r.fullres.restore_fullres`); ``"auto"`` (default) picks the colour transform when
-        the original is larger than the working resolution.
-        """
-        from .fullres import restore_output
+        return to_original_size(working_images, prepared, paste_back=paste_back, feather=feather, mode=fullres_mode)
 
-        _check_fullres_mode(fullres_mode)
-        return restore_output(working_images, prepared, paste_back=paste_back, feather=feather, mode=fullres_mode)
+    # ------------------------------------------------------------------ memory estimates (bytes)
+    # (what a phase needs beside the weights; the ComfyUI nodes hand these to ComfyUI's model management)
+    def unet_memory(self, prepared: imaging.Prepared) -> int:
+        return memory.unet_activation_bytes(prepared.batch_size, tuple(prepared.latent_mask.shape[-2:]),
+                                            self.models.dtype("unet"))
+
+    def controller_memory(self, prepared: imaging.Prepared) -> int:
+        return memory.controller_activation_bytes(prepared.batch_size, tuple(prepared.latent_mask.shape[-2:]),
+                                                  self.models.dtype("controller"))
+
+    def vae_memory(self, prepared, which: str, working_hw=None, batch: int | None = None) -> int:
+        """The untiled Clear-VAE pass's activations, capped at the banding budget (above it the VAE is banded)."""
+        working_hw = working_hw or tuple(prepared.geometry.working_size)
+        batch = batch or prepared.batch_size
+        extra = memory.vae_activation_bytes(working_hw, batch, self.models.dtype("clear_vae"),
+                                            {"block_out_channels": (128, 256, 512, 512)}, which)
+        return min(extra, tiling.memory_budget_bytes())
 
     # ------------------------------------------------------------------ all in one
-    @torch.inference_mode()
-    def __call__(self, composite, mask, num_inference_steps: int = 10, generator=None, max_side: int = 1024,
-                 paste_back: bool = True, feather: int | None = None, resize_mode: str = "fit",
-                 canny_at: str = "original", scheduler: str | None = None, use_controller: bool = True,
-                 callback=None, timestep_batch: int | None = None, keep_skips: bool = True,
-                 fullres_mode: str = "auto") -> R2ROutput:
-        """Harmonize ``composite`` (``[B,3,H,W]`` 0..1 tensor, ``HxWx3`` uint8 array, PIL image) inside ``mask``.
-
-        ``generator``: int seed, ``torch.Generator`` or None. ``feather``: paste-back band
-        in original pixels (None = one latent cell, 0 = hard paste with the soft mask).
-        ``fullres_mode``: how the result reaches the original resolution (see :meth:`restore`).
-        ``keep_skips=False`` re-encodes the composite for decoding (the official way; less
-        memory held during denoising, same result). ``callback(step, total)`` after each
-        denoising step; raise from it to cancel.
-        """
-        _check_fullres_mode(fullres_mode)
-        prepared = self.prepare(composite, mask, max_side=max_side, resize_mode=resize_mode, canny_at=canny_at)
+    def _check_call(self, num_inference_steps, scheduler, fullres_mode, use_controller, strength):
+        check_choice(fullres_mode, FULLRES_MODES, "fullres_mode")
         sched = self.make_scheduler(scheduler)
         timesteps = sampling.set_timesteps(sched, num_inference_steps, device=self.device)
-        if use_controller and self.controller is None:
+        strength = _check_strength(strength) if use_controller else 0.0
+        if strength > 0 and not self.models.has("controller"):
             raise R2RUserError(
                 "This pipeline was loaded without the Harmony Controller; load it (components=('unet', 'controller', "
                 "'clear_vae')) or call with use_controller=False."
             )
-        residuals = self.residuals(prepared, timesteps, timestep_batch) if use_controller else None
-        encoded = self.encode(prepared, keep_skips=keep_skips)
-        latents = self.denoise(prepared, encoded, residuals, generator, num_inference_steps, sched, callback,
+        return sched, timesteps, strength
+
+    @torch.inference_mode()
+    def __call__(self, composite, mask, num_inference_steps: int = 10, generator=None, max_side: int = 1024,
+                 paste_back: bool = True, feather: int | None = None, resize_mode: str = "fit",
+                 canny_at: str = "original", scheduler: str | None = None, use_controller: bool = True,
+                 strength: float = 1.0, reference_mask=None, callback=None, preview=None,
+                 timestep_batch: int | None = None, skips: str = DEFAULT_PLACEMENT,
+                 residuals: str = DEFAULT_PLACEMENT, fullres_mode: str = DEFAULT_FULLRES_MODE) -> R2ROutput:
+        """Harmonize ``composite`` (``[B,3,H,W]`` 0..1 tensor, ``HxWx3`` uint8 array, PIL image) inside ``mask``.
+
+        ``generator``: int seed, ``torch.Generator`` or None. ``feather``: paste-back band in
+        original pixels (None = one latent cell, 0 = hard paste with the soft mask).
+        ``strength``: the controller's conditioning scale (1 = as trained); ``reference_mask``: the
+        region whose colours steer MACA (default: the whole background). ``skips`` / ``residuals``:
+        where the encoder skips / controller residuals wait (``auto | device | host | recompute``,
+        :mod:`r2r.memory`; the image is the same for every choice). ``callback(step, total)`` after
+        each denoising step (raise from it to cancel); ``preview(step, x0)`` with the predicted latent.
+        """
+        sched, timesteps, strength = self._check_call(num_inference_steps, scheduler, fullres_mode, use_controller,
+                                                      strength)
+        prepared = self.prepare(composite, mask, max_side=max_side, resize_mode=resize_mode, canny_at=canny_at,
+                                reference_mask=reference_mask)
+        encoded = self.encode(prepared, skips=skips)
+        res = self.residuals(prepared, timesteps, strength, residuals, timestep_batch)
+        latents = self.denoise(prepared, encoded, res, generator, num_inference_steps, sched, callback, preview,
                                free_residuals=True)
-        del residuals
+        del res
         working = self.decode(latents, encoded, prepared)
         del encoded
         images = self.restore(working, prepared, paste_back=paste_back, feather=feather, fullres_mode=fullres_mode)
         return R2ROutput(images=images, working_images=working, latents=latents, prepared=prepared)
 
+    @torch.inference_mode()
+    def variations(self, composite, mask, seeds, num_inference_steps: int = 10, max_side: int = 1024,
+                   paste_back: bool = True, feather: int | None = None, resize_mode: str = "fit",
+                   scheduler: str | None = None, strength: float = 1.0, reference_mask=None, callback=None,
+                   timestep_batch: int | None = None, fullres_mode: str = DEFAULT_FULLRES_MODE) -> list[R2ROutput]:
+        """One result per seed in ``seeds``, each the same image as ``pipe(..., generator=seed)``.
 
-# ---------------------------------------------------------------------- low-memory flow
-def _park_skips(skips, device: torch.device):
-    """Move the encoder skips out of the way while the controller and U-Net run: host memory on
-    an accelerator, a temporary safetensors file on the CPU (lossless either way)."""
-    import os
-    import tempfile
-
-    from safetensors.torch import save_file
-
-    if device.type != "cpu":
-        return [s.to("cpu") for s in skips]
-    fd, path = tempfile.mkstemp(suffix=".safetensors", prefix="r2r-skips-")
-    os.close(fd)
-    try:
-        save_file({str(i): s.contiguous() for i, s in enumerate(skips)}, path)
-    except BaseException:
-        os.unlink(path)
-        raise
-    return path
-
-
-def _unpark_skips(parked, device: torch.device):
-    import os
-
-    from safetensors.torch import load_file
-
-    if isinstance(parked, str):
-        try:
-            loaded = load_file(parked)
-        finally:
-            os.unlink(parked)
-        return [loaded.pop(str(i)) for i in range(len(loaded))]
-    return [s.to(device) for s in parked]
+        Preparation, the encoder pass and the controller residuals are shared by all seeds (they do
+        not depend on the seed); only the U-Net loop and the decoder run per seed.
+        """
+        seeds = list(seeds)
+        if not seeds:
+            raise R2RUserError("variations needs at least one seed; got an empty list.")
+        for s in seeds:
+            make_generator(s)
+        sched, timesteps, strength = self._check_call(num_inference_steps, scheduler, fullres_mode, True, strength)
+        prepared = self.prepare(composite, mask, max_side=max_side, resize_mode=resize_mode,
+                                reference_mask=reference_mask)
+        encoded = self.encode(prepared)
+        res = self.residuals(prepared, timesteps, strength, DEFAULT_PLACEMENT, timestep_batch)
+        outputs = []
+        for seed in seeds:
+            latents = self.denoise(prepared, encoded, res, seed, num_inference_steps, scheduler, callback)
+            working = self.decode(latents, encoded, prepared, release=False)
+            images = self.restore(working, prepared, paste_back=paste_back, feather=feather, fullres_mode=fullres_mode)
+            outputs.append(R2ROutput(images=images, working_images=working, latents=latents, prepared=prepared))
+        self.models.release("clear_vae")
+        return outputs
 
 
-def harmonize_low_memory(source, composite, mask, *, torch_dtype=torch.float32, device="cpu",
-                         num_inference_steps: int = 10, generator=None, max_side: int = 1024,
-                         resize_mode: str = "fit", paste_back: bool = True, feather: int | None = None,
-                         fullres_mode: str = "auto", scheduler: str | None = None, callback=None,
-                         park_skips: bool = True, **load_kwargs) -> R2ROutput:
+def harmonize_low_memory(source, composite, mask, *, torch_dtype="fp32", device="cpu", **call_kwargs) -> R2ROutput:
     """The same result as ``R2RPipeline.from_pretrained(source)(composite, mask, ...)`` with at most one
     network in memory at a time.
 
-    Order: Clear-VAE encode (one pass: posterior + skips) -> the VAE is released and the skips parked
-    (``park_skips``) -> Harmony Controller residuals for every timestep (the controller never sees the
-    noisy latent) -> controller released -> U-Net denoising -> U-Net released -> Clear-VAE decode with
-    the composite's skips. Each network is read from ``source`` straight to ``device``/``torch_dtype``
-    when its phase starts, so loading time is part of the call: use it for big images or small
-    machines, and :class:`R2RPipeline` to harmonize many images with the models kept loaded.
+    The same stages run over :class:`r2r.model_sources.PhaseLoadedModels`: each network is read from
+    ``source`` straight to ``device``/``torch_dtype`` when its phase starts and dropped when it ends
+    (Clear-VAE encode -> controller residuals -> U-Net loop -> Clear-VAE decode); the encoder skips
+    are not kept (the composite is encoded again for decoding, as the official code does). Loading
+    time is part of the call: use it for big images or small machines, and :class:`R2RPipeline` to
+    harmonize many images with the networks kept loaded. ``call_kwargs`` are ``R2RPipeline.__call__``'s.
     """
-    import gc
-
-    from .fullres import restore_output
-    from .weights import load_components
-
-    _check_fullres_mode(fullres_mode)
-    dtype, device = resolve_dtype(torch_dtype), resolve_device(device)
-
-    def load(name):
-        return load_components(source, torch_dtype=dtype, device=str(device), components=(name,), **load_kwargs)
-
-    def release():
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-
-    prepared = imaging.prepare(composite, mask, max_side=max_side, resize_mode=resize_mode).to(device=device)
-    with torch.inference_mode():
-        parts = load("clear_vae")
-        vae = parts.clear_vae.eval()
-        sched = sampling.make_scheduler(parts.scheduler_config, scheduler or sampling.DEFAULT_SCHEDULER)
-        timesteps = sampling.set_timesteps(sched, num_inference_steps, device=device)
-        text = parts.prompt_embeds.to(device, dtype)
-        scaling_factor = float(getattr(vae.config, "scaling_factor", 0.18215))
-        posterior, skips = tiling.encode_with_skips_auto(vae, prepared.composite_pm1.to(device, dtype))
-        parked = _park_skips(skips, device) if park_skips else skips
-        del parts, vae, skips
-        release()
-
-        controller = load("controller").controller.eval()
-        residuals = sampling.controller_residuals(controller, prepared.hint.to(device, dtype),
-                                                  prepared.latent_mask.to(device, dtype), timesteps, text)
-        del controller
-        release()
-
-        unet = load("unet").unet.eval()
-        latents = sampling.denoise(unet, sched, posterior, prepared.latent_mask.to(device), text, residuals,
-                                   make_generator(generator, device), num_inference_steps, callback,
-                                   scaling_factor=scaling_factor, free_residuals=True)
-        del unet, residuals
-        release()
-
-        vae = load("clear_vae").clear_vae.eval()
-        skips = _unpark_skips(parked, device) if park_skips else parked
-        z = latents.to(device=device, dtype=vae.dtype) / scaling_factor
-        decoded = tiling.decode_with_skips_auto(vae, z, skips, consume_skips=True)
-        del vae, skips
-    working = (decoded.float() / 2 + 0.5).clamp(0, 1)
-    images = restore_output(working, prepared, paste_back=paste_back, feather=feather, mode=fullres_mode)
-    return R2ROutput(images=images, working_images=working, latents=latents, prepared=prepared)
+    device = resolve_device(device)
+    load_keys = {"cache_dir", "local_files_only", "local_dir", "revision"}
+    load_kwargs = {k: call_kwargs.pop(k) for k in list(call_kwargs) if k in load_keys}
+    scheduler = call_kwargs.get("scheduler") or sampling.DEFAULT_SCHEDULER
+    check_choice(scheduler, SCHEDULER_NAMES, "scheduler")
+    models = PhaseLoadedModels(source, torch_dtype=resolve_dtype(torch_dtype, device), device=device, **load_kwargs)
+    call_kwargs.setdefault("skips", "recompute")
+    return R2RPipeline(models=models, scheduler=scheduler)(composite, mask, **call_kwargs)

@@ -23,8 +23,7 @@ import inspect
 from collections.abc import Callable, Sequence
 
 from .errors import R2RUserError
-
-DEFAULT_SCHEDULER = "euler_ancestral"
+from .options import DEFAULT_SCHEDULER, SCHEDULER_NAMES
 
 # name -> (diffusers class name, extra config overrides, description)
 SCHEDULERS = {
@@ -46,6 +45,10 @@ SCHEDULERS = {
     "unipc": ("UniPCMultistepScheduler", {}, "UniPC"),
     "heun": ("HeunDiscreteScheduler", {}, "Heun (2 model calls per step)"),
 }
+
+
+if tuple(SCHEDULERS) != SCHEDULER_NAMES:  # one list of names: r2r.options
+    raise ImportError("r2r.sampling.SCHEDULERS and r2r.options.SCHEDULER_NAMES disagree")
 
 
 def make_scheduler(scheduler_config: dict, name: str = DEFAULT_SCHEDULER):
@@ -84,47 +87,71 @@ def _expand_embeds(prompt_embeds, batch: int):
     return prompt_embeds.expand(batch, *prompt_embeds.shape[1:])
 
 
-def controller_residuals(controller, hint, latent_mask, timesteps, prompt_embeds, timestep_batch: int = 1,
-                         callback: Callable[[int, int], None] | None = None, offload_device=None):
+def controller_residuals(controller, hint, latent_mask, timesteps, prompt_embeds, *, conditioning_scale: float = 1.0,
+                         reference_mask=None, timestep_batch: int = 1,
+                         callback: Callable[[int, int], None] | None = None, store_device=None):
     """Harmony Controller residuals for every timestep: a list of ``(down_residuals, mid_residual)``.
 
     Exact: the controller ignores the noisy latent, so evaluating it before the loop
-    gives the same numbers as evaluating it inside. ``timestep_batch`` > 1 evaluates
-    that many timesteps in one forward (the hint/mask/text are repeated) — faster on a
-    GPU with memory to spare; ``offload_device`` (e.g. ``"cpu"``) parks the results
+    gives the same numbers as evaluating it inside. ``conditioning_scale`` scales the
+    residuals (the nodes' "strength"); ``reference_mask`` ``[B,1,h,w]`` (latent size) is the
+    region whose statistics steer MACA (see :class:`r2r.models.MACA`). ``timestep_batch`` > 1
+    evaluates that many timesteps in one forward (hint, masks and text are repeated) —
+    faster on a GPU with memory to spare. ``store_device`` (e.g. ``"cpu"``) keeps the results
     there until the U-Net needs them. Inputs must already be in the controller's
     dtype/device. ``callback(i, total)`` is called after each timestep (raise to abort).
     """
     import torch
 
-    if timestep_batch < 1:
-        raise R2RUserError(f"timestep_batch must be >= 1; got {timestep_batch}.")
+    if isinstance(timestep_batch, bool) or not isinstance(timestep_batch, int) or timestep_batch < 1:
+        raise R2RUserError(f"timestep_batch must be an integer >= 1; got {timestep_batch!r}.")
     batch = hint.shape[0]
     embeds = _expand_embeds(prompt_embeds, batch)
+    if reference_mask is not None and reference_mask.shape[0] != batch:
+        reference_mask = reference_mask.expand(batch, *reference_mask.shape[1:])
     timesteps = list(timesteps)
     results = []
     for start in range(0, len(timesteps), timestep_batch):
         chunk = timesteps[start : start + timestep_batch]
         k = len(chunk)
         if k == 1:
-            down, mid = controller(hint, chunk[0], embeds, latent_mask)
+            down, mid = controller(hint, chunk[0], embeds, latent_mask, conditioning_scale=conditioning_scale,
+                                   reference_mask=reference_mask)
             parts = [(tuple(down), mid)]
         else:
             t = torch.stack([torch.as_tensor(c) for c in chunk]).to(hint.device).repeat_interleave(batch)
+            ref = None if reference_mask is None else reference_mask.repeat(k, 1, 1, 1)
             down, mid = controller(
-                hint.repeat(k, 1, 1, 1), t, embeds.repeat(k, 1, 1), latent_mask.repeat(k, 1, 1, 1)
+                hint.repeat(k, 1, 1, 1), t, embeds.repeat(k, 1, 1), latent_mask.repeat(k, 1, 1, 1),
+                conditioning_scale=conditioning_scale, reference_mask=ref,
             )
             parts = [
                 (tuple(d[j * batch : (j + 1) * batch] for d in down), mid[j * batch : (j + 1) * batch])
                 for j in range(k)
             ]
         for down, mid in parts:
-            if offload_device is not None:
-                down, mid = tuple(d.to(offload_device) for d in down), mid.to(offload_device)
+            if store_device is not None:
+                down, mid = tuple(d.to(store_device) for d in down), mid.to(store_device)
             results.append((down, mid))
             if callback is not None:
                 callback(len(results), len(timesteps))
     return results
+
+
+def predicted_clean_latent(scheduler, sample, model_output, t, step_output=None):
+    """The scheduler's estimate of the clean latent x0 at this step (for previews), float32.
+
+    Uses the scheduler's own ``pred_original_sample`` when it returns one (Euler, Euler-ancestral,
+    DDIM, Heun); otherwise the epsilon-parameterisation formula on the ``alphas_cumprod`` schedule
+    (DPM-Solver, UniPC work on the variance-preserving sample).
+    """
+    import torch
+
+    if step_output is not None and len(step_output) > 1 and step_output[1] is not None:
+        return step_output[1].to(torch.float32)
+    alphas = scheduler.alphas_cumprod.to(sample.device)
+    a = alphas[int(t)].to(torch.float32)
+    return (sample.to(torch.float32) - (1 - a).sqrt() * model_output.to(torch.float32)) / a.sqrt()
 
 
 def _randn(shape, generator, device, dtype):
@@ -144,7 +171,7 @@ def initial_noise(shape, generator, device, dtype, scheduler):
 def denoise(unet, scheduler, z_comp, latent_mask, prompt_embeds, residuals, generator,
             num_inference_steps: int = 10, callback: Callable[[int, int], None] | None = None, *,
             scaling_factor: float = 0.18215, init_latents=None, draw_decode_noise: bool = True,
-            free_residuals: bool = False):
+            free_residuals: bool = False, preview: Callable[[int, object], None] | None = None):
     """Run the R2R denoising loop; returns the final latents (float32, still scaled).
 
     * ``z_comp``: the composite latent. Either a Clear-VAE posterior (anything with
@@ -155,7 +182,10 @@ def denoise(unet, scheduler, z_comp, latent_mask, prompt_embeds, residuals, gene
     * ``residuals``: the list from :func:`controller_residuals` (one per scheduler
       timestep), a callable ``(i, t) -> (down, mid)`` computing them on the fly, or
       ``None`` to run the U-Net without the controller.
-    * ``callback(step, total)`` is called after every step; raising aborts the loop.
+    * ``callback(step, total)`` is called after every model evaluation (``total`` is the number
+      of scheduler timesteps: ``2N - 1`` for Heun); raising aborts the loop.
+    * ``preview(step, x0)``: called after every step with the predicted clean latent (scaled,
+      float32) — only computed when given.
     * ``init_latents``: an explicit initial latent (already multiplied by
       ``init_noise_sigma``) instead of RNG draw (1).
 
@@ -221,8 +251,12 @@ def denoise(unet, scheduler, z_comp, latent_mask, prompt_embeds, residuals, gene
         )[0]
         del x_in, down, mid
         # (3) one draw per ancestral step; float32 model output keeps the update in float32
-        latents = scheduler.step(eps.to(torch.float32), t, latents, return_dict=False, **step_kwargs)[0]
-        del eps
+        sample = latents
+        out = scheduler.step(eps.to(torch.float32), t, latents, return_dict=False, **step_kwargs)
+        latents = out[0]
+        if preview is not None:
+            preview(i + 1, predicted_clean_latent(scheduler, sample, eps, t, out))
+        del eps, sample, out
         if callback is not None:
             callback(i + 1, total)
     # (4) the official decoder's unused posterior sample

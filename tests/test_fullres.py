@@ -124,9 +124,9 @@ def test_bad_inputs_raise_user_errors():
         transfer_harmonization(img, low, mask, eps=0)
 
 
-def test_restore_fullres_with_prepared():
-    from r2r import imaging
-    from r2r.fullres import restore_fullres
+def test_color_transform_and_paste_with_prepared():
+    from r2r import imaging, pasteback
+    from r2r.fullres import color_transform_and_paste
 
     img, mask = _scene(h=300, w=500, seed=5)
     truth = _harmonize(img, mask)
@@ -137,18 +137,18 @@ def test_restore_fullres_with_prepared():
     t_truth = torch.from_numpy(truth).permute(2, 0, 1)[None]
     working = imaging.to_working(t_truth, prepared.geometry)
     assert tuple(working.shape[-2:]) == (h, w)
-    out = restore_fullres(working, prepared, mode="color_transform")
+    out = color_transform_and_paste(working, prepared, mode="color_transform")
     assert out.shape == (1, 3, 300, 500)
     orig = prepared.original_composite
-    far = imaging.feather_alpha(prepared.original_mask, imaging.default_feather(prepared.geometry)) == 0
+    far = pasteback.feather_alpha(prepared.original_mask, pasteback.default_feather(prepared.geometry)) == 0
     assert torch.equal(out[far.expand_as(out)], orig[far.expand_as(orig)])
     fg = torch.from_numpy(cv2.erode(mask, np.ones((9, 9), np.uint8)) > 0)
     err_ct = (out[0].permute(1, 2, 0) - t_truth[0].permute(1, 2, 0))[fg].abs().mean()
-    up = restore_fullres(working, prepared, mode="upsample")
+    up = color_transform_and_paste(working, prepared, mode="upsample")
     err_up = (up[0].permute(1, 2, 0) - t_truth[0].permute(1, 2, 0))[fg].abs().mean()
     assert err_ct < err_up
-    assert torch.equal(restore_fullres(working, prepared, mode="auto"), out)  # 500 px original > 256 working
+    assert torch.equal(color_transform_and_paste(working, prepared, mode="auto"), out)  # 500 px original > 256 working
     with pytest.raises(R2RUserError, match="working resolution"):
-        restore_fullres(working[..., :64, :64], prepared)
+        color_transform_and_paste(working[..., :64, :64], prepared)
     with pytest.raises(R2RUserError, match="mode must be"):
-        restore_fullres(working, prepared, mode="sharp")
+        color_transform_and_paste(working, prepared, mode="sharp")

@@ -8,13 +8,13 @@ import torch
 from r2r.errors import R2RUserError
 from r2r.imaging import (
     compute_geometry,
-    feather_alpha,
     latent_mask_from,
     prepare,
-    restore,
     to_image_tensor,
     to_mask_tensor,
 )
+from r2r.pasteback import feather_alpha
+from r2r.pasteback import upsample_and_paste as restore
 
 
 def _inputs(h=120, w=200, seed=0, b=None):
@@ -137,7 +137,7 @@ def test_batches_and_broadcast():
     masks = torch.from_numpy(np.stack([mask] * 2)).float() / 255
     p = prepare(comp, masks, max_side=128)  # one image, two masks
     assert p.batch_size == 2
-    with pytest.raises(R2RUserError, match="batch has 3 image"):
+    with pytest.raises(R2RUserError, match="Batch sizes do not match"):
         prepare(comps, masks, max_side=128)
 
 

@@ -130,6 +130,8 @@ def _formula_maca(mod: MACA, x, m, ref=None):
     src = bg if ref is None else ref * x
     a = torch.einsum("oc,bchw->bo", w1, fg) / (x.shape[2] * x.shape[3])
     b = torch.einsum("oc,bchw->bo", w2, src) / (x.shape[2] * x.shape[3])
+    if ref is not None:  # a region's statistic gets the magnitude of the background statistic
+        b = b * ((1 - m).sum(dim=(1, 2, 3)) / ref.sum(dim=(1, 2, 3)))[:, None]
     hidden = F.silu(torch.cat([a, b], 1) @ mod.mlp[0].weight.T + mod.mlp[0].bias)
     out = hidden @ mod.mlp[2].weight.T + mod.mlp[2].bias
     c = x.shape[1]
@@ -161,6 +163,24 @@ def test_maca_equals_formula_on_random_weights():
     torch.testing.assert_close(mod(x, mb, 1 - mb), mod(x, mb))
     assert torch.equal(mod(x, mb)[(mb == 0).expand_as(x)], x[(mb == 0).expand_as(x)])
     assert not torch.allclose(mod(x, mb, ref), mod(x, mb))
+
+
+def test_maca_reference_statistic_does_not_shrink_with_the_region():
+    """A reference region with the background's pixel values gives the background statistic,
+    whatever its area (the plain global mean would shrink with the area)."""
+    torch.manual_seed(4)
+    mod = MACA(4).double()
+    for p in mod.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    m = torch.zeros(1, 1, 8, 8, dtype=torch.float64)
+    m[..., 2:5, 2:5] = 1
+    x = torch.randn(1, 4, 1, 1, dtype=torch.float64).expand(1, 4, 8, 8).clone()  # uniform background
+    x[..., 2:5, 2:5] = 3.0
+    small = torch.zeros_like(m)
+    small[..., 6:8, 0:2] = 1  # 4 background pixels
+    large = 1 - m  # the whole background
+    torch.testing.assert_close(mod(x, m, small), mod(x, m, large))
+    torch.testing.assert_close(mod(x, m, large), mod(x, m))
 
 
 # ---------------------------------------------------------------------------- Clear-VAE

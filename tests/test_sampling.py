@@ -38,12 +38,15 @@ class FakeUNet(torch.nn.Module):
 
 
 class FakeController(torch.nn.Module):
-    def forward(self, hint, timestep, text, mask):
+    def forward(self, hint, timestep, text, mask, conditioning_scale=1.0, reference_mask=None):
         t = torch.as_tensor(timestep, dtype=hint.dtype).reshape(-1)
         t = t.expand(hint.shape[0]) if t.numel() == 1 else t
-        base = hint[:, :4, ::8, ::8] * (1 + t.view(-1, 1, 1, 1) / 1000) + mask
-        down = tuple(base * (k + 1) for k in range(12))
-        return down, base.mean(1, keepdim=True) + text[:, :1, :1, None]
+        if reference_mask is not None and reference_mask.shape[0] != hint.shape[0]:
+            raise ValueError(f"reference_mask batch {reference_mask.shape[0]} != hint batch {hint.shape[0]}")
+        ref = 0 if reference_mask is None else 2 * reference_mask
+        base = hint[:, :4, ::8, ::8] * (1 + t.view(-1, 1, 1, 1) / 1000) + mask + ref
+        down = tuple(base * (k + 1) * conditioning_scale for k in range(12))
+        return down, (base.mean(1, keepdim=True) + text[:, :1, :1, None]) * conditioning_scale
 
 
 def _inputs(b=2, h=4, w=6, seed=3):
@@ -123,14 +126,53 @@ def test_controller_residuals_batched_equals_sequential():
     sched = make_scheduler(CONFIG)
     sched.set_timesteps(10)
     ticks = []
-    seq = controller_residuals(FakeController(), hint, lm, sched.timesteps, embeds, 1, callback=lambda i, n: ticks.append((i, n)))
-    bat = controller_residuals(FakeController(), hint, lm, sched.timesteps, embeds, 4)
+    seq = controller_residuals(FakeController(), hint, lm, sched.timesteps, embeds, timestep_batch=1,
+                               callback=lambda i, n: ticks.append((i, n)))
+    bat = controller_residuals(FakeController(), hint, lm, sched.timesteps, embeds, timestep_batch=4)
     assert ticks == [(i, 10) for i in range(1, 11)]
     assert len(seq) == len(bat) == 10
     for (d1, m1), (d2, m2) in zip(seq, bat):
         assert len(d1) == 12 and all(torch.equal(a, b) for a, b in zip(d1, d2)) and torch.equal(m1, m2)
-    off = controller_residuals(FakeController(), hint, lm, sched.timesteps[:2], embeds, 2, offload_device="cpu")
+    off = controller_residuals(FakeController(), hint, lm, sched.timesteps[:2], embeds, timestep_batch=2,
+                               store_device="cpu")
     assert off[0][1].device.type == "cpu"
+
+
+def test_reference_mask_and_strength_reach_the_controller_in_batched_timesteps():
+    """A batch-1 reference mask with batch-2 hints, sequential and timestep-batched (the batched path
+    used to repeat the hint and mask but not the reference mask)."""
+    _, mask, embeds = _inputs()
+    hint = torch.randn(2, 7, 32, 48)
+    ref = (torch.rand(1, 1, 4, 6) > 0.5).float()
+    sched = make_scheduler(CONFIG)
+    sched.set_timesteps(4)
+    seq = controller_residuals(FakeController(), hint, mask, sched.timesteps, embeds, reference_mask=ref,
+                               conditioning_scale=0.5)
+    bat = controller_residuals(FakeController(), hint, mask, sched.timesteps, embeds, reference_mask=ref,
+                               conditioning_scale=0.5, timestep_batch=3)
+    plain = controller_residuals(FakeController(), hint, mask, sched.timesteps, embeds)
+    for (d1, m1), (d2, m2), (d3, _) in zip(seq, bat, plain):
+        assert all(torch.equal(a, b) for a, b in zip(d1, d2)) and torch.equal(m1, m2)
+        assert not torch.equal(d1[0], d3[0])
+
+
+def test_heun_progress_total_counts_every_model_evaluation():
+    posterior, mask, embeds = _inputs()
+    seen, previews = [], []
+    sched = make_scheduler(CONFIG, "heun")
+    denoise(FakeUNet(), sched, posterior, mask, embeds, None, None, 3, callback=lambda i, n: seen.append((i, n)),
+            preview=lambda i, x0: previews.append((i, tuple(x0.shape))))
+    assert seen == [(i, 5) for i in range(1, 6)]  # Heun: 2N - 1 evaluations
+    assert [p[0] for p in previews] == [1, 2, 3, 4, 5] and previews[0][1] == (2, 4, 4, 6)
+
+
+@pytest.mark.parametrize("name", ["euler_ancestral", "dpmpp_2m", "unipc", "ddim"])
+def test_preview_is_a_clean_latent_estimate(name):
+    posterior, mask, embeds = _inputs()
+    xs = []
+    denoise(FakeUNet(), make_scheduler(CONFIG, name), posterior, mask, embeds, None, torch.Generator().manual_seed(0),
+            3, preview=lambda i, x0: xs.append(x0))
+    assert len(xs) == 3 and all(torch.isfinite(x).all() and x.dtype == torch.float32 for x in xs)
 
 
 def test_denoise_uses_residuals_per_step_and_checks_count():

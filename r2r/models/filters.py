@@ -98,11 +98,16 @@ class AdaptiveFilters(ModelMixin, ConfigMixin):
                 f"{GAUSS_PAD}), got {tuple(x.shape[-2:])}; the input image must be at least 64x64 pixels "
                 "(and a multiple of 64): resize or pad the image."
             )
+        out_dtype = x.dtype
+        if x.device.type == "cpu" and out_dtype in (torch.float16, torch.bfloat16):
+            # half-precision depthwise convolutions are extremely slow on CPUs (minutes for a small
+            # image): compute in float32 there and round the result back to the model dtype
+            x = x.float()
         kernel = self.combined_kernel(x.dtype)
         y = F.conv2d(x, kernel, padding=1, groups=self.channels)
         a8 = self.alpha[8].to(x.dtype)
         b = self.beta[0].to(x.dtype)
-        return y + a8 * (x - gaussian_blur(x)) + b * x
+        return (y + a8 * (x - gaussian_blur(x)) + b * x).to(out_dtype)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}"

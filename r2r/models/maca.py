@@ -9,9 +9,16 @@ Given X ``[B,C,h,w]`` and the region mask m ``[B,1,h,w]`` (foreground = 1):
 
 At initialisation (zero last layer) MACA is the identity.
 
-``reference_mask`` (optional, same shape as ``mask``): the background statistics b are taken from
-``reference_mask * X`` instead of ``(1 - m) * X`` ("harmonize the foreground towards this region").
-The output formula is unchanged (G is still ``(1 - m) * X``).
+``reference_mask`` r (optional, same shape as ``mask``): the background statistic b is taken from
+the region r instead of the whole background ("harmonize the foreground towards this region"):
+
+    b = mean_hw conv2(r * X) * sum(1 - m) / sum(r)
+
+``mean_hw`` over all pixels scales a region's statistic by its area, so without the factor a small
+region would feed the MLP magnitudes it never saw in training. The factor gives the region the
+magnitude the background statistic has (the background's area share times a mean over the region):
+with ``r = 1 - m`` it is exactly 1 and b is the official statistic. Without ``reference_mask`` the
+official formula is used unchanged. The output formula is unchanged (G is still ``(1 - m) * X``).
 """
 
 from __future__ import annotations
@@ -54,9 +61,13 @@ class MACA(ModelMixin, ConfigMixin):
         m = mask.to(x.dtype)
         fg = m * x
         bg = (1 - m) * x
-        stat_src = bg if reference_mask is None else reference_mask.to(x.dtype) * x
         a = self.conv1(fg).mean(dim=(2, 3))
-        b = self.conv2(stat_src).mean(dim=(2, 3))
+        if reference_mask is None:
+            b = self.conv2(bg).mean(dim=(2, 3))
+        else:
+            r = reference_mask.to(x.dtype)
+            area_ratio = (1 - m).flatten(1).sum(1).float() / r.flatten(1).sum(1).float().clamp_min(1.0)
+            b = self.conv2(r * x).mean(dim=(2, 3)) * area_ratio.to(x.dtype)[:, None]
         gamma, beta = self.mlp(torch.cat([a, b], dim=1)).chunk(2, dim=1)
         gamma = gamma[:, :, None, None]
         beta = beta[:, :, None, None]
