@@ -326,3 +326,63 @@ def test_torch_bad_mask_shape():
     torch = pytest.importorskip("torch")
     with pytest.raises(R2RUserError, match="mask must be"):
         poisson_blend(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 8), torch.ones(1, 1, 4, 4))
+
+
+def test_tolerance_rule_is_the_same_on_both_backends():
+    """``tol`` is relative to the whole image's value range (255 for uint8; for float, max(1, the span of
+    target and source)), never to the solve window's: the torch backend once used the window's span, so on
+    an image whose far-away pixels widen the range it needed more iterations than the numpy backend and
+    failed with the same max_iter."""
+    torch = pytest.importorskip("torch")
+    from r2r.blending.poisson_torch import poisson_blend_torch
+
+    rng = np.random.default_rng(0)
+    T = (ndi.gaussian_filter(rng.random((64, 64, 3)), (2, 2, 0)) * 20).astype(np.float32)
+    S = (ndi.gaussian_filter(rng.random((64, 64, 3)), (1, 1, 0)) * 20).astype(np.float32)
+    T[0, 0] = 255.0  # far outside the solve window
+    M = np.zeros((64, 64), bool)
+    M[20:50, 18:46] = True
+    M[30:40, 30:36] = False
+    sol = solve_poisson(T, S, M, mode="masked", tol=1e-4)
+    assert sol.info["value_range"] == pytest.approx(float(max(T.max(), S.max()) - min(T.min(), S.min())))
+    n = sol.info["iterations"]
+    ref = poisson_blend(T, S, M, mode="masked", tol=1e-4, max_iter=n, clip=False)
+    Tt, St = (torch.from_numpy(x).permute(2, 0, 1) for x in (T, S))
+    for backend in ("torch", "numpy"):
+        out = poisson_blend_torch(Tt, St, torch.from_numpy(M), mode="masked", tol=1e-4, max_iter=n, clip=False,
+                                  backend=backend)
+        np.testing.assert_allclose(out.permute(1, 2, 0).numpy(), ref, atol=1e-4 * 255)
+    # uint8 images: the range is 255 whatever the data spans
+    T8, S8 = (T / 20 * 100).astype(np.uint8), (S / 20 * 100).astype(np.uint8)
+    assert solve_poisson(T8, S8, M, mode="masked").info["value_range"] == 255.0
+    # [0, 1] float images: the range is 1 even when the data spans less
+    assert solve_poisson(T / 400, S / 400, M, mode="masked").info["value_range"] == 1.0
+
+
+def test_the_numpy_and_torch_backends_share_the_pcg():
+    """One PCG: the same problem takes the same number of iterations on both backends."""
+    pytest.importorskip("torch")
+    from r2r.blending import poisson_numpy, poisson_stencils, poisson_torch
+
+    calls = []
+    real = poisson_stencils.solve_pcg
+
+    def counting(*args, **kwargs):
+        u, info = real(*args, **kwargs)
+        calls.append(info["iterations"])
+        return u, info
+
+    T, S = random_images(40, 44, seed=21)
+    M = blob_mask(40, 44, 3, frac=0.3, rough=0.2)
+    import torch
+
+    mp = pytest.MonkeyPatch()
+    try:
+        mp.setattr(poisson_numpy, "solve_pcg", counting)
+        mp.setattr(poisson_torch, "solve_pcg", counting)
+        poisson_blend(T, S, M, mode="masked")
+        poisson_torch.poisson_blend_torch(torch.from_numpy(T).permute(2, 0, 1), torch.from_numpy(S).permute(2, 0, 1),
+                                          torch.from_numpy(M), mode="masked", backend="torch")
+    finally:
+        mp.undo()
+    assert len(calls) == 2 and calls[0] == calls[1] > 0
