@@ -176,9 +176,13 @@ def _open(path, what: str):
     try:
         img = Image.open(path)
         img.load()
-        return img
     except (OSError, UnidentifiedImageError) as exc:
         raise R2RUserError(f"cannot read the {what} {path} ({exc}); re-save it as PNG/JPEG or regenerate it") from exc
+    if img.mode == "F" and not np.isfinite(np.asarray(img)).all():
+        # PIL would turn NaN/inf into black or white without a word (r2r.fileio.read_image refuses them too)
+        raise R2RUserError(f"the {what} {path} contains NaN or infinite values; save it as an 8- or 16-bit image "
+                           "(or replace the invalid pixels) and try again")
+    return img
 
 
 def load_triplet(pred_path, mask_path, gt_path, resolution: int | None = 256):
