@@ -178,6 +178,12 @@ def test_resume_skips_finished_and_recovers_from_crash(tmp_path, monkeypatch):
     rep = make_dataset(_cfg(out, im, mk))
     assert rep.skipped == 3 and rep.done == 3 and CALLS["n"] == 6
     _same_files(clean, out)
+    # a folder made before --min-color-shift was renamed --min-color-shift-lab still resumes
+    params = out / "_records" / "R-ADE20K" / "params.json"
+    old = json.loads(params.read_text())
+    old["filter"]["min_color_shift"] = old["filter"].pop("min_color_shift_lab")
+    params.write_text(json.dumps(old))
+    assert make_dataset(_cfg(out, im, mk)).skipped == 6
     # changed settings on an existing output are refused
     with pytest.raises(R2RUserError, match=r"other settings \(different: seed\)"):
         make_dataset(_cfg(out, im, mk, seed=8))

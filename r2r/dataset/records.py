@@ -77,6 +77,9 @@ def check_params(rec_dir: Path, params: dict) -> None:
             old = json.loads(p.read_text(encoding="utf-8"))
         except ValueError:
             old = None
+    if isinstance(old, dict) and "min_color_shift" in (old.get("filter") or {}):
+        # folders made before the option was renamed --min-color-shift-lab (same meaning: Lab Delta E)
+        old["filter"]["min_color_shift_lab"] = old["filter"].pop("min_color_shift")
     if old == params:
         return
     if old is not None and any((rec_dir / "items").glob("*.json")):
