@@ -56,6 +56,12 @@ def check_repo_id(repo_id) -> str:
     return repo_id
 
 
+def check_revision(revision) -> None:
+    """``revision`` is None (main) or a non-empty branch / tag / commit string."""
+    if revision is not None and (not isinstance(revision, str) or not revision.strip()):
+        raise R2RUserError(f"revision must be a branch, tag or commit name, got {revision!r}; leave it out for main.")
+
+
 def default_cache_dir() -> str:
     """The Hugging Face cache folder (``HF_HUB_CACHE``, default ``~/.cache/huggingface/hub``)."""
     import huggingface_hub.constants as hf_constants
@@ -92,16 +98,19 @@ def _select_repo_files(files: list[str], kinds) -> tuple[list[str], list[str]]:
     return wanted, absent
 
 
-def _not_available_offline(repo_id: str, kinds, where, missing=None) -> R2RWeightsNotFound:
+def _not_available_offline(repo_id: str, kinds, where, missing=None, *, into=None) -> R2RWeightsNotFound:
+    """Offline and the files are not there: name them and the folder to put them in."""
     files = missing or expected_hub_files(kinds)
     maybe_path = (f" ({repo_id} is also not a folder here; if you meant a folder, check the path.)"
-                  if not os.path.isabs(repo_id) else "")
+                  if into is None else "")
+    put = (f"Either copy these files into {into} (same layout)" if into is not None else
+           f"Either copy these files into a folder DIR with this layout ({SD_FOLDER}/... and clear_vae/; "
+           "ComfyUI: models/r2r/region2region/) and pass DIR as the source")
     return R2RWeightsNotFound(
         f"The R2R weights of {repo_id} are not available offline (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE / "
         f"local_files_only is set and {where} has no complete copy).{maybe_path} Missing: {', '.join(files)}. "
-        f"Either copy these files into a folder DIR with this layout ({SD_FOLDER}/... and clear_vae/; "
-        "ComfyUI: models/r2r/region2region/) and pass DIR as the source, or go online once (unset HF_HUB_OFFLINE) "
-        "and run `python -m r2r download --to DIR`."
+        f"{put}, or go online once (unset HF_HUB_OFFLINE) and run `python -m r2r download --to "
+        f"{into if into is not None else 'DIR'}`."
     )
 
 
@@ -111,7 +120,7 @@ def _offline_snapshot(repo_id, kinds, *, cache_dir, local_dir, revision) -> Path
         missing = missing_release_files(local_dir, kinds) if Path(local_dir).is_dir() else None
         if missing == []:
             return Path(local_dir)
-        raise _not_available_offline(repo_id, kinds, local_dir, missing)
+        raise _not_available_offline(repo_id, kinds, local_dir, missing, into=local_dir)
     where = cache_dir or default_cache_dir()
     try:
         path = huggingface_hub.snapshot_download(
@@ -137,6 +146,7 @@ def hub_snapshot(repo_id: str = OFFICIAL_REPO, kinds=RELEASE_COMPONENTS, *, cach
     from huggingface_hub.utils import HFValidationError, RepositoryNotFoundError, RevisionNotFoundError
 
     check_repo_id(repo_id)
+    check_revision(revision)
     kinds = list(kinds)
     unknown = [k for k in kinds if k not in COMPONENT_DIRS]
     if unknown:

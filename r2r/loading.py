@@ -26,7 +26,7 @@ from typing import Any
 from . import prompt
 from .devices import resolve_device, resolve_dtype
 from .errors import R2RUserError, R2RWeightsNotFound
-from .hub import hub_snapshot, looks_like_repo_id
+from .hub import check_revision, hub_snapshot, looks_like_repo_id
 from .layout import (
     COMPONENT_LABELS,
     COMPONENT_SOURCES,
@@ -298,8 +298,7 @@ def load_components(source=OFFICIAL_REPO, *, torch_dtype=None, device="cpu", com
         repo = str(source)
         _check_folder_arg("cache_dir", cache_dir)
         _check_folder_arg("local_dir", local_dir)
-        if revision is not None and not isinstance(revision, str):
-            raise R2RUserError(f"revision must be a branch, tag or commit string, got {type(revision).__name__}.")
+        check_revision(revision)
         cached = prompt.find_cached_prompt(None, key=f"hub:{repo}")
         kinds = list(components) + ["scheduler"] + ([] if cached is not None else ["text_encoder", "tokenizer"])
         root = hub_snapshot(repo, kinds, cache_dir=cache_dir, local_dir=local_dir,

@@ -195,10 +195,18 @@ def compute_prompt_embeds(text_encoder, tokenizer=None, text: str = "", device="
 
 
 def require_prompt_source(root, text_encoder=None, *, key: str | None = None) -> None:
-    """Raise before any model loads when the empty prompt is neither cached nor computable."""
-    if text_encoder is not None and Path(text_encoder).exists():
-        return
+    """Raise before any model loads when the empty prompt is neither cached nor computable (a text
+    encoder folder's config.json is read here, so a broken one is reported first)."""
     if find_cached_prompt(root, key, text_encoder) is not None:
+        return
+    te = Path(text_encoder) if text_encoder is not None else None
+    if te is not None and te.is_file():
+        return
+    if te is not None and te.is_dir():
+        if not (te / "config.json").is_file():
+            raise R2RWeightsNotFound(f"{te} has no config.json; a text encoder folder needs config.json + "
+                                     "model.safetensors.")
+        read_json(te / "config.json", "text encoder config")
         return
     where = Path(root) / CACHE_NAME if root is not None else _user_cache_file(key or "")
     raise R2RWeightsNotFound(

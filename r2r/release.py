@@ -12,13 +12,14 @@ from pathlib import Path
 from . import prompt
 from .errors import R2RUserError
 from .fileio import check_writable_dir
-from .hub import check_repo_id, hub_snapshot, is_offline
+from .hub import check_repo_id, check_revision, hub_snapshot, is_offline
 from .layout import (
     COMPONENT_LABELS,
     MODEL_COMPONENTS,
     OFFICIAL_REPO,
     RELEASE_COMPONENTS,
     find_weights_file,
+    read_scheduler_config,
     release_paths,
     require_component_folder,
 )
@@ -52,8 +53,7 @@ def download_release(to, repo_id: str = OFFICIAL_REPO, *, kinds=None, revision=N
     unknown = [k for k in kinds if k not in RELEASE_COMPONENTS]
     if unknown:
         raise R2RUserError(f"Unknown release component(s) {unknown}; choose from {list(RELEASE_COMPONENTS)}.")
-    if revision is not None and not isinstance(revision, str):
-        raise R2RUserError(f"revision must be a branch, tag or commit string, got {type(revision).__name__}.")
+    check_revision(revision)
     to = Path(to)
     _check_download_folder(to)
     offline = bool(local_files_only) or is_offline()
@@ -105,8 +105,13 @@ def check_release(root) -> list[dict]:
     paths = release_paths(root)
     rows = [check_component(kind, paths[kind]) for kind in MODEL_COMPONENTS]
     sched = paths["scheduler"] / "scheduler_config.json"
-    rows.append({"component": "scheduler", "path": str(sched), "ok": True,
-                 "problem": "" if sched.is_file() else "absent: the official scheduler config bundled with r2r is used"})
+    row = {"component": "scheduler", "path": str(sched), "ok": True,
+           "problem": "" if sched.is_file() else "absent: the official scheduler config bundled with r2r is used"}
+    try:
+        read_scheduler_config(paths["scheduler"])
+    except R2RUserError as exc:
+        row.update(ok=False, problem=str(exc))
+    rows.append(row)
     cached = prompt.find_cached_prompt(root, None, paths["text_encoder"])
     te_ok = (paths["text_encoder"] / "config.json").is_file() and (paths["tokenizer"] / "vocab.json").is_file()
     rows.append({

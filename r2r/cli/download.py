@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import sys
 
-DEFAULT_REPO = "1243asdad/region2region"
+from ..layout import OFFICIAL_REPO
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--to", metavar="DIR", help="folder to download into (hub layout; ComfyUI: models/r2r/region2region)")
-    parser.add_argument("--repo", default=DEFAULT_REPO, help=f"Hugging Face repo id (default {DEFAULT_REPO})")
+    parser.add_argument("--repo", default=OFFICIAL_REPO, help=f"Hugging Face repo id (default {OFFICIAL_REPO})")
     parser.add_argument("--revision", default=None, help="branch, tag or commit of the repo (default: main)")
     parser.add_argument("--check", metavar="DIR", help="verify an existing folder (layout, tensor names/shapes) and exit")
     parser.add_argument("--no-prompt-cache", action="store_true",
@@ -34,6 +34,9 @@ def run(args) -> int:
     from ..errors import R2RUserError
     from ..weights import check_release, download_release
 
+    if args.check and args.to:
+        raise R2RUserError("give either --to DIR (download into DIR, then check it) or --check DIR (only verify "
+                           "an existing folder), not both.")
     if args.check:
         ok = _print_rows(check_release(args.check))
         print("all components match the official layout" if ok else "some components are missing or do not match")
