@@ -89,6 +89,7 @@ def run(args) -> int:
     from ..errors import R2RWeightsNotFound
     from ..fileio import check_writable_dir
     from .harmonize import (
+        check_inputs,
         check_model_args,
         check_out_file,
         device_and_dtype,
@@ -102,10 +103,12 @@ def run(args) -> int:
 
     # every check before any model loads: options, every example, every output file
     check_model_args(args)
-    device, dtype = device_and_dtype(args) if args.method != "statistics" else (None, None)
     examples = find_examples(args.examples or EXAMPLES_DIR)
     inputs = [path for _, comp, mask in examples for path in (comp, mask)]
-    loaded = [(name, *read_inputs(comp, mask, args.max_side, args.resize_mode)) for name, comp, mask in examples]
+    loaded = [(name, *read_inputs(comp, mask)) for name, comp, mask in examples]
+    device, dtype = device_and_dtype(args) if args.method != "statistics" else (None, None)
+    for _, composite, mask in loaded:
+        check_inputs(composite, mask, args.max_side, args.resize_mode)
     out_dir = check_writable_dir(args.out, what="--out folder")
     outputs = {name: check_out_file(out_dir / f"{name}_harmonized.png", inputs) for name, _, _ in examples}
     sheet_path = check_out_file(out_dir / "contact_sheet.png", inputs)
@@ -125,7 +128,7 @@ def run(args) -> int:
             )
     method_label = "R2R" if pipe is not None else "statistics (no weights)"
     if pipe is not None:
-        print(f"R2R weights: {pipe.components.source} ({pipe.dtype}, {pipe.device}); "
+        print(f"R2R weights: {pipe.source} ({pipe.dtype}, {pipe.device}); "
               f"{args.steps} steps at max side {args.max_side}")
     rows = []
     for name, composite, mask in loaded:

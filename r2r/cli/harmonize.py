@@ -17,6 +17,7 @@ Heavy imports (torch, the models) happen inside the functions.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -155,16 +156,19 @@ def feather_for_pipeline(feather: int):
     return None if feather == FEATHER_AUTO else int(feather)
 
 
-def read_inputs(composite_path, mask_path, max_side: int, resize_mode: str):
-    """Read the composite and the mask and run the pipeline's own input checks on them (sizes, an
-    empty / full / too small mask) before any model loads; returns ``(HxWx3, HxW)`` uint8 arrays."""
+def read_inputs(composite_path, mask_path):
+    """Read the composite and the mask files -> ``(HxWx3, HxW)`` uint8 arrays (the error names the option)."""
     from ..fileio import read_image, read_mask
+
+    return _read(read_image, composite_path, "--composite"), _read(read_mask, mask_path, "--mask")
+
+
+def check_inputs(composite, mask, max_side: int, resize_mode: str) -> None:
+    """The pipeline's own input checks (matching sizes, at least 64 px, an empty / full / too small mask),
+    run before any model loads."""
     from ..imaging import prepare
 
-    composite = _read(read_image, composite_path, "--composite")
-    mask = _read(read_mask, mask_path, "--mask")
     prepare(composite, mask, max_side=max_side, resize_mode=resize_mode)
-    return composite, mask
 
 
 def _read(reader, path, option: str):
@@ -200,11 +204,15 @@ def save_result(path, image, what: str = "result") -> Path:
         return write_image(path, image)
     except (OSError, R2RUserError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc)
+        fallback = None
         try:
             fd, fallback = tempfile.mkstemp(prefix=f"r2r-{path.stem}-", suffix=".png")
             os.close(fd)
             write_image(fallback, image)
         except (OSError, R2RUserError) as exc2:
+            if fallback is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(fallback)
             raise R2RUserError(
                 f"Could not write the {what} to {path} ({reason}), nor to a fallback file in the temp folder "
                 f"({getattr(exc2, 'strerror', None) or exc2}); the result is lost. Free some disk space or fix the "
@@ -285,8 +293,9 @@ def run(args) -> int:
     # every check before any model loads: numbers and choices, the inputs, the output destination
     check_model_args(args)
     check_feather_strength(args)
+    composite, mask = read_inputs(args.composite, args.mask)
     device, dtype = device_and_dtype(args) if args.method == "r2r" else (None, None)
-    composite, mask = read_inputs(args.composite, args.mask, args.max_side, args.resize_mode)
+    check_inputs(composite, mask, args.max_side, args.resize_mode)
     out_path = check_out_file(args.out, inputs=(args.composite, args.mask))
 
     if args.method == "statistics":
@@ -301,7 +310,7 @@ def run(args) -> int:
             result, source = harmonize_low_memory_cli(composite, mask, args, device, dtype)
         else:
             pipe = load_pipeline(args, device, dtype)
-            source = pipe.components.source
+            source = pipe.source
             result = harmonize_with_pipeline(pipe, composite, mask, args, paste_back=not args.no_paste_back,
                                              feather=feather_for_pipeline(args.feather))
     except R2RWeightsNotFound as exc:
