@@ -46,7 +46,7 @@ def _layout_records(root: str, split: str) -> list[Record]:
 
     return [
         Record(real=str(it.real), mask=str(it.mask), composite=str(it.composite), name=it.file_name)
-        for it in read_split(root, split)
+        for it in read_split(root, split, check_files=False)  # missing files: reported by the data check
     ]
 
 
@@ -267,12 +267,13 @@ def list_sources(sources) -> tuple[list[Record], list[float]]:
 
 
 def build_dataset(sources, data_cfg, *, seed: int, need_hint: bool, augment: bool, exclude=frozenset()):
-    """Records of all sources minus ``exclude`` (record keys of bad items) -> (dataset, repeats list)."""
+    """Records of all sources minus ``exclude`` (record keys of bad items) -> (dataset, repeats list);
+    ``(None, [])`` when every item is excluded."""
     from .scan import record_key
 
     pairs = [(r, k) for r, k in zip(*list_sources(sources)) if record_key(r) not in exclude]
     if not pairs:
-        raise R2RUserError("every item of the data source(s) is unreadable; fix the files listed above")
+        return None, []
     records, repeats = [r for r, _ in pairs], [k for _, k in pairs]
     ds = HarmonizationDataset(
         records, resolution=data_cfg.resolution, seed=seed, flip=data_cfg.flip,

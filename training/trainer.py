@@ -116,6 +116,8 @@ class Trainer:
         if cfg.data.val:
             self.val_ds, _ = build_dataset(cfg.data.val, cfg.data, seed=cfg.seed, need_hint=need_hint, augment=False,
                                            exclude=bad)
+            if self.val_ds is None:
+                self._log("warning: every validation item was left out as bad; no validation in this run")
         params = [p for p in module.net.parameters() if p.requires_grad]
         self.num_trainable = sum(p.numel() for p in params)
         optimizer = torch.optim.AdamW(
