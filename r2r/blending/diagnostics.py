@@ -29,12 +29,8 @@ import numpy as np
 from ..errors import R2RUserError
 from .inputs import bool_mask_hw, image_hwc, optional_threshold, same_kind
 
-__all__ = ["DIAGNOSTIC_KEYS", "check_filter", "filter_rejection", "passes_filter", "rpb_diagnostics",
+__all__ = ["check_filter", "filter_rejection", "passes_filter", "rpb_diagnostics",
            "window_diagnostics"]
-
-DIAGNOSTIC_KEYS = ("fmse", "mse", "psnr", "color_shift_rgb", "color_shift_rgb_channels", "color_shift_lab",
-                   "fg_ratio")
-
 
 def _lab_distance(mean_c_255, mean_r_255) -> float:
     import cv2

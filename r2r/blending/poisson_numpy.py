@@ -231,8 +231,6 @@ def solve_prepared(T, S, M, *, mode, mixed, erode, margin, tol, max_iter, fft_fr
     :mod:`.poisson_setup` applied to ``T`` and ``S``.
     """
     erode, margin = resolve_erode_margin(mode, erode, margin)
-    if value_range_ is None:
-        value_range_ = value_range(T, S, T.dtype == np.uint8)
     win = make_solve_window(M, margin, fft_friendly=(mode == "masked" or bool(fft_friendly)))
     Tb, Sb, Mb = _window(T, win), _window(S, win), _window_mask(M, win)
     if mode == "box":
@@ -240,6 +238,8 @@ def solve_prepared(T, S, M, *, mode, mixed, erode, margin, tol, max_iter, fft_fr
         rhs *= -1.0
         u, info = solve_dirichlet_laplacian(rhs), {"iterations": 0}
     else:
+        if value_range_ is None:
+            value_range_ = value_range(T, S, T.dtype == np.uint8)
         u, info = _solve_masked(Tb, Sb, masked_unknowns(Mb, erode), mixed,
                                 residual_threshold(tol, value_range_), max_iter)
         info["value_range"] = value_range_

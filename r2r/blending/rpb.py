@@ -33,9 +33,9 @@ from .poisson_numpy import paint_solution, solve_prepared
 from .poisson_setup import check_mode
 
 _WINDOW_PAD = 12  # pixels around the dilated mask's bounding box that the solve may use
-PLACEMENTS = ("auto", "same", "random")
+REFERENCE_PLACEMENTS = ("auto", "same", "random")
 
-__all__ = ["PLACEMENTS", "RPBResult", "passes_filter", "random_poisson_blend", "random_poisson_blend_torch",
+__all__ = ["REFERENCE_PLACEMENTS", "RPBResult", "passes_filter", "random_poisson_blend", "random_poisson_blend_torch",
            "rpb_diagnostics"]
 
 
@@ -258,9 +258,9 @@ def random_poisson_blend(real, mask, seed=None, *, rng=None, reference=None, ref
             "against. Use a mask that leaves part of the image out."
         )
     check_mode(mode)
-    if placement not in PLACEMENTS:
+    if placement not in REFERENCE_PLACEMENTS:
         raise R2RUserError(
-            f"placement must be one of {PLACEMENTS}; got {placement!r}. Leave it at 'auto' unless you "
+            f"placement must be one of {REFERENCE_PLACEMENTS}; got {placement!r}. Leave it at 'auto' unless you "
             "need one behaviour."
         )
     dilate = whole_number(dilate, "dilate", 0, "The default is 1 (the prototype's 3x3 dilation).")
