@@ -452,14 +452,15 @@ def prepare(composite, mask, max_side: int = 1024, resize_mode: str = "fit", can
         pre = to_working(pre, geometry).clamp(0, 1)
     comp_pm1 = (comp_w - 0.5) / 0.5
     hint = assemble_hint((pre - 0.5) / 0.5, comp_pm1, mask_w)
-    ref_latent = None if ref is None else _reference_latent_mask(ref, geometry)
+    ref_latent = None if ref is None else reference_latent_mask(ref, geometry)
     # contiguous NCHW (as torchvision's ToTensor gives the official code): the memory layout picks the
     # conv kernels, so a channels-last view would change results in the last bits
     return Prepared(comp_pm1.contiguous(), mask_w.contiguous(), hint.contiguous(), latent_mask.contiguous(),
                     geometry, comp.contiguous(), soft.contiguous(), ref_latent)
 
 
-def _reference_latent_mask(reference, geometry: Geometry):
+def reference_latent_mask(reference, geometry: Geometry):
+    """A reference region ``[B,1,H,W]`` at the original size -> its latent mask (working canvas, >= 0.5, nearest)."""
     ref_latent = latent_mask_from((to_working(reference, geometry, pad_value=0.0) >= 0.5).float())
     empty = [i for i in range(ref_latent.shape[0]) if ref_latent[i].sum() == 0]
     if empty:
