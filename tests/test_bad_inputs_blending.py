@@ -262,3 +262,17 @@ def test_valid_mask_encodings_agree():
     for m in (M0.astype(np.uint8) * 255, M0.astype(np.float32), M0.astype(np.int64), M0.astype(np.int64) * 255,
               M0[None], M0[:, :, None]):
         assert np.array_equal(poisson_blend(T, S, m), ref)
+
+
+def test_torch_rpb_wrapper_and_thread_setting_bad_input():
+    from r2r.blending import random_poisson_blend_torch
+    from r2r.blending.poisson import set_num_threads
+
+    real = _t(T0)
+    expect_user_error(random_poisson_blend_torch, (real * 255, torch.from_numpy(M0)[None]), {"seed": 1},
+                      r"values in \[0, 1\]", "divide by 255")
+    expect_user_error(random_poisson_blend_torch, (real, torch.from_numpy(M0)[None].float() * 255), {"seed": 1},
+                      r"values in \[0, 1\]", "divide by 255")
+    expect_user_error(random_poisson_blend_torch, (real, torch.from_numpy(M0[:10])[None]), {"seed": 1},
+                      "matching the image", "Resize")
+    expect_user_error(set_num_threads, ("four",), {}, "whole number >= 1", "None")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import R2RUserError
-from .inputs import bool_mask_hw, image_hwc, same_kind
+from .inputs import bool_mask_hw, image_hwc, same_kind, whole_number
 from .poisson_setup import (
     SolveWindow,
     check_mask_not_empty,
@@ -41,9 +41,7 @@ _NUM_THREADS = None
 def set_num_threads(n: int | None) -> None:
     """Threads the numpy backend's FFTs may use (None = all cores, the default)."""
     global _NUM_THREADS
-    if n is not None and (isinstance(n, bool) or int(n) != n or n < 1):
-        raise R2RUserError(f"the number of threads must be a whole number >= 1 or None; got {n!r}.")
-    _NUM_THREADS = None if n is None else int(n)
+    _NUM_THREADS = None if n is None else whole_number(n, "the number of threads", 1, "Or None for all cores.")
 
 
 def _workers() -> int:
