@@ -112,6 +112,8 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    from dataclasses import fields
+
     from ..dataset.config import DEFAULT_GENERATOR
     from ..dataset.layouts import detect_layout
     from ..dataset.make import MakeConfig, make_dataset
@@ -125,32 +127,14 @@ def run(args) -> int:
         mask_type = mask_type or detected
     if not images or not masks:
         raise R2RUserError("pass the source folders with --images DIR --masks DIR (or --source DIR)")
+    special = {"images", "masks", "mask_type", "alpha", "generator", "generator_kwargs"}
+    same_name = {f.name for f in fields(MakeConfig)} & set(vars(args)) - special
     cfg = MakeConfig(
-        out=args.out,
+        **{name: getattr(args, name) for name in same_name},
         images=images,
         masks=masks,
-        subset=args.subset,
-        per_image=args.per_image,
-        seed=args.seed,
-        alpha=tuple(args.alpha) if args.alpha else None,
-        test_fraction=args.test_fraction,
-        min_fmse=args.min_fmse,
-        max_fmse=args.max_fmse,
-        min_color_shift_lab=args.min_color_shift_lab,
-        max_tries=args.max_tries,
-        max_side=args.max_side,
-        image_format=args.image_format,
-        jpeg_quality=args.jpeg_quality,
         mask_type=mask_type or "binary",
-        masks_per_image=args.masks_per_image,
-        label_min_area=args.label_min_area,
-        label_max_area=args.label_max_area,
-        name_prefix=args.name_prefix,
-        reference=args.reference,
-        workers=args.workers,
-        shard=args.shard,
-        keep_going=args.keep_going,
-        progress=args.progress,
+        alpha=tuple(args.alpha) if args.alpha else None,
         generator=args.generator or DEFAULT_GENERATOR,
         generator_kwargs=_gen_args(args.gen_arg),
     )
