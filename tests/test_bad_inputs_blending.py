@@ -45,8 +45,9 @@ def _snapshot(values):
 
 def _same(a, b):
     if torch.is_tensor(a):
-        return torch.equal(a, b) if a.dtype != torch.float32 or not a.isnan().any() else torch.equal(
-            a.isnan(), b.isnan())
+        if a.is_floating_point():
+            return a.shape == b.shape and bool(torch.isclose(a, b, rtol=0, atol=0, equal_nan=True).all())
+        return torch.equal(a, b)
     if isinstance(a, np.ndarray):
         return np.array_equal(a, b, equal_nan=a.dtype.kind == "f")
     if isinstance(a, (list, tuple)):

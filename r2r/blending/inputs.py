@@ -55,13 +55,17 @@ def whole_number(value, name: str, minimum: int, hint: str) -> int:
     return int(value)
 
 
+def _real_or_nan(value) -> float:
+    """A real number (not a bool) as float, anything else as NaN."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
+    return float("nan")
+
+
 def fraction(value, name: str, hint: str) -> float:
-    """``value`` as a float in [0, 1] (NaN and non-numbers refused)."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        v = float("nan")
-    if isinstance(value, bool) or not (0.0 <= v <= 1.0):
+    """``value`` as a float in [0, 1] (NaN, bools, strings and other non-numbers refused)."""
+    v = _real_or_nan(value)
+    if not (0.0 <= v <= 1.0):
         raise R2RUserError(f"{name} must be a number in [0, 1]; got {value!r}. {hint}")
     return v
 
@@ -70,11 +74,8 @@ def optional_threshold(value, name: str, hint: str) -> float | None:
     """None, or a finite number >= 0."""
     if value is None:
         return None
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        v = float("nan")
-    if isinstance(value, bool) or not (np.isfinite(v) and v >= 0.0):
+    v = _real_or_nan(value)
+    if not (np.isfinite(v) and v >= 0.0):
         raise R2RUserError(f"{name} must be None or a finite number >= 0; got {value!r}. {hint}")
     return v
 
