@@ -371,3 +371,30 @@ def test_workers_die_with_their_parent(tmp_path):
         for w in _children(proc.pid):
             with contextlib.suppress(OSError):
                 os.kill(w, signal.SIGKILL)
+
+
+def brighten_generator(real, mask, seed, **kwargs):
+    """The foreground 40 grey levels brighter: an RGB shift of 40 * sqrt(3) = 69.3, a Lab shift far smaller."""
+    comp = real.copy()
+    m = np.asarray(mask).astype(bool)
+    comp[m] = np.clip(real[m].astype(int) + 40, 0, 255).astype(np.uint8)
+    return comp
+
+
+def test_color_shift_filter_is_in_lab_units(tmp_path):
+    """--min-color-shift-lab compares the CIE Lab Delta E (the one filter of r2r.blending), not the
+    RGB distance: a threshold between the two rejects every composite."""
+    rng = np.random.default_rng(0)
+    im, mk = tmp_path / "images", tmp_path / "masks"
+    _write(im / "a.png", rng.integers(60, 180, (48, 64, 3), dtype=np.uint8))
+    m = np.zeros((48, 64), np.uint8)
+    m[10:30, 10:40] = 255
+    _write(mk / "a.png", m)
+    ok = make_dataset(_cfg(tmp_path / "ok", im, mk, generator=brighten_generator, per_image=1))
+    c = json.loads(ok.manifest.read_text())["items"][0]["composites"][0]
+    assert c["color_shift_rgb"] == pytest.approx(40 * 3**0.5, abs=0.01) and c["color_shift_lab"] < 35
+    rep = make_dataset(_cfg(tmp_path / "lab", im, mk, generator=brighten_generator, per_image=1, max_tries=1,
+                            min_color_shift_lab=50.0))
+    assert rep.composites == 0 and rep.rejected == 1
+    reason = json.loads(rep.manifest.read_text())["items"][0]["rejected"][0]["reason"]
+    assert "Lab" in reason and "min_color_shift_lab 50" in reason
