@@ -265,7 +265,7 @@ def plan_run(cfg, opts: RunOptions, num_processes: int, log) -> RunPlan:
     if plan.bad and not opts.skip_bad_files:
         raise R2RUserError(
             f"{len(plan.bad)} training/validation item(s) cannot be used:\n{bad_files_message(plan.bad)}\n"
-            "Fix or remove these files, or pass --skip-bad-files to train without them (they are listed in "
+            "Fix or remove these files, or pass --skip-bad-files to train without them (the run then lists them in "
             f"{os.path.join(out, BAD_FILES)})")
     bad = set(plan.bad_keys)
     good_train = [r for r in train_records if record_key(r) not in bad]
