@@ -3,7 +3,7 @@
     python -m r2r harmonize --composite comp.jpg --mask mask.png --out result.png \
         [--weights models/r2r/region2region | 1243asdad/region2region] [--steps 10] [--seed 0] \
         [--max-side 1024] [--dtype auto|fp32|bf16|fp16] [--device auto|cpu|cuda[:N]|mps] [--no-paste-back] \
-        [--feather PX] [--method r2r|statistics]
+        [--feather -1|0|PX] [--method r2r|statistics] [--strength S]
 
 Weights are looked up in ``--weights``, then ``$R2R_WEIGHTS``, then ``./models/r2r/region2region``.
 ``--method statistics`` needs no weights (the Lab-statistics harmonizer of ``r2r.blending``).
@@ -44,6 +44,8 @@ MAX_STEPS = 1000
 MAX_SEED = 2**64 - 1
 #: --feather value meaning "automatic" (one latent cell); the pipeline's feather=None
 FEATHER_AUTO = -1
+#: the pipeline's upper limit for the controller's conditioning scale
+MAX_R2R_STRENGTH = 10.0
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
@@ -63,7 +65,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--method", choices=("r2r", "statistics"), default="r2r",
                         help="r2r = the diffusion model (needs weights); statistics = weight-free Lab colour matching")
     parser.add_argument("--strength", type=float, default=1.0,
-                        help="statistics method: 0 = unchanged .. 1 = full transfer (default 1)")
+                        help=f"r2r: the Harmony Controller's conditioning scale, 0..{MAX_R2R_STRENGTH:g} (1 = as trained, "
+                             "default; 0 = no controller); statistics: 0 = unchanged .. 1 = full transfer (default)")
 
 
 def add_model_arguments(parser) -> None:
@@ -147,8 +150,12 @@ def check_feather_strength(args) -> None:
     if args.feather < FEATHER_AUTO:
         raise R2RUserError(f"--feather must be -1 (automatic: one latent cell), 0 (hard edge) or a positive number "
                            f"of pixels; got {args.feather}.")
-    if not (math.isfinite(args.strength) and 0.0 <= args.strength <= 1.0):
-        raise R2RUserError(f"--strength must be a number from 0 (unchanged) to 1 (full transfer); got {args.strength}.")
+    if args.method == "statistics" and not (math.isfinite(args.strength) and 0.0 <= args.strength <= 1.0):
+        raise R2RUserError(f"--strength of --method statistics must be a number from 0 (unchanged) to 1 (full "
+                           f"transfer); got {args.strength}.")
+    if args.method == "r2r" and not (math.isfinite(args.strength) and 0.0 <= args.strength <= MAX_R2R_STRENGTH):
+        raise R2RUserError(f"--strength of --method r2r (the controller's conditioning scale) must be a number from 0 "
+                           f"to {MAX_R2R_STRENGTH:g}; got {args.strength}. 1 is the strength the model was trained with.")
 
 
 def feather_for_pipeline(feather: int):
@@ -264,12 +271,12 @@ def _step_bar(steps: int, desc: str):
         yield progress
 
 
-def harmonize_with_pipeline(pipe, composite, mask, args, paste_back=True, feather=None, desc="R2R"):
+def harmonize_with_pipeline(pipe, composite, mask, args, paste_back=True, feather=None, strength=1.0, desc="R2R"):
     """Run the pipeline on one image with a tqdm bar; returns ``HxWx3 uint8``."""
     with _step_bar(args.steps, desc) as progress:
         out = pipe(composite, mask, num_inference_steps=args.steps, generator=args.seed, max_side=args.max_side,
-                   resize_mode=args.resize_mode, paste_back=paste_back, feather=feather, callback=progress,
-                   fullres_mode=args.fullres_mode)
+                   resize_mode=args.resize_mode, paste_back=paste_back, feather=feather, strength=strength,
+                   callback=progress, fullres_mode=args.fullres_mode)
     return out.to_numpy()[0]
 
 
@@ -282,8 +289,8 @@ def harmonize_low_memory_cli(composite, mask, args, device, dtype):
         out = harmonize_low_memory(source, composite, mask, torch_dtype=dtype, device=device,
                                    num_inference_steps=args.steps, generator=args.seed, max_side=args.max_side,
                                    resize_mode=args.resize_mode, paste_back=not args.no_paste_back,
-                                   feather=feather_for_pipeline(args.feather), fullres_mode=args.fullres_mode,
-                                   scheduler=args.scheduler, callback=progress)
+                                   feather=feather_for_pipeline(args.feather), strength=args.strength,
+                                   fullres_mode=args.fullres_mode, scheduler=args.scheduler, callback=progress)
     return out.to_numpy()[0], source
 
 
@@ -312,7 +319,7 @@ def run(args) -> int:
             pipe = load_pipeline(args, device, dtype)
             source = pipe.source
             result = harmonize_with_pipeline(pipe, composite, mask, args, paste_back=not args.no_paste_back,
-                                             feather=feather_for_pipeline(args.feather))
+                                             feather=feather_for_pipeline(args.feather), strength=args.strength)
     except R2RWeightsNotFound as exc:
         raise R2RWeightsNotFound(weights_hint(exc)) from exc
     save_result(out_path, result)
