@@ -17,6 +17,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "R2RPipeline": ".pipeline",
     "R2ROutput": ".pipeline",
+    "harmonize_low_memory": ".pipeline",
     "ClearVAE": ".models",
     "HarmonyController": ".models",
     "MACA": ".models",
