@@ -170,3 +170,31 @@ def test_torch_batch_wrapper(scene):
     assert torch.equal(comp, comp2)
     assert torch.equal(comp[:, :, ~torch.from_numpy(mask)], rt[:, :, ~torch.from_numpy(mask)])
     assert not torch.equal(comp[0], comp[1])  # one generator across the batch
+
+
+def test_diagnostics_units_and_consistency(scene):
+    """rpb_diagnostics follows its documented definitions (0..255 scale, Lab Delta E of the mean colours),
+    for uint8 and float triplets alike, and RPB's own (windowed) diagnostics agree with it."""
+    from r2r.blending import rpb_diagnostics
+
+    real, mask, pool = scene
+    res = random_poisson_blend(real, mask, seed=6, pool=pool)
+    c, r = res.composite.astype(np.float64), real.astype(np.float64)
+    fg = mask
+    mean_c, mean_r = c[fg].mean(0), r[fg].mean(0)
+    lab = cv2.cvtColor((np.stack([mean_c, mean_r]) / 255).astype(np.float32)[:, None], cv2.COLOR_RGB2Lab)[:, 0]
+    expect = {
+        "fmse": ((c - r)[fg] ** 2).mean(),
+        "mse": ((c - r) ** 2).mean(),
+        "color_shift_rgb": np.linalg.norm(mean_c - mean_r),
+        "color_shift_lab": np.linalg.norm(lab[0].astype(np.float64) - lab[1]),
+        "fg_ratio": fg.mean(),
+    }
+    for d in (rpb_diagnostics(res.composite, real, mask),
+              rpb_diagnostics(res.composite.astype(np.float32) / 255, real.astype(np.float32) / 255, mask),
+              res.diagnostics):
+        for k, v in expect.items():
+            assert d[k] == pytest.approx(v, rel=1e-4, abs=1e-6), k
+        np.testing.assert_allclose(d["color_shift_rgb_channels"], mean_c - mean_r, rtol=1e-4, atol=1e-6)
+        assert d["psnr"] == pytest.approx(10 * np.log10(255**2 / expect["mse"]), rel=1e-5)
+    assert res.diagnostics["rejection"] is None

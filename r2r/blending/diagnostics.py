@@ -60,13 +60,24 @@ def window_diagnostics(comp_w, real_w, mask_w, n_pixels: int, scale: float) -> d
     ``mask_w`` its bool HxW window, ``n_pixels`` the full image's pixel count and
     ``scale`` the factor to 0..255 (255 for [0, 1] data, 1 for 0..255 data).
     """
-    n = int(mask_w.sum())
-    fg_r = real_w[mask_w].astype(np.float64) * scale
-    d = comp_w[mask_w].astype(np.float64) * scale - fg_r
-    sq = float(np.einsum("ij,ij->", d, d))
-    shift = d.sum(axis=0) / max(n, 1)
-    mean_r = fg_r.sum(axis=0) / max(n, 1)
+    sq, shift, mean_r, n, _ = _masked_sums(comp_w, real_w, mask_w, scale)
     return _assemble(sq, sq, shift, mean_r, n, n_pixels)
+
+
+def _masked_sums(comp, real, mask, scale):
+    """(foreground squared-error sum, mean change, mean real colour, n, whole-image squared-error sum),
+    on the 0..255 scale; OpenCV accumulates in float64."""
+    import cv2
+
+    work = np.float64 if np.float64 in (comp.dtype, real.dtype) else np.float32
+    m8 = mask.astype(np.uint8)
+    n = cv2.countNonZero(m8)
+    diff = np.subtract(comp, real, dtype=work)
+    fg_sq = cv2.norm(diff, cv2.NORM_L2SQR, mask=m8) * scale**2
+    all_sq = cv2.norm(diff, cv2.NORM_L2SQR) * scale**2
+    shift = np.array(cv2.mean(diff, mask=m8)[:3]) * scale
+    mean_r = np.array(cv2.mean(np.ascontiguousarray(real, dtype=work), mask=m8)[:3]) * scale
+    return fg_sq, shift, mean_r, n, all_sq
 
 
 def rpb_diagnostics(composite, real, mask) -> dict:
@@ -84,12 +95,8 @@ def rpb_diagnostics(composite, real, mask) -> dict:
     same_kind(c, r, ("composite", "real"))
     m = bool_mask_hw(mask, r.shape[:2])
     scale = 1.0 if r.dtype == np.uint8 else 255.0
-    cf, rf = c.astype(np.float64) * scale, r.astype(np.float64) * scale
-    n = int(m.sum())
-    err = (cf - rf) ** 2
-    shift = (cf[m] - rf[m]).mean(axis=0) if n else np.zeros(3)
-    mean_r = rf[m].mean(axis=0) if n else np.zeros(3)
-    return _assemble(float(err[m].sum()), float(err.sum()), shift, mean_r, n, m.size)
+    fg_sq, shift, mean_r, n, all_sq = _masked_sums(c, r, m, scale)
+    return _assemble(fg_sq, all_sq, shift, mean_r, n, m.size)
 
 
 def check_filter(min_fmse=None, max_fmse=None, min_color_shift_lab=None) -> tuple:
