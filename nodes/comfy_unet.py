@@ -1,0 +1,143 @@
+"""The R2R U-Net as a core ComfyUI MODEL (for KSampler, SamplerCustomAdvanced, model patches).
+
+The R2R U-Net is a diffusers ``UNet2DConditionModel`` with the SD-1.5-inpainting layout (9 input
+channels: noisy latent, latent mask, composite latent). Its diffusers state dict is handed to
+ComfyUI's own loader (``comfy.sd.load_diffusion_model_state_dict``), which recognises it as an
+SD1.5 inpainting U-Net and converts the keys. Scaled-down SD1.5 layouts (the tiny test models)
+are not in ComfyUI's detection table; they are built through the same SD1.5 model class with a
+config read from the diffusers config.
+
+One change to ComfyUI's sampling maths, so that KSampler reproduces the exact R2R path: at full
+denoise ComfyUI starts from ``noise * sqrt(1 + sigma_max^2)``, diffusers' Euler schedulers with
+the release's ``linspace`` timestep spacing (what R2R Sampler uses) from ``noise * sigma_max``.
+The MODEL carries a ``model_sampling`` object patch that starts from ``noise * sigma_max``
+(0.23 % smaller at SD1.5's sigma_max = 14.61); everything else is ComfyUI's SD1.5 model sampling.
+
+No ComfyUI import at module level (the pack imports cleanly without ComfyUI).
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+
+from ..r2r.errors import R2RUserError
+
+#: ComfyUI's SD1.5 U-Net (openaimodel) normalises with 32 groups everywhere
+COMFY_NORM_GROUPS = 32
+
+_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_lock = threading.Lock()
+
+
+def _check_layout(config) -> None:
+    """Errors for diffusers U-Nets that ComfyUI's SD1.5 U-Net cannot represent."""
+    problems = []
+    if int(config.in_channels) != 9:
+        problems.append(f"in_channels={config.in_channels} (R2R's U-Net has 9: latent 4 + mask 1 + composite 4)")
+    if int(config.norm_num_groups) != COMFY_NORM_GROUPS:
+        problems.append(f"norm_num_groups={config.norm_num_groups} (ComfyUI's SD1.5 U-Net uses {COMFY_NORM_GROUPS})")
+    if config.class_embed_type is not None or config.addition_embed_type is not None:
+        problems.append("class/addition embeddings (SD1.5 has none)")
+    if list(config.up_block_types) != [t.replace("Down", "Up") for t in reversed(config.down_block_types)]:
+        problems.append(f"up blocks {list(config.up_block_types)} that do not mirror the down blocks")
+    base = int(config.block_out_channels[0])
+    if any(int(c) % base for c in config.block_out_channels):
+        problems.append(f"block_out_channels {list(config.block_out_channels)} that are not multiples of the first")
+    if problems:
+        raise R2RUserError(
+            "R2R Model for KSampler: this U-Net cannot become a ComfyUI SD1.5 model: " + "; ".join(problems)
+            + ". Load the official R2R U-Net (stable-diffusion-inpainting/unet), or use R2R Sampler, which runs "
+            "any diffusers U-Net."
+        )
+
+
+def unet_config_from_diffusers(config) -> dict:
+    """ComfyUI's ``unet_config`` (openaimodel keyword arguments) for an SD1.5-layout diffusers config.
+
+    For the official R2R U-Net this equals what ComfyUI's detection gives (``SD15_diffusers_inpaint``).
+    """
+    _check_layout(config)
+    layers = int(config.layers_per_block)
+    depth = config.transformer_layers_per_block
+    levels = len(config.down_block_types)
+    depths = [int(depth)] * levels if isinstance(depth, int) else [int(d) for d in depth]
+    attn = [d if "CrossAttn" in t else 0 for d, t in zip(depths, config.down_block_types)]
+    heads = config.num_attention_heads or config.attention_head_dim  # diffusers' legacy naming
+    if not isinstance(heads, int):
+        raise R2RUserError(f"R2R Model for KSampler: per-block attention heads {heads!r} are not supported (SD1.5 uses 8).")
+    base = int(config.block_out_channels[0])
+    return {
+        "use_checkpoint": False, "image_size": 32, "out_channels": int(config.out_channels),
+        "use_spatial_transformer": True, "legacy": False, "adm_in_channels": None, "dtype": None,
+        "in_channels": int(config.in_channels), "model_channels": base,
+        "num_res_blocks": [layers] * levels, "transformer_depth": [d for d in attn for _ in range(layers)],
+        "channel_mult": [int(c) // base for c in config.block_out_channels],
+        "transformer_depth_middle": depths[-1], "use_linear_in_transformer": bool(config.use_linear_projection),
+        "context_dim": int(config.cross_attention_dim), "num_heads": int(heads),
+        "transformer_depth_output": [d for d in attn for _ in range(layers + 1)],
+        "use_temporal_attention": False, "use_temporal_resblock": False,
+    }
+
+
+def _load_scaled_down(state_dict: dict, config):
+    """ComfyUI's loading steps for an SD1.5-layout U-Net its detection table does not list."""
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.supported_models
+    import comfy.utils
+
+    unet_config = unet_config_from_diffusers(config)
+    model_config = comfy.supported_models.SD15(unet_config)
+    keys = comfy.utils.unet_to_diffusers(unet_config)
+    unmapped = sorted(k for k in state_dict if k not in keys)
+    if unmapped:
+        raise R2RUserError(f"R2R Model for KSampler: {len(unmapped)} U-Net weights have no place in ComfyUI's SD1.5 "
+                           f"U-Net (e.g. {unmapped[0]}).")
+    new_sd = {keys[k]: state_dict[k] for k in keys if k in state_dict}
+    unet_dtype = mm.unet_dtype(model_params=comfy.utils.calculate_parameters(new_sd),
+                               supported_dtypes=list(model_config.supported_inference_dtypes),
+                               weight_dtype=comfy.utils.weight_dtype(new_sd))
+    load_device = mm.get_torch_device()
+    manual_cast = mm.unet_manual_cast(unet_dtype, load_device, model_config.supported_inference_dtypes)
+    model_config.set_inference_dtype(unet_dtype, manual_cast)
+    model = model_config.get_model(new_sd, "").to(mm.unet_offload_device())
+    model.load_model_weights(new_sd, "")
+    return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=mm.unet_offload_device())
+
+
+def _patch_initial_noise(patcher) -> None:
+    """Start full-denoise sampling from ``noise * sigma_max`` (diffusers' linspace Euler), see module doc."""
+    base = type(patcher.get_model_object("model_sampling"))
+
+    class R2RModelSampling(base):
+        def noise_scaling(self, sigma, noise, latent_image, max_denoise=False):
+            return super().noise_scaling(sigma, noise, latent_image, max_denoise=False)
+
+    patcher.add_object_patch("model_sampling", R2RModelSampling(patcher.model.model_config))
+
+
+def build_comfy_model(unet_managed):
+    """A new ComfyUI ModelPatcher (SD1.5 inpainting) holding a copy of the R2R U-Net's weights."""
+    import comfy.sd
+
+    unet = unet_managed.model
+    _check_layout(unet.config)
+    state_dict = {k: v.detach() for k, v in unet.state_dict().items()}
+    patcher = None
+    if int(unet.config.block_out_channels[0]) == 320 and int(unet.config.cross_attention_dim) == 768:
+        patcher = comfy.sd.load_diffusion_model_state_dict(dict(state_dict))
+    if patcher is None:
+        patcher = _load_scaled_down(state_dict, unet.config)
+    _patch_initial_noise(patcher)
+    return patcher
+
+
+def comfy_model(unet_managed):
+    """The cached MODEL for an R2R U-Net (built once per loaded U-Net; callers get a clone)."""
+    with _lock:
+        patcher = _cache.get(unet_managed)
+        if patcher is None:
+            patcher = build_comfy_model(unet_managed)
+            _cache[unet_managed] = patcher
+    return patcher.clone()

@@ -1,0 +1,256 @@
+"""The KSampler path inside ComfyUI's own sampling code (in-process, --cpu), on tiny random weights.
+
+* KSampler (euler, normal) on "R2R Model for KSampler" + "R2R Conditioning" equals the exact R2R
+  denoising loop (r2r.sampling with diffusers' Euler) for the same seed and composite latent;
+* the Harmony Controller's residuals land where diffusers adds them (checked through that equality,
+  with strength, a reference mask, batch 2 and cond/uncond batching);
+* every core sampler and SamplerCustomAdvanced run;
+* ComfyUI's own detection takes the official U-Net config as SD1.5 inpainting, with the same
+  config as the one derived here.
+
+ComfyUI's SD1.5 U-Net normalises with 32 groups, so the U-Net here is the tiny release's layout
+with 32 norm groups (the tiny release itself uses 8).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+import torch
+
+COMFYUI_DIR = os.environ.get("COMFYUI_DIR") or os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".cache", "ComfyUI")
+if not os.path.isfile(os.path.join(COMFYUI_DIR, "comfy", "model_management.py")):
+    pytest.skip(f"no ComfyUI source tree at {COMFYUI_DIR} (set COMFYUI_DIR)", allow_module_level=True)
+if COMFYUI_DIR not in sys.path:
+    sys.path.insert(0, COMFYUI_DIR)
+
+import comfy.cli_args  # noqa: E402
+
+comfy.cli_args.args.cpu = True  # before comfy.model_management is imported
+
+import comfy.model_management  # noqa: E402, F401
+import comfy.samplers  # noqa: E402
+import folder_paths  # noqa: E402, F401
+import nodes as comfy_nodes  # noqa: E402  (ComfyUI's nodes.py: KSampler)
+from comfy_pack import pack_module  # noqa: E402
+
+pytestmark = pytest.mark.comfyui
+
+ksp = pack_module("nodes.ksampler_path")
+comfy_unet = pack_module("nodes.comfy_unet")
+harmony = pack_module("nodes.harmony_control")
+host = pack_module("nodes._host")
+imaging = pack_module("r2r.imaging")
+sampling = pack_module("r2r.sampling")
+R2RUserError = pack_module("r2r.errors").R2RUserError
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def parts(tiny_release):
+    """(unet with 32 norm groups, controller, prompt embeds, scheduler config) of the tiny release."""
+    from tiny import _randomize_zero_init, tiny_configs
+
+    weights = pack_module("r2r.weights")
+    comps = weights.load_components(tiny_release, torch_dtype=torch.float32, device="cpu",
+                                    components=("controller",))
+    from diffusers import UNet2DConditionModel
+
+    cfg = tiny_configs()["unet"]
+    cfg.update(norm_num_groups=32)
+    torch.manual_seed(5)
+    unet = UNet2DConditionModel.from_config(cfg)
+    _randomize_zero_init(unet, 6)
+    unet.eval()
+    return unet, comps.controller.eval(), comps.prompt_embeds, comps.scheduler_config
+
+
+@pytest.fixture(scope="module")
+def managed(parts):
+    unet, controller, _, _ = parts
+    return host.ManagedModel(unet, "unet"), host.ManagedModel(controller, "controller")
+
+
+def _prepared(batch=1, h=96, w=128, seed=0, max_side=128):
+    g = torch.Generator().manual_seed(seed)
+    comp = torch.rand(batch, 3, h, w, generator=g)
+    mask = torch.zeros(batch, 1, h, w)
+    mask[:, :, h // 4: 3 * h // 4, w // 3: 2 * w // 3] = 1
+    comp = torch.where(mask > 0, comp * torch.tensor([1.3, 0.7, 0.6]).view(1, 3, 1, 1), comp).clamp(0, 1)
+    return imaging.prepare(comp, mask, max_side=max_side)
+
+
+def _ref_latent(prepared):
+    ref = torch.zeros_like(prepared.latent_mask)
+    ref[..., :, : ref.shape[-1] // 3] = 1
+    return ref
+
+
+def _exact_r2r(parts, prepared, z_comp, seed, steps, strength, ref_lat, sampler="euler"):
+    """The exact path: diffusers' scheduler, the controller's residuals, the U-Net (as R2R Sampler)."""
+    unet, controller, embeds, sched_cfg = parts
+    scheduler = sampling.make_scheduler(sched_cfg, sampler)
+    timesteps = sampling.set_timesteps(scheduler, steps)
+    residuals = sampling.controller_residuals(controller, prepared.hint, prepared.latent_mask, timesteps, embeds,
+                                              conditioning_scale=strength, reference_mask=ref_lat)
+    generator = torch.Generator("cpu").manual_seed(seed)
+    return sampling.denoise(unet, scheduler, z_comp * 0.18215, prepared.latent_mask, embeds, residuals, generator,
+                            steps)
+
+
+def _conditioning(parts, managed, prepared, z_comp, strength, ref_lat):
+    _, _, embeds, _ = parts
+    control = harmony.control_class()(managed[1], prepared.hint, prepared.latent_mask, ref_lat, strength)
+    pos = ksp.build_conditioning(embeds, z_comp, prepared.latent_mask, control)
+    neg = ksp.build_conditioning(embeds, z_comp, prepared.latent_mask, control)
+    return pos, neg
+
+
+def _ksampler(model, pos, neg, shape, seed, steps, sampler="euler", scheduler="normal", cfg=1.0):
+    latent = {"samples": torch.zeros(shape)}
+    (out,) = comfy_nodes.KSampler().sample(model, seed, steps, cfg, sampler, scheduler, pos, neg, latent, 1.0)
+    return out
+
+
+# ----------------------------------------------------------------------------- equality with the exact path
+
+
+@pytest.mark.parametrize("batch,cfg,strength,use_ref", [(1, 1.0, 1.0, False), (2, 3.0, 0.7, True)])
+def test_ksampler_euler_equals_r2r_euler(parts, managed, batch, cfg, strength, use_ref):
+    prepared = _prepared(batch=batch, h=64, w=128)
+    ref_lat = _ref_latent(prepared) if use_ref else None
+    g = torch.Generator().manual_seed(3)
+    z_comp = torch.randn(batch, 4, *prepared.latent_mask.shape[-2:], generator=g) * 2  # unscaled
+    seed, steps = 42, 10  # 10 steps: diffusers' linspace timesteps 999, 888, ... are integers
+    expected = _exact_r2r(parts, prepared, z_comp, seed, steps, strength, ref_lat)
+
+    model = comfy_unet.comfy_model(managed[0])
+    pos, neg = _conditioning(parts, managed, prepared, z_comp, strength, ref_lat)
+    out = _ksampler(model, pos, neg, z_comp.shape, seed, steps, cfg=cfg)
+    got = out["samples"] * 0.18215  # KSampler returns the unscaled latent
+    assert got.shape == expected.shape
+    scale = expected.abs().max()
+    assert (got - expected).abs().max() <= 1e-4 * scale, float((got - expected).abs().max() / scale)
+    assert not torch.equal(got[0], got[-1]) or batch == 1
+
+    # the controller matters here (so the equality above checks the residual mapping)
+    no_ctrl = _ksampler(model, ksp.build_conditioning(parts[2], z_comp, prepared.latent_mask),
+                        ksp.build_conditioning(parts[2], z_comp, prepared.latent_mask), z_comp.shape, seed, steps)
+    assert (no_ctrl["samples"] * 0.18215 - expected).abs().max() > 1e-2 * scale
+
+
+def test_residual_order_matches_diffusers_unet(parts, managed):
+    """One U-Net call: ComfyUI's model + the control dict == diffusers' U-Net + down/mid residuals."""
+    unet, controller, embeds, _ = parts
+    prepared = _prepared(h=64, w=128)
+    model = comfy_unet.comfy_model(managed[0])
+    control = harmony.control_class()(managed[1], prepared.hint, prepared.latent_mask, None, 1.0)
+    ms = model.get_model_object("model_sampling")
+    control.pre_run(model.model, lambda p: ms.percent_to_sigma(p))
+    sigma = ms.sigmas[500:501].clone()
+    x = torch.randn(1, 4, *prepared.latent_mask.shape[-2:], generator=torch.Generator().manual_seed(1))
+    z = torch.randn_like(x)
+    cond = {"c_crossattn": embeds}
+    ctrl = control.get_control(x, sigma, cond, 1, {})
+    assert len(ctrl["output"]) == 12 and len(ctrl["middle"]) == 1
+    xin = x / (sigma ** 2 + 1) ** 0.5
+    concat = torch.cat([prepared.latent_mask, z * 0.18215], 1)
+    got = model.model.diffusion_model(torch.cat([xin, concat], 1), torch.tensor([500.0]), context=embeds,
+                                      control=ctrl, transformer_options={})
+    down, mid = controller(prepared.hint, torch.tensor([500.0]), embeds, prepared.latent_mask)
+    expected = unet(torch.cat([xin, concat], 1), torch.tensor([500.0]), encoder_hidden_states=embeds,
+                    down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
+    assert (got - expected).abs().max() <= 1e-4 * expected.abs().max()
+    control.cleanup()
+
+
+def test_initial_noise_follows_diffusers_linspace(managed):
+    model = comfy_unet.comfy_model(managed[0])
+    ms = model.get_model_object("model_sampling")
+    noise = torch.ones(1, 4, 2, 2)
+    start = ms.noise_scaling(ms.sigma_max.view(1), noise, torch.zeros_like(noise), max_denoise=True)
+    assert torch.allclose(start, noise * ms.sigma_max)  # diffusers: init_noise_sigma = sigma_max (linspace)
+    partial = ms.noise_scaling(torch.tensor([2.0]), noise, torch.ones_like(noise))
+    assert torch.allclose(partial, noise * 2 + 1)  # img2img unchanged
+
+
+def test_model_is_cached_per_unet(managed):
+    a = comfy_unet.comfy_model(managed[0])
+    b = comfy_unet.comfy_model(managed[0])
+    assert a is not b and a.model is b.model  # clones of one built model
+    assert a.model.model_config.unet_config["in_channels"] == 9
+    assert type(a.model.model_config).__name__ == "SD15"
+
+
+# ----------------------------------------------------------------------------- every sampler runs
+
+SKIP_SAMPLERS = set()
+
+
+@pytest.fixture(scope="module")
+def small_setup(parts, managed):
+    prepared = _prepared(h=64, w=64, max_side=64)
+    z = torch.randn(1, 4, *prepared.latent_mask.shape[-2:], generator=torch.Generator().manual_seed(0))
+    model = comfy_unet.comfy_model(managed[0])
+    pos, neg = _conditioning(parts, managed, prepared, z, 1.0, None)
+    return model, pos, neg, z.shape
+
+
+@pytest.mark.parametrize("sampler", [s for s in comfy.samplers.KSampler.SAMPLERS if s not in SKIP_SAMPLERS])
+def test_every_core_sampler_runs(small_setup, sampler):
+    model, pos, neg, shape = small_setup
+    out = _ksampler(model, pos, neg, shape, 1, 2, sampler=sampler, scheduler="karras")
+    assert out["samples"].shape == shape and torch.isfinite(out["samples"]).all()
+
+
+def test_sampler_custom_advanced_runs(small_setup):
+    from comfy_extras import nodes_custom_sampler as ncs
+
+    model, pos, neg, shape = small_setup
+    (noise,) = ncs.RandomNoise.execute(7).result
+    (guider,) = ncs.BasicGuider.execute(model, pos).result
+    (sampler,) = ncs.KSamplerSelect.execute("dpmpp_2m").result
+    (sigmas,) = ncs.BasicScheduler.execute(model, "normal", 3, 1.0).result
+    out, denoised = ncs.SamplerCustomAdvanced.execute(noise, guider, sampler, sigmas, {"samples": torch.zeros(shape)}).result
+    assert out["samples"].shape == shape and torch.isfinite(out["samples"]).all()
+
+
+# ----------------------------------------------------------------------------- the official U-Net layout
+
+
+def test_comfy_detects_official_unet_as_sd15_inpainting():
+    import json
+
+    import comfy.model_detection
+    import comfy.utils
+    from diffusers import UNet2DConditionModel
+
+    path = os.path.join(pack_module("r2r").__path__[0], "configs", "official", "stable-diffusion-inpainting", "unet",
+                        "config.json")
+    with open(path) as f:
+        cfg = json.load(f)
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(cfg)
+    sd = unet.state_dict()
+    detected = comfy.model_detection.model_config_from_diffusers_unet(sd)
+    assert type(detected).__name__ == "SD15" and detected.unet_config["in_channels"] == 9
+    derived = comfy_unet.unet_config_from_diffusers(unet.config)
+    ours = comfy.model_detection.convert_config(derived)
+    assert {k: v for k, v in ours.items() if k != "dtype"} == {
+        k: v for k, v in detected.unet_config.items() if k != "dtype"}
+    keys = comfy.utils.unet_to_diffusers(detected.unet_config)
+    assert set(keys) == set(sd)  # every diffusers weight maps
+
+
+def test_unsupported_layout_is_refused(parts):
+    from diffusers import UNet2DConditionModel
+    from tiny import tiny_configs
+
+    unet = UNet2DConditionModel.from_config(tiny_configs()["unet"])  # 8 norm groups
+    with pytest.raises(R2RUserError, match="norm_num_groups=8"):
+        comfy_unet.comfy_model(host.ManagedModel(unet, "unet"))
