@@ -284,11 +284,12 @@ def load_components(source=OFFICIAL_REPO, *, torch_dtype=None, device="cpu", com
     torch_dtype = resolve_dtype(torch_dtype, device)
     device = resolve_device(device)
     out = R2RComponents()
-    is_repo = isinstance(source, (str, os.PathLike)) and looks_like_repo_id(str(source))
+    is_repo = looks_like_repo_id(source)  # a str only: a Path is always a folder
     if not is_repo:
         given = [n for n, v in (("cache_dir", cache_dir), ("local_dir", local_dir), ("revision", revision)) if v]
         if given:
-            raise R2RUserError(f"{', '.join(given)} only apply to a Hugging Face repo id; the source {source!r} is "
+            what = "a dict of files" if isinstance(source, dict) else repr(str(source))
+            raise R2RUserError(f"{', '.join(given)} only apply to a Hugging Face repo id; the source {what} is "
                                f"not one (leave them out, or give a repo id like {OFFICIAL_REPO!r}).")
 
     if isinstance(source, dict):
@@ -358,7 +359,7 @@ def _check_dict_source(source: dict, components) -> None:
             raise R2RWeightsNotFound(f"The source dict's 'scheduler_config' folder {p} has no scheduler_config.json.")
     check_config_arg("text_encoder", source.get("text_encoder_config"))
     if source.get("prompt_embeds") is None and source.get("text_encoder") is None:
-        prompt.prompt_embeds_from_files()  # raises the message naming both ways to give the prompt
+        raise prompt.no_prompt_source_error()
 
 
 def _load_from_dict(source: dict, out: R2RComponents, components, torch_dtype, device) -> R2RComponents:
@@ -371,17 +372,14 @@ def _load_from_dict(source: dict, out: R2RComponents, components, torch_dtype, d
         out.scheduler_config = read_json(p / "scheduler_config.json" if p.is_dir() else p, "scheduler config")
     else:
         out.scheduler_config = official_config("scheduler")
-    te_config = source.get("text_encoder_config")
-    if te_config is not None and not isinstance(te_config, dict):
-        p = Path(te_config)
-        te_config = read_json(p / "config.json" if p.is_dir() else p, "text encoder config")
     cache: dict = {}
     for kind in components:
         setattr(out, kind, load_component(kind, source[kind], config=source.get(f"{kind}_config"),
                                           torch_dtype=torch_dtype, device=device, state_cache=cache))
     cache.clear()
     out.prompt_embeds = prompt.prompt_embeds_from_files(
-        source.get("text_encoder"), source.get("tokenizer"), source.get("prompt_embeds"), te_config
+        source.get("text_encoder"), source.get("tokenizer"), source.get("prompt_embeds"),
+        source.get("text_encoder_config"),
     ).to(device=device, dtype=torch_dtype)
     out.source = json.dumps({k: str(v) for k, v in source.items() if not isinstance(v, dict)}, sort_keys=True)
     return out

@@ -112,7 +112,8 @@ def save_prompt_cache(tensor, path: Path, identity: str) -> None:
 
 def load_text_encoder(text_encoder, torch_dtype=None, device="cpu", config=None):
     """CLIPTextModel from a transformers folder, a .safetensors file, or an SD checkpoint
-    (``cond_stage_model.transformer.*``)."""
+    (``cond_stage_model.transformer.*``); ``config`` (a dict, a config.json or its folder) overrides the
+    config found beside the weights."""
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch_dtype = resolve_dtype(torch_dtype, device)
@@ -136,8 +137,11 @@ def load_text_encoder(text_encoder, torch_dtype=None, device="cpu", config=None)
     state = read_state_dict(file)
     if any(k.startswith("cond_stage_model.transformer.") for k in state):
         state = text_encoder_sd_to_transformers(state)
-    if config is not None:
+    if isinstance(config, dict):
         cfg = dict(config)
+    elif config is not None:  # a config.json, or the folder holding it
+        config = Path(config)
+        cfg = read_json(config / "config.json" if config.is_dir() else config, "text encoder config")
     cfg = {k: v for k, v in cfg.items() if k not in ("architectures", "transformers_version", "torch_dtype", "dtype")}
     try:
         model = CLIPTextModel(CLIPTextConfig(**cfg))
@@ -249,6 +253,14 @@ def empty_prompt_embeds(root, text_encoder=None, tokenizer=None, *, key: str | N
     return emb
 
 
+def no_prompt_source_error() -> R2RWeightsNotFound:
+    """The error for a dict source that gives neither a text encoder nor a cached embedding."""
+    return R2RWeightsNotFound(
+        "The source dict needs 'text_encoder' (the text_encoder folder, a .safetensors file or an SD "
+        f"checkpoint with cond_stage_model.*) or 'prompt_embeds' (a cached {CACHE_NAME})."
+    )
+
+
 def prompt_embeds_from_files(text_encoder=None, tokenizer=None, prompt_embeds=None, config=None):
     """Empty-prompt embedding for a dict source: a cached .safetensors, or computed (and cached by key)."""
     if prompt_embeds is not None:
@@ -263,10 +275,7 @@ def prompt_embeds_from_files(text_encoder=None, tokenizer=None, prompt_embeds=No
             )
         return t
     if text_encoder is None:
-        raise R2RWeightsNotFound(
-            "The source dict needs 'text_encoder' (the text_encoder folder, a .safetensors file or an SD "
-            f"checkpoint with cond_stage_model.*) or 'prompt_embeds' (a cached {CACHE_NAME})."
-        )
+        raise no_prompt_source_error()
     key = f"file:{Path(text_encoder).resolve()}"
     return empty_prompt_embeds(None, text_encoder, tokenizer, key=key, write_to_root=False, config=config)
 
@@ -286,7 +295,7 @@ def encode_prompt(source, text: str = "", *, torch_dtype=None, device="cpu"):
                 device=device, dtype=torch_dtype
             )
     elif isinstance(source, (str, os.PathLike)):
-        if looks_like_repo_id(str(source)):
+        if looks_like_repo_id(source):
             key = f"hub:{source}"
             root = hub_snapshot(str(source), ["text_encoder", "tokenizer"])
         else:
