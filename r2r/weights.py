@@ -28,21 +28,19 @@ from .layout import (
 )
 from .loading import (
     R2RComponents,
-    build_model,
     load_clear_vae,
     load_component,
     load_components,
     load_controller,
     load_unet,
-    resolve_config,
 )
 from .release import check_component, check_release, download_release
-from .statedict import read_state_dict, tensor_shapes, to_diffusers_state_dict
+from .statedict import read_state_dict, to_diffusers_state_dict
 
 __all__ = [
     "COMPONENT_DIRS", "MODEL_COMPONENTS", "OFFICIAL_CONFIGS", "OFFICIAL_REPO", "RELEASE_COMPONENTS", "SD_FOLDER",
-    "WEIGHT_FILES", "R2RComponents", "build_model", "check_component", "check_release", "download_release",
+    "WEIGHT_FILES", "R2RComponents", "check_component", "check_release", "download_release",
     "expected_hub_files", "find_weights_file", "hub_snapshot", "is_offline", "load_clear_vae", "load_component",
     "load_components", "load_controller", "load_unet", "looks_like_repo_id", "official_config", "read_state_dict",
-    "release_paths", "resolve_config", "tensor_shapes", "to_diffusers_state_dict",
+    "release_paths", "to_diffusers_state_dict",
 ]
