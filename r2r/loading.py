@@ -195,6 +195,9 @@ def build_model(kind: str, config: dict, state: dict, *, file, torch_dtype=None,
 
 def _component_file(kind: str, path) -> Path:
     """The weights file of a component given as a folder or a file (checked, nothing read yet)."""
+    if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
+        raise R2RUserError(f"The {COMPONENT_LABELS[kind]} must be given as a folder or file path, got {path!r}; "
+                           f"expected {COMPONENT_SOURCES[kind]}.")
     path = Path(path)
     if not path.exists():
         raise R2RWeightsNotFound(f"{COMPONENT_LABELS[kind]} not found at {path}; expected {COMPONENT_SOURCES[kind]}. "
@@ -280,6 +283,9 @@ def load_components(source=OFFICIAL_REPO, *, torch_dtype=None, device="cpu", com
         cache_dir, local_dir, revision: hub repo ids only (where the snapshot goes, which revision).
         local_files_only: never touch the network (also set by ``HF_HUB_OFFLINE``).
     """
+    if isinstance(source, str) and not source.strip():
+        raise R2RUserError(f"load_components got an empty source; give a release folder, a hub repo id like "
+                           f"{OFFICIAL_REPO!r} or a dict of files.")
     components = _check_components(components)
     torch_dtype = resolve_dtype(torch_dtype, device)
     device = resolve_device(device)

@@ -145,6 +145,23 @@ def test_components_as_one_string_or_with_repeats(release_copy, tiny_components)
         assert all(torch.equal(v, ref[k]) for k, v in c.clear_vae.state_dict().items())
 
 
+@pytest.mark.parametrize("source, match", [
+    (None, "source must be a folder, a hub repo id"),
+    (5, "source must be a folder, a hub repo id"),
+    ("", "got an empty source"),
+    ({"clear_vae": 5, "prompt_embeds": "x"}, r"Clear-VAE must be given as a folder or file path, got 5"),
+    ({"clear_vae": "x", "bonus": 1}, r"Unknown keys \['bonus'\] in the source dict"),
+])
+def test_sources_of_the_wrong_type(source, match, no_weights_read):
+    with pytest.raises(R2RUserError, match=match):
+        weights.load_components(source, components=("clear_vae",))
+
+
+def test_single_loader_with_a_non_path(no_weights_read):
+    with pytest.raises(R2RUserError, match=r"U-Net must be given as a folder or file path, got 5"):
+        weights.load_unet(5)
+
+
 # ---------------------------------------------------------------------------------------------- single files / dicts
 def test_dict_source_is_checked_completely_before_anything_loads(release_copy, tmp_path, no_weights_read):
     source = {"unet": release_copy / SD / "unet", "controller": tmp_path / "missing_controller.safetensors",
