@@ -1,8 +1,11 @@
-"""Every example workflow uses only existing node ids with valid widget values and links.
+"""Every template (example_workflows/) and the V1-era fixtures (tests/data/v1_workflows/) use only
+existing node ids, with widget values that map onto the V3 schemas (count, order, type, range) and
+typed links; the templates need no user files (every R2R chain starts at R2R Example Image), carry
+a Note, and have a JPEG thumbnail.
 
-Our nodes are checked against their own INPUT_TYPES; the few core ComfyUI nodes the
-examples use are described below (from ComfyUI 0.3.64's nodes.py). The full run of
-every workflow in a real ComfyUI is in test_comfyui_integration.py.
+Our nodes are checked against the schemas the pack's extension registers; the core ComfyUI nodes
+the workflows use are described below (from ComfyUI 0.3.64: nodes.py, comfy_extras/nodes_mask.py).
+The full run of every workflow in a real ComfyUI is in test_comfyui_integration.py.
 """
 
 from __future__ import annotations
@@ -12,13 +15,15 @@ import os
 import sys
 
 import pytest
-from comfy_pack import PACK_ROOT, load_pack
+from comfy_pack import PACK_ROOT, node_classes
 
-pack = load_pack()
+NODES = node_classes()
 WF_DIR = os.path.join(PACK_ROOT, "example_workflows")
+V1_DIR = os.path.join(PACK_ROOT, "tests", "data", "v1_workflows")
 WORKFLOWS = sorted(f for f in os.listdir(WF_DIR) if f.endswith(".json"))
+V1_WORKFLOWS = sorted(f for f in os.listdir(V1_DIR) if f.endswith(".json"))
 CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
-ANY = object()
+MAX_RES = 16384
 
 # core node id -> (ordered widget specs, input socket types, output types)
 CORE = {
@@ -29,30 +34,44 @@ CORE = {
     ),
     "SaveImage": ([("filename_prefix", "STRING", {})], {"images": "IMAGE"}, []),
     "PreviewImage": ([], {"images": "IMAGE"}, []),
+    "ImageScaleBy": ([("upscale_method", ["nearest-exact", "bilinear", "area", "bicubic", "lanczos"], {}),
+                      ("scale_by", "FLOAT", {"min": 0.01, "max": 8.0})], {"image": "IMAGE"}, ["IMAGE"]),
+    "SolidMask": ([("value", "FLOAT", {"min": 0.0, "max": 1.0}), ("width", "INT", {"min": 1, "max": MAX_RES}),
+                   ("height", "INT", {"min": 1, "max": MAX_RES})], {}, ["MASK"]),
+    "MaskComposite": ([("x", "INT", {"min": 0, "max": MAX_RES}), ("y", "INT", {"min": 0, "max": MAX_RES}),
+                       ("operation", ["multiply", "add", "subtract", "and", "or", "xor"], {})],
+                      {"destination": "MASK", "source": "MASK"}, ["MASK"]),
+    "MaskToImage": ([], {"mask": "MASK"}, ["IMAGE"]),
 }
 UI_ONLY = {"Note", "MarkdownNote", "Reroute"}
+WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 
 
 def _our_spec(cls):
-    spec = cls.INPUT_TYPES()
-    widgets, sockets = [], {}
+    """Widgets in the order the frontend creates them (required, then optional: input_order)."""
+    info = cls.GET_NODE_INFO_V1()
+    widgets, sockets, required = [], {}, set()
     for section in ("required", "optional"):
-        for name, (typ, opts) in spec.get(section, {}).items():
-            if isinstance(typ, list) or (typ in ("INT", "FLOAT", "STRING", "BOOLEAN") and not opts.get("forceInput")):
-                widgets.append((name, typ, opts))
+        for name in info["input_order"].get(section, []):
+            typ, opts = info["input"][section][name]
+            if typ in WIDGET_TYPES and not opts.get("forceInput"):
+                widgets.append((name, opts["options"] if typ == "COMBO" else typ, opts))
                 if typ == "INT" and (opts.get("control_after_generate") or name in ("seed", "noise_seed")):
                     widgets.append((name + ":control", "CONTROL", {}))
             else:
                 sockets[name] = typ
-    return widgets, sockets, list(cls.RETURN_TYPES)
+                if section == "required":
+                    required.add(name)
+    return widgets, sockets, list(info["output"]), required
 
 
 def _spec(node_type):
-    if node_type in pack.NODE_CLASS_MAPPINGS:
-        return _our_spec(pack.NODE_CLASS_MAPPINGS[node_type])
+    if node_type in NODES:
+        return _our_spec(NODES[node_type])
     if node_type in CORE:
-        return CORE[node_type]
-    raise AssertionError(f"unknown node type {node_type!r}: not ours and not a core node the examples may use")
+        widgets, sockets, outputs = CORE[node_type]
+        return widgets, sockets, outputs, set(sockets)
+    raise AssertionError(f"unknown node type {node_type!r}: not ours and not a core node the workflows may use")
 
 
 def _check_value(node_type, name, typ, opts, value):
@@ -79,9 +98,10 @@ def _check_value(node_type, name, typ, opts, value):
         assert value in typ, f"{where} not in {typ}"
 
 
-@pytest.mark.parametrize("filename", WORKFLOWS)
-def test_example_workflow_is_valid(filename):
-    with open(os.path.join(WF_DIR, filename), encoding="utf-8") as f:
+def check_workflow(path):
+    """Assert that the UI-format workflow at ``path`` loads onto the current schemas; return it."""
+    filename = os.path.basename(path)
+    with open(path, encoding="utf-8") as f:
         wf = json.load(f)
     assert wf.get("version") == 0.4 and isinstance(wf.get("nodes"), list) and isinstance(wf.get("links"), list)
     nodes = {n["id"]: n for n in wf["nodes"]}
@@ -91,19 +111,13 @@ def test_example_workflow_is_valid(filename):
         t = node["type"]
         if t in UI_ONLY:
             continue
-        assert node.get("mode", 0) == 0, f"{t} is muted/bypassed in an example"
-        widgets, sockets, outputs = _spec(t)
+        assert node.get("mode", 0) == 0, f"{t} is muted/bypassed in {filename}"
+        widgets, sockets, outputs, required = _spec(t)
         values = node.get("widgets_values") or []
         assert len(values) == len(widgets), f"{filename}: {t} has {len(values)} widget values, expected {len(widgets)}"
         for (name, typ, opts), value in zip(widgets, values):
             _check_value(t, name, typ, opts, value)
-        # sockets: every required socket linked, with the right type
         linked = {i["name"]: i for i in node.get("inputs", []) if i.get("link") is not None}
-        required = {}
-        if t in pack.NODE_CLASS_MAPPINGS:
-            required = {k for k, v in pack.NODE_CLASS_MAPPINGS[t].INPUT_TYPES()["required"].items() if k in sockets}
-        else:
-            required = set(sockets)
         missing = required - set(linked)
         assert not missing, f"{filename}: {t} has unconnected required inputs {missing}"
         for name, inp in linked.items():
@@ -113,7 +127,29 @@ def test_example_workflow_is_valid(filename):
             assert target == node["id"]
             origin_outputs = _spec(nodes[origin]["type"])[2]
             assert origin_outputs[slot] == sockets[name] == ltype, f"{filename}: link {link} into {t}.{name}"
+    return wf
+
+
+@pytest.mark.parametrize("filename", WORKFLOWS)
+def test_template_is_valid_and_runs_as_delivered(filename):
+    wf = check_workflow(os.path.join(WF_DIR, filename))
+    types = [n["type"] for n in wf["nodes"]]
+    # as delivered: no file the user must place (Load Image names a file in the input folder)
+    assert "LoadImage" not in types and "LoadImageMask" not in types, filename
+    assert "R2RExampleImage" in types, filename
+    notes = [n for n in wf["nodes"] if n["type"] in ("Note", "MarkdownNote")]
+    assert notes, f"{filename}: no Note saying what to replace"
+    text = notes[0]["widgets_values"][0]
+    assert "Load Image" in text and "MaskEditor" in text and "white" in text, filename
+    # the title the Templates browser shows is the file stem: words, not an identifier
     stem = filename[:-5]
+    assert " " in stem and "_" not in stem and "-" not in stem, stem
+    # nodes do not overlap (the frontend keeps the saved positions and sizes)
+    boxes = [(n["pos"][0], n["pos"][1] - 30, n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1])
+             for n in wf["nodes"]]
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1], f"{filename}: nodes overlap {a} {b}"
     thumb = os.path.join(WF_DIR, stem + ".jpg")
     assert os.path.isfile(thumb), f"{stem}.jpg thumbnail missing (Templates browser)"
     assert os.path.getsize(thumb) < 100_000
@@ -121,29 +157,46 @@ def test_example_workflow_is_valid(filename):
         assert f.read(3) == b"\xff\xd8\xff", "thumbnail is not a JPEG"
 
 
-def test_the_five_promised_examples_exist():
-    stems = {f[:-5] for f in WORKFLOWS}
-    assert {"r2r_harmonize_basic", "r2r_reference_region", "r2r_large_image_fullres", "r2r_make_training_set",
-            "r2r_weight_free"} <= stems
+@pytest.mark.parametrize("filename", V1_WORKFLOWS)
+def test_v1_era_workflow_still_maps_onto_the_v3_schemas(filename):
+    """Saved with the V1 nodes (before the V3 move): same ids, input names and widget order."""
+    wf = check_workflow(os.path.join(V1_DIR, filename))
+    decode = next(n for n in wf["nodes"] if n["type"] == "R2RClearVAEDecode")
+    names = [w[0] for w in _our_spec(NODES["R2RClearVAEDecode"])[0]]
+    assert dict(zip(names, decode["widgets_values"]))["fullres_mode"] == decode["widgets_values"][-1]
+
+
+def test_templates_cover_every_node_and_the_promised_cases():
     used = set()
     for f in WORKFLOWS:
         with open(os.path.join(WF_DIR, f), encoding="utf-8") as fh:
             used |= {n["type"] for n in json.load(fh)["nodes"]}
-    # every processing node appears in at least one example
-    for node_id in ("R2RCheckpointLoader", "R2RClearVAEEncode", "R2RMACAControllerApply", "R2RSampler",
-                    "R2RClearVAEDecode", "R2RHarmonize", "R2RWeightFreeHarmonize", "R2RRandomPoissonBlend",
-                    "R2RSaveHarmonizationDataset"):
+    for node_id in ("R2RCheckpointLoader", "R2RExampleImage", "R2RClearVAEEncode", "R2RMACAControllerApply",
+                    "R2RSampler", "R2RClearVAEDecode", "R2RHarmonize", "R2RWeightFreeHarmonize",
+                    "R2RRandomPoissonBlend", "R2RSaveHarmonizationDataset"):
         assert node_id in used, node_id
+    assert len(WORKFLOWS) >= 5
+    with open(os.path.join(WF_DIR, "Harmonize a pasted object.json"), encoding="utf-8") as f:
+        basic = json.load(f)
+    decode = next(n for n in basic["nodes"] if n["type"] == "R2RClearVAEDecode")
+    assert decode["widgets_values"][-1] == "auto"  # fullres_mode: the default
+    with open(os.path.join(WF_DIR, "Make a harmonization training set.json"), encoding="utf-8") as f:
+        training = json.load(f)
+    rpb = next(n for n in training["nodes"] if n["type"] == "R2RRandomPoissonBlend")
+    assert rpb["widgets_values"][1] == "randomize"  # each run adds a new triplet
+    preview = next(n for n in training["nodes"] if n["type"] == "PreviewImage")
+    assert preview["size"][0] >= 250 and preview["size"][1] >= 250
 
 
 def test_checker_rejects_bad_workflows(tmp_path, monkeypatch):
     """The checker itself fails on an unknown node, a value out of range and a wrong widget count."""
-    with open(os.path.join(WF_DIR, "r2r_weight_free.json"), encoding="utf-8") as f:
+    good_path = os.path.join(WF_DIR, "Quick colour match, no model.json")
+    with open(good_path, encoding="utf-8") as f:
         good = json.load(f)
     monkeypatch.setattr(sys.modules[__name__], "WF_DIR", str(tmp_path))
     cases = []
     bad = json.loads(json.dumps(good))
-    bad["nodes"][1]["type"] = "R2RNoSuchNode"
+    next(n for n in bad["nodes"] if n["type"] == "R2RWeightFreeHarmonize")["type"] = "R2RNoSuchNode"
     cases.append(bad)
     bad = json.loads(json.dumps(good))
     node = next(n for n in bad["nodes"] if n["type"] == "R2RWeightFreeHarmonize")
@@ -153,8 +206,13 @@ def test_checker_rejects_bad_workflows(tmp_path, monkeypatch):
     node = next(n for n in bad["nodes"] if n["type"] == "R2RWeightFreeHarmonize")
     node["widgets_values"].append(True)
     cases.append(bad)
+    bad = json.loads(json.dumps(good))
+    node = next(n for n in bad["nodes"] if n["type"] == "R2RExampleImage")
+    node["type"] = "LoadImage"  # a file the user would have to place
+    node["widgets_values"] = ["r2r_composite.png", "image"]
+    cases.append(bad)
     for i, wf in enumerate(cases):
-        (tmp_path / f"bad{i}.json").write_text(json.dumps(wf))
-        (tmp_path / f"bad{i}.jpg").write_bytes(b"\xff\xd8\xff" + b"0" * 10)
+        (tmp_path / f"bad {i}.json").write_text(json.dumps(wf))
+        (tmp_path / f"bad {i}.jpg").write_bytes(b"\xff\xd8\xff" + b"0" * 10)
         with pytest.raises(AssertionError):
-            test_example_workflow_is_valid(f"bad{i}.json")
+            test_template_is_valid_and_runs_as_delivered(f"bad {i}.json")
