@@ -86,7 +86,7 @@ class R2RClearVAEEncode(R2RNode):
     def execute(cls, clear_vae, image, mask, max_side=1024, invert_mask=False, resize_mode="fit"):
         node = "Clear-VAE Encode"
         _check_working(node, max_side, resize_mode)
-        comp, m, _ = flow.read_inputs(image, mask, invert_mask)
+        comp, m, _ = flow.read_inputs(image, mask, invert_mask, node=node)
         return io.NodeOutput(flow.encode(clear_vae, comp, m, max_side, resize_mode))
 
 
@@ -238,7 +238,7 @@ class R2RHarmonize(R2RNode):
         _check_working(node, max_side, resize_mode)
         _check_output(node, feather, fullres_mode)
         _convert.check_number(strength, "strength", node, 0.0, 2.0)
-        comp, m, ref = flow.read_inputs(image, mask, invert_mask, reference_mask)
+        comp, m, ref = flow.read_inputs(image, mask, invert_mask, reference_mask, node=node)
         return io.NodeOutput(flow.harmonize(
             model, clear_vae, controller, comp, m, ref, seed, steps, sampler, max_side, float(strength),
             bool(paste_back), int(feather), resize_mode, fullres_mode,
