@@ -10,6 +10,7 @@ other devices through the solver below (FFT-based DST-I, the shared PCG on devic
 from __future__ import annotations
 
 from ..errors import R2RUserError
+from . import poisson_stencils as stencils
 from .inputs import image_bchw, mask_weights_b1hw
 from .poisson_numpy import blend_numpy
 from .poisson_setup import (
@@ -20,14 +21,6 @@ from .poisson_setup import (
     residual_threshold,
     resolve_erode_margin,
     value_range,
-)
-from .poisson_stencils import (
-    PCGOps,
-    apply_masked_laplacian,
-    box_guidance_laplacian,
-    jacobi_box_jacobi,
-    masked_guidance_system,
-    solve_pcg,
 )
 
 __all__ = ["BACKENDS", "poisson_blend_torch", "solve_window_torch"]
@@ -107,7 +100,8 @@ def _abs_max(x):
     return float(x.abs().max()) if x.numel() else 0.0
 
 
-_OPS = PCGOps(channel_dot=_channel_dot, ratio_or_zero=_ratio_or_zero, abs_max=_abs_max, copy=lambda x: x.clone())
+_OPS = stencils.PCGOps(channel_dot=_channel_dot, ratio_or_zero=_ratio_or_zero, abs_max=_abs_max,
+                       copy=lambda x: x.clone())
 
 
 def solve_window_torch(Tb, Sb, Mb, *, mode, mixed, erode, threshold, max_iter):
@@ -116,21 +110,21 @@ def solve_window_torch(Tb, Sb, Mb, *, mode, mixed, erode, threshold, max_iter):
     ``threshold``: masked mode's largest allowed residual (see poisson_setup.residual_threshold).
     """
     if mode == "box":
-        rhs = box_guidance_laplacian(Tb, Sb, _erode(Mb, erode), mixed)
+        rhs = stencils.box_guidance_laplacian(Tb, Sb, _erode(Mb, erode), mixed)
         lam = _laplacian_eigenvalues(*rhs.shape[1:], rhs.dtype, rhs.device)
         return _dst2(_dst2(rhs) / (-lam)), {"iterations": 0}
     Mm = _erode(Mb, erode) if erode else Mb
     if not Mm[1:-1, 1:-1].any():
         Mm = Mb
-    b, interior = masked_guidance_system(Tb, Sb, Mm, mixed)
+    b, interior = stencils.masked_guidance_system(Tb, Sb, Mm, mixed)
     mask_f = interior.to(b.dtype)
     inv_lam = 1.0 / _laplacian_eigenvalues(*interior.shape, b.dtype, b.device)
 
     def apply_A(x):
-        return apply_masked_laplacian(x, mask_f)
+        return stencils.apply_masked_laplacian(x, mask_f)
 
-    precondition = jacobi_box_jacobi(apply_A, lambda t: _dst2(_dst2(t) * inv_lam), mask_f)
-    return solve_pcg(b, apply_A, precondition, _OPS, threshold, max_iter)
+    precondition = stencils.jacobi_box_jacobi(apply_A, lambda t: _dst2(_dst2(t) * inv_lam), mask_f)
+    return stencils.solve_pcg(b, apply_A, precondition, _OPS, threshold, max_iter)
 
 
 def poisson_blend_torch(target, source, mask, *, mode="box", mixed=False, erode=None, margin=None, tol=5e-4,
