@@ -6,10 +6,14 @@ pack is relative. Importing the pack root does not import ComfyUI (or torch): th
 """
 
 
+#: served under /extensions/<pack folder>/: docs/<NodeId>.md are the nodes' help pages in the UI
+WEB_DIRECTORY = "./web"
+
+
 async def comfy_entrypoint():
     from .nodes import make_extension
 
     return make_extension()
 
 
-__all__ = ["comfy_entrypoint"]
+__all__ = ["WEB_DIRECTORY", "comfy_entrypoint"]
