@@ -229,8 +229,8 @@ class HarmonizationDataset:
 
     def load_or_substitute(self, index: int, epoch: int = 0) -> dict:
         """:meth:`load`, but an item whose files became unreadable after the data check is replaced by the
-        next loadable one (in index order, so the substitute is the same on resume); the replaced items are
-        listed in ``item["skipped"]`` as ``(real image path, problem)`` so the trainer can warn and count."""
+        next loadable one (in index order, so the substitute is the same on resume); the replaced items, if
+        any, are listed in ``item["skipped"]`` as ``(real image path, problem)`` so the trainer can warn and count."""
         import cv2
 
         skipped = []
@@ -241,7 +241,8 @@ class HarmonizationDataset:
             except (R2RUserError, OSError, ValueError, cv2.error) as exc:
                 skipped.append((self.records[i].real, str(exc).splitlines()[0]))
                 continue
-            item["skipped"] = skipped
+            if skipped:
+                item["skipped"] = skipped
             return item
         raise R2RUserError(f"no training item can be read any more (the last problem: {skipped[-1][1]})")
 

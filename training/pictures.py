@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 
 def write_png(path, rgb_uint8: np.ndarray) -> None:
-    """``HxWx3 uint8`` RGB -> PNG, atomically (``r2r.fileio.write_image``)."""
+    """``HxWx3 uint8`` RGB -> PNG, atomically (``r2r.fileio.write_image``); the folder is created."""
     from r2r.fileio import write_image
 
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     write_image(path, np.ascontiguousarray(rgb_uint8))
 
 
