@@ -222,6 +222,21 @@ def test_resume_option_errors(case, used, dataset, tiny_release, tmp_path, capsy
     assert tree_hash(used) == before
 
 
+def test_a_folder_in_use_by_another_run_is_refused(used, dataset, tiny_release, tmp_path, capsys, no_model_load):
+    from training.preflight import OutputLock
+
+    cfg = _cfg_for(tmp_path, dataset, tiny_release, used)
+    before = tree_hash(used)
+    lock = OutputLock(str(used))  # what a running trainer holds
+    try:
+        for flags in (["--resume", "latest"], ["--overwrite"]):
+            code, err = run_cli(capsys, "clear_vae", "--config", cfg, *flags)
+            assert code == 2 and "another training run is using" in err
+    finally:
+        lock.release()
+    assert tree_hash(used) == before
+
+
 def _payload(marker: Path) -> bytes:
     class Evil:
         def __reduce__(self):
@@ -364,14 +379,19 @@ def test_config_values_are_checked(override, named, dataset, tiny_release, tmp_p
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("case", ["data_root", "init_weights", "vgg16", "set_syntax", "stop_after", "max_steps"])
+@pytest.mark.parametrize("case", ["data_root", "init_weights", "vgg16", "set_syntax", "set_yaml", "stop_after",
+                                  "max_steps", "binary_config"])
 def test_paths_and_options_are_checked(case, dataset, tiny_release, tmp_path, capsys, no_model_load):
     cfg = _cfg_for(tmp_path, dataset, tiny_release, tmp_path / "out")
+    if case == "binary_config":
+        cfg.write_bytes(bytes(range(256)) * 4)
     extra, expect = {
         "data_root": (["--set", f"data.train=[{{type: layout, root: {tmp_path / 'nope'}}}]"], "data.train[0].root"),
         "init_weights": (["--set", f"init.weights={tmp_path / 'missing.safetensors'}"], "init.weights"),
         "vgg16": (["--set", "loss.cr_weight=0.3", "--set", f"loss.vgg16={tmp_path / 'vgg.pth'}"], "loss.vgg16"),
         "set_syntax": (["--set", "train.max_steps"], "key=value"),
+        "set_yaml": (["--set", "data.train=[{type: layout"], "not valid YAML"),
+        "binary_config": ([], "cannot be read as YAML text"),
         "stop_after": (["--stop-after", "0"], "--stop-after"),
         "max_steps": (["--max-steps", "-3"], "train.max_steps"),
     }[case]

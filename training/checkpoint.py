@@ -145,6 +145,9 @@ def read_trainer_state(ckpt_dir: str) -> dict:
             state = json.load(fh)
     except (OSError, ValueError) as exc:
         raise R2RUserError(f"checkpoint {ckpt_dir} is damaged: {STATE_FILE} cannot be read ({exc}); {hint}") from exc
+    if isinstance(state, dict) and state.get("format") not in (None, CHECKPOINT_FORMAT):
+        raise R2RUserError(f"checkpoint {ckpt_dir} has the format {state['format']!r}, which this trainer does not "
+                           f"know (it reads {CHECKPOINT_FORMAT!r}); resume it with the r2r version that wrote it")
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise R2RUserError(
             f"checkpoint {ckpt_dir} was written by an older trainer in accelerate's pickle-based format, which this "
@@ -254,6 +257,20 @@ def _link_or_copy_tree(src: str, dst: str) -> None:
     shutil.copytree(src, dst, copy_function=copy)
 
 
+def _copy_into_place(src: str, dst: str) -> None:
+    """Copy (hard-link) a file or folder to ``dst`` unless it exists, via a temp name and a rename."""
+    if os.path.exists(dst):
+        return
+    tmp = f"{dst}{TEMP_MARKER}{os.getpid()}"
+    if os.path.isdir(tmp):
+        shutil.rmtree(tmp)
+    if os.path.isdir(src):
+        _link_or_copy_tree(src, tmp)
+    else:
+        shutil.copy2(src, tmp)
+    os.replace(tmp, dst)
+
+
 def assemble_release(release_dir: str, base_release: str | None, component_src: str, rel_dir: str) -> str:
     """Write/update a full release folder (hub layout) with the trained component.
 
@@ -275,11 +292,9 @@ def assemble_release(release_dir: str, base_release: str | None, component_src: 
             if os.path.isdir(src) and top == "stable-diffusion-inpainting":
                 os.makedirs(dst, exist_ok=True)
                 for sub in sorted(os.listdir(src)):
-                    s2, d2 = os.path.join(src, sub), os.path.join(dst, sub)
-                    if not os.path.exists(d2):
-                        (_link_or_copy_tree(s2, d2) if os.path.isdir(s2) else shutil.copy2(s2, d2))
-            elif not os.path.exists(dst):
-                (_link_or_copy_tree(src, dst) if os.path.isdir(src) else shutil.copy2(src, dst))
+                    _copy_into_place(os.path.join(src, sub), os.path.join(dst, sub))
+            else:
+                _copy_into_place(src, dst)
     final = os.path.join(release_dir, rel_dir)
     tmp = f"{final}{TEMP_MARKER}{os.getpid()}"
     if os.path.exists(tmp):

@@ -346,18 +346,28 @@ def load_config(path: str | os.PathLike | None, stage: str | None = None, overri
                 f"config file {os.fspath(path)!r} not found; pass an existing YAML file with --config "
                 "(examples: training/configs/clear_vae.yaml, unet.yaml, controller.yaml)"
             )
-        with open(path, encoding="utf-8") as fh:
-            try:
+        try:
+            with open(path, encoding="utf-8") as fh:
                 data = yaml.safe_load(fh) or {}
-            except yaml.YAMLError as exc:
-                raise R2RUserError(f"config file {os.fspath(path)!r} is not valid YAML: {exc}") from exc
+        except yaml.YAMLError as exc:
+            raise R2RUserError(f"config file {os.fspath(path)!r} is not valid YAML: {exc}") from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            raise R2RUserError(f"config file {os.fspath(path)!r} cannot be read as YAML text ({exc}); pass a "
+                               "readable .yaml file with --config") from exc
         if not isinstance(data, dict):
             raise R2RUserError(f"config file {os.fspath(path)!r} must hold a mapping of sections, got {type(data).__name__}")
     for item in overrides or []:
         if "=" not in item:
             raise R2RUserError(f"--set expects key=value (e.g. train.max_steps=100), got {item!r}")
         key, raw = item.split("=", 1)
-        _set_path(data, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as exc:
+            raise R2RUserError(f"--set {item!r}: the value is not valid YAML ({str(exc).splitlines()[0]}); quote lists "
+                               "and mappings, e.g. --set 'data.train=[{type: layout, root: data/x}]'") from exc
+        if not key.strip() or any(not part for part in key.strip().split(".")):
+            raise R2RUserError(f"--set {item!r}: expected section.key=value, e.g. train.max_steps=100")
+        _set_path(data, key.strip(), value)
     if stage is not None:
         if data.get("stage") not in (None, stage):
             raise R2RUserError(

@@ -47,6 +47,33 @@ class RunOptions:
     stop_after: int | None = None
 
 
+class OutputLock:
+    """An exclusive ``flock`` on the output folder itself (no lock file), held while a run uses it, so a
+    second run into the same folder is refused instead of interleaving. POSIX only (a no-op elsewhere)."""
+
+    def __init__(self, folder: str):
+        self.fd = None
+        try:
+            import fcntl
+        except ImportError:
+            return
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise R2RUserError(f"another training run is using the output folder {folder} right now; wait for it to "
+                               "finish or choose another --output-dir") from None
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor drops the lock
+            self.fd = None
+
+    __del__ = release
+
+
 @dataclass
 class RunPlan:
     """What :func:`plan_run` decided; :func:`commit` carries it out."""
@@ -60,6 +87,12 @@ class RunPlan:
     scan_cache: dict = field(default_factory=dict)
     train_fingerprint: dict = field(default_factory=dict)
     moved_to: str | None = None
+    lock: OutputLock | None = None
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     @property
     def bad_keys(self) -> list[str]:
@@ -164,9 +197,14 @@ def _inside(child: str, parent: str) -> bool:
 
 
 # ----------------------------------------------------------------------------- output folder and resume
+#: bookkeeping files that do not make a folder "used" (they are rewritten at every start)
+NOT_A_RUN = ("data_check.json", BAD_FILES)
+
+
 def _used(out: str) -> list[str]:
+    """The entries of the output folder that belong to a run (empty: a new run may start here)."""
     try:
-        return sorted(os.listdir(out))
+        return sorted(n for n in os.listdir(out) if n not in NOT_A_RUN)
     except (FileNotFoundError, NotADirectoryError):
         return []
 
@@ -221,14 +259,26 @@ def _resume_target(cfg, opts: RunOptions, entries: list[str]) -> tuple[str | Non
 
 
 def plan_run(cfg, opts: RunOptions, num_processes: int, log) -> RunPlan:
-    """All checks, no writes: options, paths, output folder state, resume compatibility, data scan."""
-    from .data import list_sources
-
+    """All checks, no writes: options, paths, output folder state, resume compatibility, data scan. An existing
+    output folder is locked from here on (:class:`OutputLock`; released on failure or by ``plan.release()``)."""
     check_options(opts)
     check_paths(cfg)
+    plan = RunPlan(mode="fresh")
+    if os.path.isdir(cfg.output.dir):
+        plan.lock = OutputLock(cfg.output.dir)
+    try:
+        _plan(plan, cfg, opts, num_processes, log)
+    except BaseException:
+        plan.release()
+        raise
+    return plan
+
+
+def _plan(plan: RunPlan, cfg, opts: RunOptions, num_processes: int, log) -> None:
+    from .data import list_sources
+
     out = cfg.output.dir
     entries = _used(out)
-    plan = RunPlan(mode="fresh")
     if opts.resume is not None:
         plan.resume_dir, plan.superseded = _resume_target(cfg, opts, entries)
         if plan.resume_dir is not None:
@@ -283,7 +333,6 @@ def plan_run(cfg, opts: RunOptions, num_processes: int, log) -> RunPlan:
                 f"--resume {opts.resume}: this config differs from the checkpoint {plan.resume_dir} in what changes the "
                 "run:\n  " + "\n  ".join(plan.differences) + "\nResume with the original settings, pass --force-resume "
                 "to continue anyway (the changes are logged in metrics.jsonl), or start over with --overwrite")
-    return plan
 
 
 def _aside_name(path: str, label: str) -> str:
@@ -302,7 +351,10 @@ def commit(plan: RunPlan, cfg, opts: RunOptions, log) -> None:
             plan.moved_to = _aside_name(out, "previous")
             os.rename(out, plan.moved_to)
             log(f"--overwrite: the previous run in {out} was moved to {plan.moved_to}")
+            plan.release()  # the lock went with the old folder
         os.makedirs(out, exist_ok=True)
+        if plan.lock is None:
+            plan.lock = OutputLock(out)
         if plan.superseded:
             dest = _aside_name(os.path.join(out, "checkpoints", "superseded"), "at")
             os.makedirs(dest)

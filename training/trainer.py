@@ -85,6 +85,9 @@ class Trainer:
                 commit(plan, self.cfg, self.opts, self._log)
             except Exception as exc:  # noqa: BLE001 - re-raised below, after the other processes learn of it
                 failure, error = exc, str(exc)
+                if plan is not None:
+                    plan.release()
+        self._plan = plan  # main process: holds the output folder's lock until close()
         shared = [error, plan.resume_dir if plan else None, plan.bad_keys if plan else [],
                   plan.differences if plan else [], plan.train_fingerprint if plan else {}]
         if acc.num_processes > 1:
@@ -162,6 +165,11 @@ class Trainer:
         if acc.is_main_process:
             ckpt.append_jsonl(os.path.join(self.out, ckpt.METRICS_FILE),
                               {**event, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+
+    def close(self) -> None:
+        """Release the output folder (main process); the run may not write into it afterwards."""
+        if self._plan is not None:
+            self._plan.release()
 
     def _net(self):
         return self.acc.unwrap_model(self.model).net
@@ -454,8 +462,11 @@ def run_training(cfg: TrainingConfig, *, resume: str | None = None, stop_after: 
     """Check everything (:mod:`training.preflight`), then train; see :class:`Trainer` for the options."""
     trainer = Trainer(cfg, resume=resume, stop_after=stop_after, overwrite=overwrite, force_resume=force_resume,
                       skip_bad_files=skip_bad_files)
-    trainer.setup()
-    result = trainer.train()
-    trainer.acc.wait_for_everyone()
-    trainer.acc.end_training()
+    try:
+        trainer.setup()
+        result = trainer.train()
+        trainer.acc.wait_for_everyone()
+        trainer.acc.end_training()
+    finally:
+        trainer.close()
     return result
