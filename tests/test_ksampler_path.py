@@ -34,8 +34,9 @@ comfy.cli_args.args.cpu = True  # before comfy.model_management is imported
 import comfy.model_management  # noqa: E402, F401
 import comfy.samplers  # noqa: E402
 import folder_paths  # noqa: E402, F401
-import nodes as comfy_nodes  # noqa: E402  (ComfyUI's nodes.py: KSampler)
 from comfy_pack import pack_module  # noqa: E402
+
+import nodes as comfy_nodes  # noqa: E402  (ComfyUI's nodes.py: KSampler)
 
 pytestmark = pytest.mark.comfyui
 
@@ -49,6 +50,16 @@ R2RUserError = pack_module("r2r.errors").R2RUserError
 
 
 # ----------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module", autouse=True)
+def comfy_host_mode():
+    """The pack sees ComfyUI's modules here (nodes/_host.py: in_comfyui). Test modules that run after
+    this one expect the plain host, so leave R2R_HOST=plain behind (unless it was set before)."""
+    old = os.environ.pop("R2R_HOST", None)
+    assert host.in_comfyui()
+    yield
+    os.environ["R2R_HOST"] = old if old is not None else "plain"
 
 
 @pytest.fixture(scope="module")
@@ -111,8 +122,8 @@ def _conditioning(parts, managed, prepared, z_comp, strength, ref_lat):
     return pos, neg
 
 
-def _ksampler(model, pos, neg, shape, seed, steps, sampler="euler", scheduler="normal", cfg=1.0):
-    latent = {"samples": torch.zeros(shape)}
+def _ksampler(model, pos, neg, shape, seed, steps, sampler="euler", scheduler="normal", cfg=1.0, latent=None):
+    latent = {"samples": torch.zeros(shape)} if latent is None else latent
     (out,) = comfy_nodes.KSampler().sample(model, seed, steps, cfg, sampler, scheduler, pos, neg, latent, 1.0)
     return out
 
@@ -189,9 +200,6 @@ def test_model_is_cached_per_unet(managed):
 
 # ----------------------------------------------------------------------------- every sampler runs
 
-SKIP_SAMPLERS = set()
-
-
 @pytest.fixture(scope="module")
 def small_setup(parts, managed):
     prepared = _prepared(h=64, w=64, max_side=64)
@@ -201,23 +209,25 @@ def small_setup(parts, managed):
     return model, pos, neg, z.shape
 
 
-@pytest.mark.parametrize("sampler", [s for s in comfy.samplers.KSampler.SAMPLERS if s not in SKIP_SAMPLERS])
+@pytest.mark.parametrize("sampler", comfy.samplers.KSampler.SAMPLERS)
 def test_every_core_sampler_runs(small_setup, sampler):
     model, pos, neg, shape = small_setup
     out = _ksampler(model, pos, neg, shape, 1, 2, sampler=sampler, scheduler="karras")
     assert out["samples"].shape == shape and torch.isfinite(out["samples"]).all()
 
 
-def test_sampler_custom_advanced_runs(small_setup):
+def test_sampler_custom_advanced_equals_ksampler(small_setup):
     from comfy_extras import nodes_custom_sampler as ncs
 
     model, pos, neg, shape = small_setup
-    (noise,) = ncs.RandomNoise.execute(7).result
-    (guider,) = ncs.BasicGuider.execute(model, pos).result
-    (sampler,) = ncs.KSamplerSelect.execute("dpmpp_2m").result
-    (sigmas,) = ncs.BasicScheduler.execute(model, "normal", 3, 1.0).result
-    out, denoised = ncs.SamplerCustomAdvanced.execute(noise, guider, sampler, sigmas, {"samples": torch.zeros(shape)}).result
-    assert out["samples"].shape == shape and torch.isfinite(out["samples"]).all()
+    (noise,) = ncs.RandomNoise().get_noise(7)
+    (guider,) = ncs.BasicGuider().get_guider(model, pos)
+    (sampler,) = ncs.KSamplerSelect().get_sampler("euler")
+    (sigmas,) = ncs.BasicScheduler().get_sigmas(model, "normal", 4, 1.0)
+    out, _denoised = ncs.SamplerCustomAdvanced().sample(noise, guider, sampler, sigmas, {"samples": torch.zeros(shape)})
+    expected = _ksampler(model, pos, neg, shape, 7, 4)
+    assert out["samples"].shape == shape
+    assert torch.allclose(out["samples"], expected["samples"], rtol=1e-5, atol=1e-5 * expected["samples"].abs().max())
 
 
 # ----------------------------------------------------------------------------- the official U-Net layout
@@ -242,9 +252,9 @@ def test_comfy_detects_official_unet_as_sd15_inpainting():
     derived = comfy_unet.unet_config_from_diffusers(unet.config)
     ours = comfy.model_detection.convert_config(derived)
     assert {k: v for k, v in ours.items() if k != "dtype"} == {
-        k: v for k, v in detected.unet_config.items() if k != "dtype"}
+        k: detected.unet_config[k] for k in ours if k != "dtype"}
     keys = comfy.utils.unet_to_diffusers(detected.unet_config)
-    assert set(keys) == set(sd)  # every diffusers weight maps
+    assert set(sd) <= set(keys)  # every diffusers weight has its place
 
 
 def test_unsupported_layout_is_refused(parts):
@@ -254,3 +264,98 @@ def test_unsupported_layout_is_refused(parts):
     unet = UNet2DConditionModel.from_config(tiny_configs()["unet"])  # 8 norm groups
     with pytest.raises(R2RUserError, match="norm_num_groups=8"):
         comfy_unet.comfy_model(host.ManagedModel(unet, "unet"))
+
+
+# ----------------------------------------------------------------------------- the nodes, against R2R Sampler
+
+
+@pytest.fixture(scope="module")
+def r2r_socket_objects(parts, tiny_release):
+    """(R2R_MODEL with the 32-group U-Net, R2R_CLEAR_VAE (fp32), R2R_CONTROLLER) as the loaders return them."""
+    unet, controller, embeds, sched_cfg = parts
+    types = pack_module("nodes._types")
+    weights = pack_module("r2r.weights")
+    vae = weights.load_components(tiny_release, torch_dtype=torch.float32, device="cpu",
+                                  components=("clear_vae",)).clear_vae.eval()
+    model = types.R2RModel(unet=host.ManagedModel(unet, "unet"), scheduler_config=sched_cfg, prompt_embeds=embeds,
+                           source="tiny")
+    return model, host.ManagedModel(vae, "clear_vae"), host.ManagedModel(controller, "controller")
+
+
+def _scene_image(b=1, h=72, w=136):
+    """IMAGE [B,H,W,3] and MASK [B,H,W] as ComfyUI passes them."""
+    g = torch.Generator().manual_seed(11)
+    img = torch.rand(b, h, w, 3, generator=g)
+    mask = torch.zeros(b, h, w)
+    mask[:, h // 4: 3 * h // 4, w // 4: w // 2] = 1
+    return img, mask
+
+
+def test_nodes_ksampler_equals_r2r_sampler_and_decodes(r2r_socket_objects):
+    flow = pack_module("nodes.flow")
+    model, vae, controller = r2r_socket_objects
+    image, mask = _scene_image()
+    comp, m, _ = flow.read_inputs(image, mask)
+    latent = flow.encode(vae, comp, m, max_side=128)
+    ref = torch.zeros_like(mask)
+    ref[:, :, -40:] = 1
+    seed, steps, strength = 1234, 10, 0.8
+    controlled = flow.attach_controller(model, controller, strength,
+                                        pack_module("nodes._convert").mask_to_b1hw(ref, None, allow_empty=True))
+    exact = flow.sample(controlled, latent, seed, steps, "euler")
+
+    (mdl,) = ksp.R2RUNetToModel.execute(model).result
+    pos, neg, lat = ksp.R2RConditioning.execute(model, latent, controller, strength, seed, "sample", ref).result
+    assert torch.count_nonzero(lat["samples"]) == 0 and lat["r2r"] is latent["r2r"]
+    out = _ksampler(mdl, pos, neg, None, seed, steps, latent=lat)
+    scale = exact["samples"].abs().max()
+    assert (out["samples"] - exact["samples"]).abs().max() <= 1e-4 * scale
+
+    picture = flow.decode(vae, out)  # Clear-VAE Decode takes KSampler's LATENT
+    assert picture.shape == image.shape and torch.isfinite(picture).all()
+    assert torch.equal(picture[:, :4], image[:, :4])  # background (away from the feathered edge) pasted back
+    assert not torch.allclose(picture[:, mask[0] > 0], image[:, mask[0] > 0], atol=1e-3)
+
+    # the posterior mean instead of the sample: a different (deterministic) composite latent
+    pos_m, _, _ = ksp.R2RConditioning.execute(model, latent, controller, strength, seed, "mean", ref).result
+    state = latent["r2r"]
+    assert torch.equal(pos_m[0][1]["concat_latent_image"], state.posterior_mean)
+    assert not torch.equal(pos[0][1]["concat_latent_image"], state.posterior_mean)
+
+
+def test_conditioning_without_controller_and_bad_inputs(r2r_socket_objects):
+    flow = pack_module("nodes.flow")
+    model, vae, controller = r2r_socket_objects
+    image, mask = _scene_image()
+    comp, m, _ = flow.read_inputs(image, mask)
+    latent = flow.encode(vae, comp, m, max_side=64)
+    pos, neg, _ = ksp.R2RConditioning.execute(model, latent).result
+    assert "control" not in pos[0][1] and pos[0][0].shape[1:] == (77, model.prompt_embeds.shape[-1])
+    assert pos[0][1]["concat_mask"].shape[-2:] == latent["samples"].shape[-2:]
+
+    with pytest.raises(R2RUserError, match="did not come from 'R2R Clear-VAE Encode'"):
+        ksp.R2RConditioning.execute(model, {"samples": torch.zeros(1, 4, 8, 8)})
+    with pytest.raises(R2RUserError, match="must be an R2R_MODEL"):
+        ksp.R2RConditioning.execute(controller, latent)
+    with pytest.raises(R2RUserError, match="must be an R2R_CONTROLLER"):
+        ksp.R2RConditioning.execute(model, latent, model)
+    with pytest.raises(R2RUserError, match="composite_latent"):
+        ksp.R2RConditioning.execute(model, latent, controller, 1.0, 0, "median")
+    with pytest.raises(R2RUserError, match="reference_mask is empty|empty at the latent"):
+        ksp.R2RConditioning.execute(model, latent, controller, 1.0, 0, "sample", torch.zeros_like(mask))
+    with pytest.raises(R2RUserError, match="must be an R2R_MODEL"):
+        ksp.R2RUNetToModel.execute(None)
+
+    # KSampler given another latent size than the conditioning was made for
+    pos, neg, lat = ksp.R2RConditioning.execute(model, latent, controller).result
+    (mdl,) = ksp.R2RUNetToModel.execute(model).result
+    with pytest.raises(R2RUserError, match="without latent upscaling"):
+        _ksampler(mdl, pos, neg, (1, 4, 16, 16), 0, 1)
+
+
+def test_registration_list():
+    assert [c.define_schema().node_id for c in ksp.NODES] == ["R2RUNetToModel", "R2RConditioning"]
+    for cls in ksp.NODES:
+        schema = cls.define_schema()
+        assert schema.description and schema.category.startswith("R2R")
+        assert all(i.tooltip for i in schema.inputs) and all(o.tooltip for o in schema.outputs)
