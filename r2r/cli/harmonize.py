@@ -25,6 +25,7 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..devices import DTYPE_CHOICES
 from ..errors import R2RUserError
 from ..fileio import IMAGE_EXTENSIONS
 from ..options import (
@@ -38,8 +39,6 @@ from ..options import (
 
 DEFAULT_WEIGHTS_DIR = Path("models") / "r2r" / "region2region"
 WEIGHTS_ENV = "R2R_WEIGHTS"
-#: the CLI's --dtype choices (r2r.devices.resolve_dtype understands each)
-DTYPE_CHOICES = ("auto", "fp32", "bf16", "fp16")
 MAX_STEPS = 1000
 MAX_SEED = 2**64 - 1
 #: --feather value meaning "automatic" (one latent cell); the pipeline's feather=None
