@@ -32,10 +32,12 @@ def atomic_writer(path, *, fsync: bool = False) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it replaces ``path`` atomically.
 
     On any exception the temporary file is removed and ``path`` is left as it was.
-    ``fsync=True`` flushes the file to disk before the rename (checkpoints).
+    ``fsync=True`` flushes the file to disk before the rename (checkpoints). The parent folder
+    is created when missing.
     """
     path = Path(path)
     tmp = path.with_name(f"{path.name}{TEMP_MARKER}{os.getpid()}")
+    path.parent.mkdir(parents=True, exist_ok=True)
     try:
         yield tmp
         if fsync and tmp.exists():
