@@ -195,6 +195,21 @@ def test_force_resume_continues_and_logs_the_changes(used, dataset, tiny_release
     assert any(c.startswith("seed:") for c in event["forced_changes"])
 
 
+def test_forced_rollback_keeps_the_newer_checkpoints(used, dataset, tiny_release, tmp_path, capsys):
+    """Resuming from an older checkpoint of the same folder moves the newer ones aside, never deletes them."""
+    ck = used / "checkpoints" / "checkpoint-000001"
+    newer = used / "checkpoints" / "checkpoint-000002"
+    shutil.copytree(ck, newer)
+    newer_hash = tree_hash(newer)
+    cfg = _cfg_for(tmp_path, dataset, tiny_release, used)
+    code, _ = run_cli(capsys, "clear_vae", "--config", cfg, "--resume", str(ck), "--max-steps", "2", "--force-resume")
+    assert code == 0
+    (aside,) = (used / "checkpoints").glob("superseded-at-*")
+    assert tree_hash(aside / "checkpoint-000002") == newer_hash
+    state = json.loads((newer / "trainer_state.json").read_text())  # the new timeline's step 2
+    assert state["global_step"] == 2 and state["format"] == "r2r-training-checkpoint/2"
+
+
 @pytest.mark.parametrize("case", ["no_checkpoint", "not_a_checkpoint", "with_overwrite", "force_alone",
                                   "damaged_state", "older_checkpoint"])
 def test_resume_option_errors(case, used, dataset, tiny_release, tmp_path, capsys, no_model_load):

@@ -254,7 +254,11 @@ def _resume_target(cfg, opts: RunOptions, entries: list[str]) -> tuple[str | Non
                 f"--resume {target} is a checkpoint of another folder, but the output folder {out} already holds a run "
                 f"({_describe(entries)}); continue that checkpoint into an empty --output-dir")
         return target, []
-    newer = [d for d in dirs if os.path.basename(d) > os.path.basename(os.path.normpath(target))]
+    def step_of(path: str) -> int:
+        name = os.path.basename(os.path.normpath(path))
+        return int(name[len(ckpt.CHECKPOINT_PREFIX):]) if name[len(ckpt.CHECKPOINT_PREFIX):].isdigit() else -1
+
+    newer = [d for d in dirs if step_of(d) > step_of(target)]
     return target, newer
 
 
@@ -335,8 +339,9 @@ def _plan(plan: RunPlan, cfg, opts: RunOptions, num_processes: int, log) -> None
                 "to continue anyway (the changes are logged in metrics.jsonl), or start over with --overwrite")
 
 
-def _aside_name(path: str, label: str) -> str:
-    base = f"{os.path.normpath(path)}.{label}-{time.strftime('%Y%m%d-%H%M%S')}"
+def _aside_name(prefix: str) -> str:
+    """``<prefix>-<YYYYmmdd-HHMMSS>`` (``-1``, ``-2`` ... appended while taken)."""
+    base = f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
     name, n = base, 1
     while os.path.exists(name):
         name, n = f"{base}-{n}", n + 1
@@ -348,7 +353,7 @@ def commit(plan: RunPlan, cfg, opts: RunOptions, log) -> None:
     out = cfg.output.dir
     try:
         if plan.mode == "overwrite":
-            plan.moved_to = _aside_name(out, "previous")
+            plan.moved_to = _aside_name(f"{os.path.normpath(out)}.previous")
             os.rename(out, plan.moved_to)
             log(f"--overwrite: the previous run in {out} was moved to {plan.moved_to}")
             plan.release()  # the lock went with the old folder
@@ -356,7 +361,7 @@ def commit(plan: RunPlan, cfg, opts: RunOptions, log) -> None:
         if plan.lock is None:
             plan.lock = OutputLock(out)
         if plan.superseded:
-            dest = _aside_name(os.path.join(out, "checkpoints", "superseded"), "at")
+            dest = _aside_name(os.path.join(out, "checkpoints", "superseded-at"))
             os.makedirs(dest)
             for d in plan.superseded:
                 os.rename(d, os.path.join(dest, os.path.basename(d)))
