@@ -192,7 +192,7 @@ class ManagedModel:
 
                 patcher = self._get_patcher()
                 mm.load_models_gpu([patcher], memory_required=int(memory_required or 0), force_full_load=True)
-                if not self._weights_on(patcher.load_device):
+                if patcher.loaded_size() < patcher.model_size():
                     # --novram: ComfyUI loads 0 bytes of a model that is not made of comfy.ops layers
                     # (these diffusers modules cannot run partly offloaded), so load it whole, accounted
                     patcher.partially_load(patcher.load_device, extra_memory=patcher.model_size() + 1)
@@ -201,15 +201,6 @@ class ManagedModel:
                 if self.model.device != device:
                     self.model.to(device)
             return self.model
-
-    def _weights_on(self, device) -> bool:
-        import torch
-
-        device = torch.device(device)
-        for p in self.model.parameters():
-            if p.device.type != device.type or (device.index is not None and p.device.index != device.index):
-                return False
-        return True
 
     @property
     def dtype(self):

@@ -375,12 +375,15 @@ def test_host_loads_through_comfyui_with_memory_required(monkeypatch):
     class Patcher:
         load_device = torch.device("cpu")
 
-        def __init__(self, weights_moved):
-            self.weights_moved = weights_moved
+        def __init__(self, loaded):
+            self.loaded = loaded
             self.partial = []
 
         def model_size(self):
             return 1000
+
+        def loaded_size(self):
+            return self.loaded
 
         def partially_load(self, device, extra_memory=0):
             self.partial.append((device, extra_memory))
@@ -392,10 +395,10 @@ def test_host_loads_through_comfyui_with_memory_required(monkeypatch):
     monkeypatch.delenv("R2R_HOST", raising=False)
     lin = torch.nn.Linear(2, 2)
     managed = host.ManagedModel(lin, "toy")
-    managed._patcher = Patcher(True)
+    managed._patcher = Patcher(1000)
     assert managed.load(memory_required=12345) is lin
     assert calls == [([managed._patcher], 12345, True)] and managed._patcher.partial == []
-    monkeypatch.setattr(host.ManagedModel, "_weights_on", lambda self, device: False)
+    managed._patcher.loaded = 0  # what ComfyUI's NO_VRAM loading leaves of a non-comfy.ops model
     managed.load()
     assert calls[-1][1] == 0 and managed._patcher.partial == [(torch.device("cpu"), 1001)]
 
