@@ -5,7 +5,7 @@ channels: noisy latent, latent mask, composite latent). Its diffusers state dict
 ComfyUI's own loader (``comfy.sd.load_diffusion_model_state_dict``), which recognises it as an
 SD1.5 inpainting U-Net and converts the keys. Scaled-down SD1.5 layouts (the tiny test models)
 are not in ComfyUI's detection table; they are built through the same SD1.5 model class with a
-config read from the diffusers config.
+config read from the diffusers config (and their GroupNorm group count, which ComfyUI fixes at 32).
 
 One change to ComfyUI's sampling maths, so that KSampler reproduces the exact R2R path: at full
 denoise ComfyUI starts from ``noise * sqrt(1 + sigma_max^2)``, diffusers' Euler schedulers with
@@ -23,7 +23,7 @@ import weakref
 
 from ..r2r.errors import R2RUserError
 
-#: ComfyUI's SD1.5 U-Net (openaimodel) normalises with 32 groups everywhere
+#: ComfyUI's SD1.5 U-Net (openaimodel) builds every GroupNorm with 32 groups
 COMFY_NORM_GROUPS = 32
 
 _cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -35,8 +35,9 @@ def _check_layout(config) -> None:
     problems = []
     if int(config.in_channels) != 9:
         problems.append(f"in_channels={config.in_channels} (R2R's U-Net has 9: latent 4 + mask 1 + composite 4)")
-    if int(config.norm_num_groups) != COMFY_NORM_GROUPS:
-        problems.append(f"norm_num_groups={config.norm_num_groups} (ComfyUI's SD1.5 U-Net uses {COMFY_NORM_GROUPS})")
+    groups = int(config.norm_num_groups)
+    if any(int(c) % groups for c in config.block_out_channels):
+        problems.append(f"block_out_channels {list(config.block_out_channels)} not divisible by norm_num_groups={groups}")
     if config.class_embed_type is not None or config.addition_embed_type is not None:
         problems.append("class/addition embeddings (SD1.5 has none)")
     if list(config.up_block_types) != [t.replace("Down", "Up") for t in reversed(config.down_block_types)]:
@@ -86,6 +87,7 @@ def _load_scaled_down(state_dict: dict, config):
     import comfy.model_patcher
     import comfy.supported_models
     import comfy.utils
+    import torch
 
     unet_config = unet_config_from_diffusers(config)
     model_config = comfy.supported_models.SD15(unet_config)
@@ -103,6 +105,11 @@ def _load_scaled_down(state_dict: dict, config):
     model_config.set_inference_dtype(unet_dtype, manual_cast)
     model = model_config.get_model(new_sd, "").to(mm.unet_offload_device())
     model.load_model_weights(new_sd, "")
+    groups = int(config.norm_num_groups)
+    if groups != COMFY_NORM_GROUPS:  # diffusers uses norm_num_groups for every GroupNorm of the U-Net
+        for module in model.diffusion_model.modules():
+            if isinstance(module, torch.nn.GroupNorm):
+                module.num_groups = groups
     return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=mm.unet_offload_device())
 
 

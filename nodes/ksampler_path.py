@@ -15,8 +15,8 @@
   Clear-VAE Decode can decode what KSampler returns (KSampler copies the input LATENT dict).
 
 The composite latent is, by default, the Clear-VAE posterior SAMPLE that R2R Sampler would draw
-for ``seed`` (its generator draws the initial noise first, then this sample): with the same seed
-as KSampler and the ``euler`` sampler (scheduler ``normal``), KSampler gives R2R Sampler's
+for ``composite_seed`` (its generator draws the initial noise first, then this sample): with the
+same seed as KSampler and the ``euler`` sampler (scheduler ``normal``), KSampler gives R2R Sampler's
 ``euler`` result. ``composite_latent = mean`` uses the posterior mean instead (deterministic).
 """
 
@@ -54,6 +54,14 @@ def composite_latent(state, how: str = "sample", seed: int = 0, noise_dtype=None
     params = torch.cat([mean, state.posterior_logvar.detach().to("cpu", torch.float32)], dim=1)
     posterior = DiagonalGaussianDistribution(params.to(state.posterior_dtype))
     return posterior.sample(generator=generator).to(torch.float32)
+
+
+def composite_latent_for(state, how: str, seed: int, noise_dtype=None):
+    """:func:`composite_latent`, rescaled when the Clear-VAE's scaling factor is not SD1.5's 0.18215
+    (ComfyUI scales the concat latent with SD1.5's factor)."""
+    z = composite_latent(state, how, seed, noise_dtype)
+    factor = float(state.scaling_factor) / 0.18215
+    return z if factor == 1.0 else z * factor
 
 
 def build_conditioning(prompt_embeds, concat_latent, latent_mask, control=None):
@@ -139,9 +147,10 @@ class R2RConditioning(R2RNode):
                                         tooltip="The Harmony Controller from an R2R loader. Without it the "
                                                 "U-Net runs alone (weaker harmonization)."),
                 strength_in(),
-                io.Int.Input("seed", default=0, min=0, max=SEED_MAX, step=1, control_after_generate=False,
-                             tooltip="Seed of the composite latent's posterior sample. Use KSampler's seed to "
-                                     "reproduce R2R Sampler (with KSampler's euler sampler)."),
+                io.Int.Input("composite_seed", default=0, min=0, max=SEED_MAX, step=1,
+                             tooltip="Seed of the composite latent's posterior sample (drawn as R2R Sampler "
+                                     "draws it). Set it to KSampler's seed to reproduce R2R Sampler exactly "
+                                     "(with KSampler's euler sampler)."),
                 io.Combo.Input("composite_latent", options=list(COMPOSITE_LATENTS), default="sample",
                                tooltip="sample = a Clear-VAE posterior sample drawn as R2R Sampler draws it "
                                        "(official); mean = the posterior mean (deterministic)."),
@@ -157,7 +166,7 @@ class R2RConditioning(R2RNode):
         )
 
     @classmethod
-    def execute(cls, model, latent, controller=None, strength=1.0, seed=0, composite_latent="sample",
+    def execute(cls, model, latent, controller=None, strength=1.0, composite_seed=0, composite_latent="sample",
                 reference_mask=None):
         import torch
 
@@ -165,7 +174,7 @@ class R2RConditioning(R2RNode):
 
         node = "Conditioning"
         _convert.check_number(strength, "strength", node, 0.0, 2.0)
-        _convert.check_number(seed, "seed", node, 0, SEED_MAX, integer=True)
+        _convert.check_number(composite_seed, "composite_seed", node, 0, SEED_MAX, integer=True)
         choice(composite_latent, COMPOSITE_LATENTS, "composite_latent", node)
         if model is None or not hasattr(model, "prompt_embeds"):
             raise R2RUserError(f"R2R {node}: 'model' must be an R2R_MODEL from the R2R Checkpoint Loader or the "
@@ -180,20 +189,12 @@ class R2RConditioning(R2RNode):
         if controller is not None:
             control = control_class()(controller, state.prepared.hint.detach().to("cpu", torch.float32),
                                       latent_mask, ref, strength)
-        concat = composite_latent_for(state, composite_latent, seed, model.unet.dtype)
+        concat = composite_latent_for(state, composite_latent, composite_seed, model.unet.dtype)
         positive = build_conditioning(model.prompt_embeds, concat, latent_mask, control)
         negative = build_conditioning(model.prompt_embeds, concat, latent_mask, control)
         out_latent = {"samples": torch.zeros_like(state.posterior_mean, dtype=torch.float32, device="cpu"),
                       LATENT_KEY: latent[LATENT_KEY]}
         return io.NodeOutput(positive, negative, out_latent)
-
-
-def composite_latent_for(state, how: str, seed: int, noise_dtype=None):
-    """:func:`composite_latent`, rescaled when the Clear-VAE's scaling factor is not SD1.5's 0.18215
-    (ComfyUI scales the concat latent with SD1.5's factor)."""
-    z = composite_latent(state, how, seed, noise_dtype)
-    factor = float(state.scaling_factor) / 0.18215
-    return z if factor == 1.0 else z * factor
 
 
 NODES = [R2RUNetToModel, R2RConditioning]
