@@ -87,7 +87,7 @@ class Trainer:
                 failure, error = exc, str(exc)
                 if plan is not None:
                     plan.release()
-        self._plan = plan  # main process: holds the output folder's lock until close()
+        self._run_plan = plan  # main process: holds the output folder's lock until close()
         shared = [error, plan.resume_dir if plan else None, plan.bad_keys if plan else [],
                   plan.differences if plan else [], plan.train_fingerprint if plan else {}]
         if acc.num_processes > 1:
@@ -129,17 +129,11 @@ class Trainer:
         )
         from diffusers.optimization import get_scheduler
 
-        try:
-            lr_scheduler = get_scheduler(
-                cfg.train.lr_scheduler, optimizer,
-                num_warmup_steps=cfg.train.lr_warmup_steps * acc.num_processes,
-                num_training_steps=cfg.train.max_steps * acc.num_processes,
-            )
-        except ValueError as exc:
-            raise R2RUserError(
-                f"config train.lr_scheduler {cfg.train.lr_scheduler!r} is not usable ({exc}); use constant, "
-                "constant_with_warmup, linear or cosine"
-            ) from exc
+        lr_scheduler = get_scheduler(  # the name was checked against config.LR_SCHEDULERS
+            cfg.train.lr_scheduler, optimizer,
+            num_warmup_steps=cfg.train.lr_warmup_steps * acc.num_processes,
+            num_training_steps=cfg.train.max_steps * acc.num_processes,
+        )
         self.model, self.optimizer, self.lr_scheduler = acc.prepare(module, optimizer, lr_scheduler)
         self.ema = None
         if cfg.train.ema.enabled:
@@ -168,8 +162,8 @@ class Trainer:
 
     def close(self) -> None:
         """Release the output folder (main process); the run may not write into it afterwards."""
-        if self._plan is not None:
-            self._plan.release()
+        if self._run_plan is not None:
+            self._run_plan.release()
 
     def _net(self):
         return self.acc.unwrap_model(self.model).net
