@@ -211,7 +211,7 @@ def test_forced_rollback_keeps_the_newer_checkpoints(used, dataset, tiny_release
 
 
 @pytest.mark.parametrize("case", ["no_checkpoint", "not_a_checkpoint", "with_overwrite", "force_alone",
-                                  "damaged_state", "older_checkpoint"])
+                                  "damaged_state", "older_checkpoint", "max_steps_below"])
 def test_resume_option_errors(case, used, dataset, tiny_release, tmp_path, capsys, no_model_load):
     cfg = _cfg_for(tmp_path, dataset, tiny_release, used)
     ck = used / "checkpoints" / "checkpoint-000001"
@@ -228,6 +228,11 @@ def test_resume_option_errors(case, used, dataset, tiny_release, tmp_path, capsy
     elif case == "damaged_state":
         (ck / "trainer_state.json").write_text('{"format": "r2r-training-checkpoint/2", "glob')
         expect = "is damaged"
+    elif case == "max_steps_below":
+        state = json.loads((ck / "trainer_state.json").read_text())
+        state["global_step"] = 5
+        (ck / "trainer_state.json").write_text(json.dumps(state))
+        expect = "is below the checkpoint's step 5"
     else:  # a rollback to an older checkpoint would supersede the newer one
         shutil.copytree(ck, used / "checkpoints" / "checkpoint-000002")
         args, expect = ["--resume", str(ck), "--max-steps", "3"], "is not the newest"

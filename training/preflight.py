@@ -292,6 +292,9 @@ def _plan(plan: RunPlan, cfg, opts: RunOptions, num_processes: int, log) -> None
                 raise R2RUserError(f"checkpoint {plan.resume_dir} is from stage {plan.saved.get('stage')!r}, not "
                                    f"{cfg.stage!r}; resume with the command and config of that stage")
             step = int(plan.saved.get("global_step", 0))
+            if cfg.train.max_steps < step:
+                raise R2RUserError(f"train.max_steps {cfg.train.max_steps} is below the checkpoint's step {step}; "
+                                   f"to continue training raise it (e.g. --max-steps {2 * step})")
             if opts.stop_after is not None and opts.stop_after <= step:
                 raise R2RUserError(f"--stop-after {opts.stop_after} is not after the checkpoint's step {step}; "
                                    "give a later step")
