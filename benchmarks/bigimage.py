@@ -20,8 +20,9 @@ modes  real photos from scikit-image (astronaut, coffee, chelsea, rocket, motorc
 seams  full-size random-weight Clear-VAE encode_with_skips + decode_with_skips, untiled vs banded
        (r2r.tiling) on the same photo: max |difference| (in [0,1] image units), time, peak RSS.
 e2e    a 3840x2160 (4K) / 7680x4320 (8K) composite -> prepare (working res 1024 on the long side) ->
-       our pipeline flow (benchmarks/pipeline.py, full-size random weights) -> colour-transform transfer
-       back to full resolution; per-stage time and peak RSS of the whole process.
+       R2RPipeline's stages over phase-loaded networks (benchmarks/pipeline.py's "ours", full-size
+       random weights) -> the pipeline's restore stage with the colour transform back to full
+       resolution; per-stage time and peak RSS of the whole process.
 """
 
 from __future__ import annotations
@@ -217,7 +218,6 @@ def _e2e_worker(args) -> dict:
     from skimage import data
 
     from r2r import imaging
-    from r2r.fullres import transfer_harmonization
 
     torch.set_flush_denormal(True)
     if args.threads:
@@ -240,23 +240,18 @@ def _e2e_worker(args) -> dict:
     prepared = imaging.prepare(comp, mask, max_side=args.working)
     stages["prepare"] = time.perf_counter() - t0
     clock = bench.Clock(torch.device("cpu"))
-    prompt_cache = str(bench.ensure_prompt_cache(Path(args.weights), Path(args.weights_cache)))
-    bargs = argparse.Namespace(weights=args.weights, steps=args.steps, seed=0, channels_last="vae",
-                               skips="offload", timestep_batch=1, prompt_cache=prompt_cache)
-    out, total, _ = bench.run_ours(bargs, prepared, torch.device("cpu"), torch.float32, clock)
+    bargs = argparse.Namespace(weights=args.weights, steps=args.steps, seed=0, skips="auto", residuals="auto",
+                               timestep_batch=0)
+    pipes: list = []
+    out, total, _ = bench.run_ours(bargs, prepared, torch.device("cpu"), torch.float32, clock, pipe_out=pipes)
     stages.update({f"model_{k}": v for k, v in clock.t.items()})
     geom = prepared.geometry
     t0 = time.perf_counter()
-    low = imaging._from_canvas(out, geom) if geom.working_size != geom.content_size else out
-    comp_low = prepared.composite_pm1 * 0.5 + 0.5
-    comp_low = imaging._from_canvas(comp_low, geom) if geom.working_size != geom.content_size else comp_low
-    low_np = low[0].permute(1, 2, 0).numpy()
-    clow_np = comp_low[0].permute(1, 2, 0).numpy()
-    del prepared, out
-    result = transfer_harmonization(comp, (low_np * 255).round().astype(np.uint8), mask,
-                                    mode="color_transform", composite_low=(clow_np * 255).round().astype(np.uint8))
+    # the pipeline's own restore stage: colour transform fitted at the working resolution, applied in bands
+    result = pipes[0].restore(out, prepared, fullres_mode="color_transform")
+    del out
     stages["fullres_transfer"] = time.perf_counter() - t0
-    assert result.shape == comp.shape
+    assert tuple(result.shape[-2:]) == comp.shape[:2], result.shape
     return {"res": args.e2e_worker, "size": f"{ww}x{hh}", "working": f"{geom.working_size[1]}x{geom.working_size[0]}",
             "steps": args.steps, "stages_s": {k: round(v, 2) for k, v in stages.items()},
             "total_s": round(time.perf_counter() - t_all, 2), "peak_rss_bytes": _peak_rss()}

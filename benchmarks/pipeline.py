@@ -1,4 +1,4 @@
-"""R2R pipeline benchmark: our flow vs a faithful re-statement of the official flow.
+"""R2R pipeline benchmark: our flow (R2RPipeline's stages) vs a faithful re-statement of the official flow.
 
     python benchmarks/pipeline.py --sizes 512 --steps 2                 # CPU, fp32, random weights
     python benchmarks/pipeline.py --sizes 512 1024 --steps 10 --device cuda --dtype float16
@@ -15,13 +15,14 @@ official  all models resident (text encoder included), the empty prompt encoded 
           call, the composite encoded twice (once for the latent, again inside the decode for the
           skips), controller + U-Net at every step, untiled decode -- ref (a.3), same dtype/device,
           diffusers' default attention (SDPA) in both flows. Loading is reported, not counted.
-ours      cached empty-prompt embedding (no text encoder), one composite encode (banded, exact
-          GroupNorm, r2r.tiling), controller residuals for every timestep computed before
-          denoising, then the controller is released before the U-Net is loaded (never resident
-          together), the Clear-VAE released while controller and U-Net run (reloaded for the
-          decode), the encoder skips parked off the working memory during denoising, banded
-          decode that frees each skip after use, channels_last VAE convolutions, weights loaded
-          straight to their device/dtype. Weight loading happens inside the call and IS counted.
+ours      ``R2RPipeline``'s stages (encode -> residuals -> denoise -> decode) over a phase-loaded
+          model source (:class:`r2r.model_sources.PhaseLoadedModels`, what ``harmonize_low_memory``
+          uses): each network is read from disk straight to its device/dtype when its stage starts
+          and dropped when it ends (never two resident together), the cached empty-prompt embedding
+          (no text encoder), one composite encode whose skips wait where ``--skips`` says, the
+          controller residuals for every timestep before denoising (``--residuals``), the banded
+          Clear-VAE above the memory budget. Weight loading happens inside the call and IS counted
+          (stage ``load``; a load triggered by a stage is not counted in that stage too).
 
 The run also checks that both flows produce the same image for the same seed (max abs diff).
 Heavy: minutes per flow on a small CPU; do not run it next to other big jobs.
@@ -44,24 +45,31 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from r2r.model_sources import PhaseLoadedModels  # noqa: E402
+from r2r.options import PLACEMENTS  # noqa: E402
+
 OFFICIAL_CONFIGS = ROOT / "r2r" / "configs" / "official"
 STAGES = ("load", "text", "encode", "controller", "unet", "decode")
+FLOWS = ("official", "ours", "resident")
+DEFAULT_WEIGHTS_CACHE = Path.home() / ".cache" / "r2r-bench" / "random-fp32"
 
 
 # ----------------------------------------------------------------------------- weights
 def make_random_weights(folder: Path, seed: int = 0) -> Path:
-    """Full-size random-weight release in the official hub layout (fp32 safetensors)."""
+    """Full-size random-weight release in the official hub layout (fp32 safetensors), with the cached
+    empty-prompt embedding r2r's loader reads (``r2r_empty_prompt.safetensors``)."""
     import shutil
 
     import torch
     from diffusers import UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel
 
     from r2r.models import ClearVAE, HarmonyController
 
     sd = folder / "stable-diffusion-inpainting"
     done = folder / ".complete"
     if done.exists():
+        ensure_prompt_cache(folder)
         return folder
     print(f"[bench] building full-size random weights in {folder} (once) ...", flush=True)
     torch.manual_seed(seed)
@@ -78,55 +86,33 @@ def make_random_weights(folder: Path, seed: int = 0) -> Path:
     save(HarmonyController.from_config(HarmonyController.load_config(src / "controlnet")), sd / "controlnet")
     vae = ClearVAE.from_config(ClearVAE.load_config(OFFICIAL_CONFIGS / "clear_vae")).to(torch.float32)
     save(vae, folder / "clear_vae")
-    text = CLIPTextModel(CLIPTextConfig.from_pretrained(src / "text_encoder"))
-    text.save_pretrained(sd / "text_encoder", safe_serialization=True)
-    # the empty-prompt embedding, cached once (what r2r.prompt does for a release)
-    tok = CLIPTokenizer.from_pretrained(sd / "tokenizer")
-    ids = tok([""], padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
-    with torch.no_grad():
-        emb = text(ids.input_ids)[0].contiguous()
-    from safetensors.torch import save_file
-
-    save_file({"prompt_embeds": emb}, str(folder / "prompt_embeds.safetensors"))
-    del text
+    save(CLIPTextModel(CLIPTextConfig.from_pretrained(src / "text_encoder")), sd / "text_encoder")
+    ensure_prompt_cache(folder)
     done.write_text("ok\n")
     return folder
 
 
-def ensure_prompt_cache(weights: Path, cache_dir: Path) -> Path:
-    """The empty-prompt CLIP embedding of this release, computed once (our flow never loads CLIP)."""
-    import hashlib
+def ensure_prompt_cache(weights: Path) -> None:
+    """Compute and cache the release's empty-prompt CLIP embedding once, where r2r's loader looks for it
+    (``<release>/r2r_empty_prompt.safetensors``, or the user cache for a read-only folder), so no flow
+    that loads the release pays for the text encoder."""
+    from r2r import prompt
+    from r2r.layout import release_paths
 
-    inside = weights / "prompt_embeds.safetensors"
-    if inside.exists():
-        return inside
-    key = hashlib.sha256(str(weights.resolve()).encode()).hexdigest()[:16]
-    path = cache_dir / f"prompt_embeds-{key}.safetensors"
-    if path.exists():
-        return path
-    import torch
-    from safetensors.torch import save_file
-    from transformers import CLIPTextModel, CLIPTokenizer
-
-    sd = weights / "stable-diffusion-inpainting"
-    tok = CLIPTokenizer.from_pretrained(sd / "tokenizer")
-    text = CLIPTextModel.from_pretrained(sd / "text_encoder", torch_dtype=torch.float32)
-    ids = tok([""], padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
-    with torch.no_grad():
-        emb = text(ids.input_ids)[0].contiguous()
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    save_file({"prompt_embeds": emb}, str(tmp))
-    os.replace(tmp, path)
-    return path
+    paths = release_paths(weights)
+    prompt.empty_prompt_embeds(weights, paths["text_encoder"], paths["tokenizer"])
 
 
 # ----------------------------------------------------------------------------- measuring
 class Clock:
+    """Wall and process-CPU seconds per stage. Stages nest: an inner stage's time is counted in the
+    inner stage only (a weight load a stage triggers goes to ``load``, not to that stage)."""
+
     def __init__(self, device):
         self.device = device
         self.t = dict.fromkeys(STAGES, 0.0)
         self.cpu = dict.fromkeys(STAGES, 0.0)  # process CPU seconds (all threads): robust on a shared machine
+        self._open: list = []  # [wall, cpu] spent in nested stages, per open stage
 
     def sync(self):
         import torch
@@ -142,13 +128,32 @@ class Clock:
                 clock.sync()
                 self.t0 = time.perf_counter()
                 self.c0 = time.process_time()
+                clock._open.append([0.0, 0.0])
 
             def __exit__(self, *a):
                 clock.sync()
-                clock.t[name] += time.perf_counter() - self.t0
-                clock.cpu[name] += time.process_time() - self.c0
+                dt, dc = time.perf_counter() - self.t0, time.process_time() - self.c0
+                inner_t, inner_c = clock._open.pop()
+                clock.t[name] += dt - inner_t
+                clock.cpu[name] += dc - inner_c
+                if clock._open:
+                    clock._open[-1][0] += dt
+                    clock._open[-1][1] += dc
 
         return _S()
+
+
+class TimedPhaseModels(PhaseLoadedModels):
+    """:class:`r2r.model_sources.PhaseLoadedModels` whose loads are timed in the clock's ``load`` stage."""
+
+    def __init__(self, clock: Clock, source, **kwargs):
+        self.clock = clock
+        with clock.stage("load"):
+            super().__init__(source, **kwargs)
+
+    def get(self, name: str, memory_required: int = 0):
+        with self.clock.stage("load"):
+            return super().get(name, memory_required)
 
 
 def _rss_now() -> int:
@@ -167,13 +172,11 @@ def _peak_bytes(device) -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
-def _inputs(size: int, device, seed: int):
-    """A real photo (scikit-image's astronaut) resized to size x size, an elliptic mask, prepared."""
+def _raw_inputs(size: int):
+    """A real photo (scikit-image's astronaut) resized to size x size and an elliptic mask (uint8 arrays)."""
     import cv2
     import numpy as np
     from skimage import data
-
-    from r2r import imaging
 
     img = cv2.resize(data.astronaut(), (size, size), interpolation=cv2.INTER_AREA)
     yy, xx = np.mgrid[0:size, 0:size] / size
@@ -182,8 +185,15 @@ def _inputs(size: int, device, seed: int):
     comp = img.copy()
     fg = mask > 0
     comp[fg] = np.clip(comp[fg].astype(np.float32) * [1.25, 0.9, 0.7], 0, 255).astype(np.uint8)
-    prepared = imaging.prepare(comp, mask, max_side=size)
-    return prepared.to(device=device)
+    return comp, mask
+
+
+def _inputs(size: int, device):
+    """:func:`_raw_inputs`, prepared (working resolution = size)."""
+    from r2r import imaging
+
+    comp, mask = _raw_inputs(size)
+    return imaging.prepare(comp, mask, max_side=size).to(device=device)
 
 
 # ----------------------------------------------------------------------------- official flow
@@ -247,123 +257,108 @@ def run_official(args, prepared, device, dtype, clock):
 
 
 # ----------------------------------------------------------------------------- our flow
-def run_ours(args, prepared, device, dtype, clock):
+def run_ours(args, prepared, device, dtype, clock, pipe_out: list | None = None):
+    """R2RPipeline's stages over phase-loaded networks -> (image [B,3,h,w] in [0,1], seconds, None).
+
+    ``pipe_out``: when given, the pipeline is appended to it (for callers that run ``restore``)."""
     import torch
-    from diffusers import UNet2DConditionModel
-    from safetensors.torch import load_file, save_file
 
-    from r2r import sampling, tiling
-    from r2r.models import ClearVAE, HarmonyController
-
-    w = Path(args.weights)
-    sd = w / "stable-diffusion-inpainting"
-    kw = {"torch_dtype": dtype, "low_cpu_mem_usage": True}
-    if device.type == "cuda":
-        kw["device_map"] = {"": device.index or 0}
-    channels_last = args.channels_last
-
-    def collect():
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+    from r2r import sampling
+    from r2r.pipeline import R2RPipeline
 
     t0 = time.perf_counter()
+    models = TimedPhaseModels(clock, args.weights, torch_dtype=dtype, device=device)
+    pipe = R2RPipeline(models=models, scheduler="euler_ancestral")
     with torch.inference_mode():
-        gen = torch.Generator(device=device).manual_seed(args.seed)
-        with clock.stage("text"):
-            text = load_file(args.prompt_cache)["prompt_embeds"].to(device, dtype)
-        sched_cfg = json.loads((sd / "scheduler" / "scheduler_config.json").read_text())
-        scheduler = sampling.make_scheduler(sched_cfg, "euler_ancestral")
+        scheduler = pipe.make_scheduler()
         timesteps = sampling.set_timesteps(scheduler, args.steps, device=device)
-
-        with clock.stage("load"):
-            vae = ClearVAE.from_pretrained(w / "clear_vae", **kw).to(device).eval()
-            if channels_last in ("vae", "all"):
-                vae.to(memory_format=torch.channels_last)
-        image = prepared.composite_pm1.to(dtype)
-        if channels_last in ("vae", "all"):
-            image = image.contiguous(memory_format=torch.channels_last)
+        # the official code seeds a generator on the compute device; so do we, for the same noise
+        gen = torch.Generator(device=device).manual_seed(args.seed)
         with clock.stage("encode"):
-            posterior, skips = tiling.tiled_encode_with_skips(vae, image)
-            # park the skips until the decode: host memory on CUDA, a temp file on CPU
-            if args.skips == "offload":
-                if device.type == "cuda":
-                    skips = [s.to("cpu") for s in skips]
-                else:
-                    tmp = tempfile.NamedTemporaryFile(suffix=".safetensors", delete=False)
-                    tmp.close()
-                    save_file({str(i): s.contiguous() for i, s in enumerate(skips)}, tmp.name)
-                    skips = tmp.name
-            elif args.skips == "recompute":
-                skips = None
-        # the VAE is not needed while the controller and the U-Net run: release it, reload for the decode
-        scaling_factor = vae.config.scaling_factor
-        vae = None
-        collect()
-        with clock.stage("load"):
-            controller = HarmonyController.from_pretrained(sd / "controlnet", **kw).to(device).eval()
-            if channels_last == "all":
-                controller.to(memory_format=torch.channels_last)
+            encoded = pipe.encode(prepared, skips=args.skips)
         with clock.stage("controller"):
-            residuals = sampling.controller_residuals(
-                controller, prepared.hint.to(dtype), prepared.latent_mask.to(dtype), timesteps, text,
-                timestep_batch=args.timestep_batch)
-        controller = None
-        collect()
-        with clock.stage("load"):
-            unet = UNet2DConditionModel.from_pretrained(sd / "unet", **kw).to(device).eval()
-            if channels_last == "all":
-                unet.to(memory_format=torch.channels_last)
+            residuals = pipe.residuals(prepared, timesteps, 1.0, args.residuals,
+                                       timestep_batch=args.timestep_batch or None)
         with clock.stage("unet"):
-            latents = sampling.denoise(unet, scheduler, posterior, prepared.latent_mask, text, residuals, gen,
-                                       args.steps, scaling_factor=scaling_factor)
+            latents = pipe.denoise(prepared, encoded, residuals, gen, args.steps, scheduler, free_residuals=True)
         del residuals
-        unet = None
-        collect()
-        with clock.stage("load"):
-            vae = ClearVAE.from_pretrained(w / "clear_vae", **kw).to(device).eval()
-            if channels_last in ("vae", "all"):
-                vae.to(memory_format=torch.channels_last)
         with clock.stage("decode"):
-            if skips is None:
-                _, skips = tiling.tiled_encode_with_skips(vae, image)
-            elif isinstance(skips, str):
-                path = skips
-                loaded = load_file(path)
-                os.unlink(path)
-                skips = [loaded.pop(str(i)) for i in range(len(loaded))]
-                if channels_last in ("vae", "all"):
-                    skips = [s.contiguous(memory_format=torch.channels_last) for s in skips]
-            elif device.type == "cuda":
-                skips = [s.to(device) for s in skips]
-            z = latents.to(dtype) / scaling_factor
-            out = tiling.tiled_decode_with_skips(vae, z, skips, consume_skips=True)
-            del skips
-        out = (out.float() / 2 + 0.5).clamp(0, 1)
+            out = pipe.decode(latents, encoded, prepared)
+        del encoded
+    if pipe_out is not None:
+        pipe_out.append(pipe)
     return out, time.perf_counter() - t0, None
+
+
+def run_resident(args, prepared, device, dtype, clock):
+    """R2RPipeline with every network resident (``from_pretrained``; loading reported, not counted, as for
+    the official flow): the same stages, timed. Also times one whole ``pipe(composite, mask)`` call
+    (prepare -> restore) as ``end_to_end_s``. ``--compile``: the U-Net through ``torch.compile``."""
+    import torch
+
+    from r2r import sampling
+    from r2r.pipeline import R2RPipeline
+
+    with clock.stage("load"):
+        pipe = R2RPipeline.from_pretrained(args.weights, torch_dtype=dtype, device=device)
+        if args.compile:
+            pipe.components.unet = torch.compile(pipe.components.unet)
+    load_time = clock.t["load"]
+    clock.t["load"] = clock.cpu["load"] = 0.0
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        scheduler = pipe.make_scheduler()
+        timesteps = sampling.set_timesteps(scheduler, args.steps, device=device)
+        gen = torch.Generator(device=device).manual_seed(args.seed)
+        with clock.stage("encode"):
+            encoded = pipe.encode(prepared, skips=args.skips)
+        with clock.stage("controller"):
+            residuals = pipe.residuals(prepared, timesteps, 1.0, args.residuals,
+                                       timestep_batch=args.timestep_batch or None)
+        with clock.stage("unet"):
+            latents = pipe.denoise(prepared, encoded, residuals, gen, args.steps, scheduler, free_residuals=True)
+        del residuals
+        with clock.stage("decode"):
+            out = pipe.decode(latents, encoded, prepared)
+        del encoded
+    total = time.perf_counter() - t0
+    comp, mask = _raw_inputs(args.size)
+    clock.sync()
+    t1 = time.perf_counter()
+    pipe(comp, mask, num_inference_steps=args.steps, generator=torch.Generator(device=device).manual_seed(args.seed),
+         max_side=args.size, skips=args.skips, residuals=args.residuals, timestep_batch=args.timestep_batch or None)
+    clock.sync()
+    clock.end_to_end_s = time.perf_counter() - t1
+    return out, total, load_time
 
 
 # ----------------------------------------------------------------------------- worker / driver
 def worker(args) -> int:
     import torch
 
-    from r2r.pipeline import resolve_dtype
+    from r2r.devices import resolve_dtype
 
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
     device = torch.device(args.device)
     dtype = resolve_dtype(args.dtype)
-    prepared = _inputs(args.size, device, args.seed)
+    prepared = _inputs(args.size, device)
     gc.collect()
     base_rss = _rss_now()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    fn = {"official": run_official, "ours": run_ours, "resident": run_resident}[args.worker]
+    if args.warmup:  # one untimed call first (CUDA context, kernels, autotuning, torch.compile)
+        fn(args, prepared, device, dtype, Clock(device))
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
     clock = Clock(device)
-    fn = run_official if args.worker == "official" else run_ours
     c0 = time.process_time()
     out, total, load_time = fn(args, prepared, device, dtype, clock)
-    cpu_total = time.process_time() - c0 - (clock.cpu["load"] if args.worker == "official" else 0.0)
+    cpu_total = time.process_time() - c0 - (clock.cpu["load"] if load_time is not None else 0.0)
     peak = _peak_bytes(device)
     np_out = out[0].permute(1, 2, 0).cpu().numpy()
     if args.save_output:
@@ -379,7 +374,8 @@ def worker(args) -> int:
         "fixed_s": round(total - clock.t["controller"] - clock.t["unet"], 3),
         "peak_bytes": peak, "baseline_rss_bytes": base_rss if device.type == "cpu" else 0,
         "load_outside_call_s": None if load_time is None else round(load_time, 3),
-        "threads": torch.get_num_threads(),
+        "threads": torch.get_num_threads(), "warmup": bool(args.warmup),
+        "end_to_end_s": None if getattr(clock, "end_to_end_s", None) is None else round(clock.end_to_end_s, 3),
     }
     print("RESULT " + json.dumps(res), flush=True)
     return 0
@@ -389,34 +385,58 @@ def _gib(b):
     return b / 1024**3
 
 
+def _ratios(o: dict, u: dict, steps: int) -> dict:
+    """Flow ``u`` over the official flow ``o``: measured, per step, and the official 10-step call
+    extrapolated from the fixed and per-step costs measured here (wall and CPU seconds)."""
+    ratio = {
+        "total": u["total_s"] / o["total_s"],
+        "peak_memory": u["peak_bytes"] / o["peak_bytes"],
+        "per_step": u["per_step_s"] / o["per_step_s"],
+        "total_10_steps_est": (u["fixed_s"] + 10 * u["per_step_s"]) / (o["fixed_s"] + 10 * o["per_step_s"]),
+        "total_cpu": u["total_cpu_s"] / o["total_cpu_s"],
+        "per_step_cpu": u["per_step_cpu_s"] / o["per_step_cpu_s"],
+        "total_10_steps_est_cpu": (u["total_cpu_s"] + (10 - steps) * u["per_step_cpu_s"])
+        / (o["total_cpu_s"] + (10 - steps) * o["per_step_cpu_s"]),
+    }
+    return {k: round(v, 4) for k, v in ratio.items()}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[512])
     p.add_argument("--steps", type=int, default=2, help="denoising steps (official 10; CPU runs use fewer)")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--flows", nargs="+", default=["official", "ours"], choices=["official", "ours"])
+    p.add_argument("--flows", nargs="+", default=["official", "ours"], choices=list(FLOWS),
+                   help="official; ours (stages, networks loaded per phase, loading counted); resident (stages, "
+                        "networks resident, loading not counted)")
     p.add_argument("--weights", default=None, help="hub-layout folder with diffusers weights (default: random)")
-    p.add_argument("--weights-cache", default=str(Path.home() / ".cache" / "r2r-bench" / "random-fp32"))
+    p.add_argument("--weights-cache", default=str(DEFAULT_WEIGHTS_CACHE))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--skips", choices=["offload", "keep", "recompute"], default="offload",
-                   help="ours: where the encoder skips wait during denoising")
-    p.add_argument("--channels-last", choices=["vae", "all", "none"], default="vae")
-    p.add_argument("--timestep-batch", type=int, default=1)
-    p.add_argument("--worker", choices=["official", "ours"], help=argparse.SUPPRESS)
+    p.add_argument("--skips", choices=PLACEMENTS, default="auto",
+                   help="ours: where the encoder skips wait during denoising (r2r.memory placement rule)")
+    p.add_argument("--residuals", choices=PLACEMENTS, default="auto",
+                   help="ours: where the controller residuals wait (recompute: the controller runs inside the loop)")
+    p.add_argument("--timestep-batch", type=int, default=0,
+                   help="ours: controller timesteps per forward (0 = the pipeline's rule: 1 on CPU, what fits on a GPU)")
+    p.add_argument("--warmup", action="store_true", help="run each flow once untimed first (use on GPUs)")
+    p.add_argument("--compile", action="store_true", help="resident: torch.compile the U-Net (with --warmup)")
+    p.add_argument("--worker", choices=list(FLOWS), help=argparse.SUPPRESS)
     p.add_argument("--size", type=int, help=argparse.SUPPRESS)
     p.add_argument("--save-output", help=argparse.SUPPRESS)
-    p.add_argument("--prompt-cache", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.steps < 1:
         p.error("--steps must be >= 1")
     if args.worker:
         return worker(args)
 
+    if args.timestep_batch < 0:
+        p.error("--timestep-batch must be >= 0")
     if args.weights is None:
         args.weights = str(make_random_weights(Path(args.weights_cache)))
-    args.prompt_cache = str(ensure_prompt_cache(Path(args.weights), Path(args.weights_cache)))
+    else:
+        ensure_prompt_cache(Path(args.weights))
     results = []
     with tempfile.TemporaryDirectory() as td:
         for size in args.sizes:
@@ -426,8 +446,8 @@ def main(argv=None) -> int:
                 cmd = [sys.executable, __file__, "--worker", flow, "--size", str(size), "--steps", str(args.steps),
                        "--dtype", args.dtype, "--device", args.device, "--weights", args.weights,
                        "--seed", str(args.seed), "--threads", str(args.threads), "--skips", args.skips,
-                       "--channels-last", args.channels_last, "--timestep-batch", str(args.timestep_batch),
-                       "--save-output", out_path, "--prompt-cache", args.prompt_cache]
+                       "--residuals", args.residuals, "--timestep-batch", str(args.timestep_batch),
+                       "--save-output", out_path] + ["--warmup"] * args.warmup + ["--compile"] * args.compile
                 print(f"[bench] {flow} {size}x{size} {args.dtype} {args.device} steps={args.steps} ...", flush=True)
                 proc = subprocess.run(cmd, capture_output=True, text=True)
                 lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -445,30 +465,19 @@ def main(argv=None) -> int:
                 cs = r["stages_cpu_s"]
                 print(f"  {'':8s} cpu   {r['total_cpu_s']:8.2f}s  (" + "  ".join(f"{k} {cs[k]:.2f}" for k in STAGES)
                       + f")  per step {r['per_step_cpu_s']:.2f}s", flush=True)
-            if all(f in row and not row[f].get("failed") for f in ("official", "ours")):
+            for flow in args.flows:
+                if flow == "official" or not all(f in row and not row[f].get("failed") for f in ("official", flow)):
+                    continue
                 import numpy as np
 
-                a = np.load(os.path.join(td, f"official-{size}.npy"))
-                b = np.load(os.path.join(td, f"ours-{size}.npy"))
-                o, u = row["official"], row["ours"]
-                steps = args.steps
-                ratio = {
-                    "total": u["total_s"] / o["total_s"],
-                    "peak_memory": u["peak_bytes"] / o["peak_bytes"],
-                    "per_step": u["per_step_s"] / o["per_step_s"],
-                    # the official 10-step call, extrapolated from the per-step and fixed costs measured here
-                    "total_10_steps_est": (u["fixed_s"] + 10 * u["per_step_s"]) / (o["fixed_s"] + 10 * o["per_step_s"]),
-                    "total_cpu": u["total_cpu_s"] / o["total_cpu_s"],
-                    "per_step_cpu": u["per_step_cpu_s"] / o["per_step_cpu_s"],
-                    "total_10_steps_est_cpu": (u["total_cpu_s"] + (10 - steps) * u["per_step_cpu_s"])
-                    / (o["total_cpu_s"] + (10 - steps) * o["per_step_cpu_s"]),
-                    "max_abs_diff_images": float(np.abs(a - b).max()),
-                }
-                row["ratios"] = {k: (v if k.startswith("max_abs") else round(v, 4)) for k, v in ratio.items()}
-                print(f"  ours/official at {size}: total {ratio['total']:.3f}x (target <= 0.8), peak memory "
-                      f"{ratio['peak_memory']:.3f}x (target <= 0.5), per step {ratio['per_step']:.3f}x, "
+                diff = float(np.abs(np.load(os.path.join(td, f"official-{size}.npy"))
+                                    - np.load(os.path.join(td, f"{flow}-{size}.npy"))).max())
+                ratio = _ratios(row["official"], row[flow], args.steps)
+                row[f"{flow}_vs_official"] = {**ratio, "max_abs_diff_images": diff}
+                print(f"  {flow}/official at {size}: total {ratio['total']:.3f}x, peak memory "
+                      f"{ratio['peak_memory']:.3f}x, per step {ratio['per_step']:.3f}x, "
                       f"10-step estimate {ratio['total_10_steps_est']:.3f}x; same seed -> max |diff| "
-                      f"{ratio['max_abs_diff_images']:.2e} (steps={steps})", flush=True)
+                      f"{diff:.2e} (steps={args.steps})", flush=True)
                 print(f"  CPU-time ratios (robust to other load): total {ratio['total_cpu']:.3f}x, per step "
                       f"{ratio['per_step_cpu']:.3f}x, 10-step estimate {ratio['total_10_steps_est_cpu']:.3f}x", flush=True)
             results.append({"size": size, **row})
