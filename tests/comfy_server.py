@@ -168,8 +168,7 @@ def ui_to_api(wf: dict, object_info: dict) -> dict:
                     inputs[name] = values.pop(0)
                     if typ == "INT" and (opts.get("control_after_generate") or name in ("seed", "noise_seed")):
                         values.pop(0)  # the control value (fixed/randomize/...) is not sent
-                    elif opts.get("image_upload"):
-                        values.pop(0)  # LoadImage's "upload" button value
+        # what is left (Load Image's "upload" button value, after its widgets) is not sent either
         for inp in node.get("inputs", []):
             if inp.get("link") is not None:
                 _, origin, slot, *_ = links[inp["link"]]
