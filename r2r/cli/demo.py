@@ -5,7 +5,8 @@
 Uses R2R when weights are found (``--weights``, ``$R2R_WEIGHTS`` or ``./models/r2r/region2region``);
 otherwise it prints exactly what to download and where, and runs the weight-free statistics
 harmonizer so the command always produces results. Writes ``<name>_harmonized.png`` per example
-and ``contact_sheet.png`` (composite | mask | result, one row per example).
+and ``contact_sheet.png`` (composite | mask | result, one row per example). Options, every example
+and every output file are checked before any model loads, as in ``harmonize``.
 """
 
 from __future__ import annotations
