@@ -134,6 +134,20 @@ def test_overwrite_moves_the_old_run_aside(used, dataset, tiny_release, tmp_path
     assert (used / "clear_vae" / "diffusion_pytorch_model.safetensors").is_file()
 
 
+def test_overwrite_keeps_the_old_run_when_the_model_cannot_load(used, dataset, tiny_release, tmp_path, capsys):
+    """--overwrite moves the old run aside only after the models loaded: weights that do not fit leave it as it was."""
+    import torch
+    from safetensors.torch import save_file
+
+    junk = tmp_path / "not_a_vae.safetensors"
+    save_file({"something.else": torch.zeros(3)}, str(junk))
+    cfg = _cfg_for(tmp_path, dataset, tiny_release, used)
+    before = tree_hash(used)
+    code, err = run_cli(capsys, "clear_vae", "--config", cfg, "--overwrite", "--set", f"init.weights={junk}")
+    assert code == 2 and str(junk) in err
+    assert tree_hash(used) == before and not list(tmp_path.glob("run.previous-*"))
+
+
 def test_overwrite_refuses_a_folder_that_holds_an_input(dataset, tiny_release, tmp_path, capsys, no_model_load):
     data_copy = tmp_path / "box" / "data"
     shutil.copytree(Path(dataset["layout"]), data_copy)

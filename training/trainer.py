@@ -76,20 +76,15 @@ class Trainer:
             )
         self._preflight()
 
-    def _preflight(self):
-        """Checks (main process) before any model loads; the outcome is shared with the other processes."""
-        acc, plan, failure, error = self.acc, None, None, None
+    def _on_main_then_share(self, fn, shared: list) -> list:
+        """Run ``fn()`` on the main process (it fills ``shared[1:]``); every process gets ``shared`` and raises
+        when the main process failed, so a refusal stops all of them."""
+        acc, failure = self.acc, None
         if acc.is_main_process:
             try:
-                plan = plan_run(self.cfg, self.opts, acc.num_processes, self._log)
-                commit(plan, self.cfg, self.opts, self._log)
+                fn(shared)
             except Exception as exc:  # noqa: BLE001 - re-raised below, after the other processes learn of it
-                failure, error = exc, str(exc)
-                if plan is not None:
-                    plan.release()
-        self._run_plan = plan  # main process: holds the output folder's lock until close()
-        shared = [error, plan.resume_dir if plan else None, plan.bad_keys if plan else [],
-                  plan.differences if plan else [], plan.train_fingerprint if plan else {}]
+                failure, shared[0] = exc, str(exc)
         if acc.num_processes > 1:
             from accelerate.utils import broadcast_object_list
 
@@ -98,8 +93,30 @@ class Trainer:
             raise failure
         if shared[0] is not None:
             raise R2RUserError(f"the main process stopped: {shared[0]}")
-        self.resume_dir, self.bad_keys, self.forced_changes, self.train_fingerprint = shared[1:]
+        return shared
+
+    def _preflight(self):
+        """Checks (main process) before any model loads; the outcome is shared with the other processes."""
+        self._run_plan = None  # main process: holds the output folder's lock until close()
+
+        def check(shared):
+            self._run_plan = plan = plan_run(self.cfg, self.opts, self.acc.num_processes, self._log)
+            shared[1:] = [plan.resume_dir, plan.bad_keys, plan.differences, plan.train_fingerprint]
+
+        _, self.resume_dir, self.bad_keys, self.forced_changes, self.train_fingerprint = self._on_main_then_share(
+            check, [None, None, [], [], {}])
         self.saved_state = ckpt.read_trainer_state(self.resume_dir) if self.resume_dir else None
+
+    def _commit(self):
+        """The first write: move an old run aside / create the output folder (after the models loaded)."""
+        def write(shared):
+            try:
+                commit(self._run_plan, self.cfg, self.opts, self._log)
+            except BaseException:
+                self.close()
+                raise
+
+        self._on_main_then_share(write, [None])
 
     # ------------------------------------------------------------------ setup
     def setup(self):
@@ -143,6 +160,7 @@ class Trainer:
             self.ema = EMAModel(self._ema_params(), decay=e.decay, update_after_step=e.update_after_step,
                                 use_ema_warmup=e.use_ema_warmup)
             self.ema.to(acc.device)
+        self._commit()
         self.state = {"global_step": 0, "micro_step": 0, "epoch": 0, "batch_in_epoch": 0, "history": [],
                       "val": [], "seed": cfg.seed, "stage": cfg.stage, "skipped_items": 0}
         event = {"event": "start", "step": 0, "seed": cfg.seed}
@@ -456,7 +474,7 @@ def run_training(cfg: TrainingConfig, *, resume: str | None = None, stop_after: 
     """Check everything (:mod:`training.preflight`), then train; see :class:`Trainer` for the options."""
     trainer = Trainer(cfg, resume=resume, stop_after=stop_after, overwrite=overwrite, force_resume=force_resume,
                       skip_bad_files=skip_bad_files)
-    try:
+    try:  # the checks passed; setup() loads the models, then takes over the output folder
         trainer.setup()
         result = trainer.train()
         trainer.acc.wait_for_everyone()
