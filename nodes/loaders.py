@@ -120,17 +120,12 @@ def _split_components(components):
     return (model, clear_vae, controller)
 
 
-def _offline() -> bool:
-    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
-               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
-
 def download_official_release() -> str:
     """Download the official release into the first models/r2r folder (explicit user action)."""
     from ..r2r import weights
 
     target = os.path.join(_host.default_download_dir(), _files.OFFICIAL_NAME)
-    if _offline():
+    if weights.is_offline():
         files = weights.expected_hub_files(weights.MODEL_COMPONENTS + ("text_encoder", "tokenizer", "scheduler"))
         raise R2RWeightsNotFound(
             f"R2R: cannot download {_files.OFFICIAL_REPO}: offline mode is on (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE). "
