@@ -57,7 +57,11 @@ class OutputLock:
             import fcntl
         except ImportError:
             return
-        fd = os.open(folder, os.O_RDONLY)
+        try:
+            fd = os.open(folder, os.O_RDONLY)
+        except OSError as exc:
+            raise R2RUserError(f"cannot open the output folder {folder} ({exc.strerror}); fix its permissions or "
+                               "choose another --output-dir") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
