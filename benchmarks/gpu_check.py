@@ -53,11 +53,14 @@ def main(argv=None) -> int:
     cmd = [sys.executable, str(HERE / "pipeline.py"), "--flows", "official", "ours", "resident",
            "--sizes", str(args.size), "--steps", str(args.steps), "--device", args.device, "--dtype", args.dtype,
            "--warmup"] + ["--compile"] * args.compile + (["--weights", args.weights] if args.weights else [])
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    sys.stdout.write(proc.stdout)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith('{"benchmark": "pipeline"')]
-    if proc.returncode or not lines:
-        sys.stderr.write(proc.stderr[-4000:])
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)  # stderr passes through
+    lines = []
+    for line in proc.stdout:  # shown as it comes: the flows take minutes
+        sys.stdout.write(line)
+        sys.stdout.flush()
+        if line.startswith('{"benchmark": "pipeline"'):
+            lines.append(line)
+    if proc.wait() or not lines:
         print(f"[gpu_check] benchmarks/pipeline.py failed (exit {proc.returncode})", flush=True)
         return 1
     row = json.loads(lines[-1])["results"][0]
