@@ -393,7 +393,7 @@ def test_ctrl_c_exits_130_without_output(case, tiny_release):
 
     reader = threading.Thread(target=watch, daemon=True)
     reader.start()
-    assert seen.wait(180), "the denoising loop never started: " + "".join(chunks)
+    assert seen.wait(400), "the denoising loop never started: " + "".join(chunks)
     proc.send_signal(signal.SIGINT)
     rc = proc.wait(60)
     reader.join(10)
