@@ -1,0 +1,107 @@
+"""The node-graph benchmark's bookkeeping (benchmarks/graph.py), without a server or weights: how a run's
+websocket events become controller / U-Net phases, the 10-step estimate, which template it runs and how it
+sets it up, and the same-seed image comparison."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def graph():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("bench_graph", ROOT / "benchmarks" / "graph.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+PROMPT = {"1": {"class_type": "R2RClearVAEEncode"}, "5": {"class_type": "R2RSampler"},
+          "6": {"class_type": "R2RClearVAEDecode"}}
+
+
+def _events(controller: bool, steps: int = 2):
+    """Encode at 0 s, sampler at 10 s, (controller 2 s/step), U-Net 5 s/step, decode after; cpu = 2 x wall."""
+    ev = [("node", "1", 0, 0, 0.0, 0.0), ("node", "5", 0, 0, 10.0, 20.0)]
+    t, total = 10.0, 2 * steps if controller else steps
+    value = 0
+    if controller:
+        for _ in range(steps):
+            t, value = t + 2.0, value + 1
+            ev.append(("progress", "5", value, total, t, 2 * t))
+    for _ in range(steps):
+        t, value = t + 5.0, value + 1
+        ev.append(("progress", "5", value, total, t, 2 * t))
+    ev.append(("node", "6", 0, 0, t + 0.5, 2 * (t + 0.5)))
+    return ev, t + 10.0
+
+
+def test_phases_split_controller_and_unet(graph):
+    ev, wall = _events(controller=True)
+    out = graph._phases(ev, wall, 2 * wall, PROMPT, 2)
+    assert out["controller_ran"] and out["controller_wall_s"] == pytest.approx(4.0)
+    assert out["unet_wall_s"] == pytest.approx(10.0) and out["unet_cpu_s"] == pytest.approx(20.0)
+    assert out["nodes"]["5:R2RSampler"]["wall_s"] == pytest.approx(14.5)
+    assert out["nodes"]["6:R2RClearVAEDecode"]["wall_s"] == pytest.approx(9.5)
+
+
+def test_phases_with_reused_residuals(graph):
+    ev, wall = _events(controller=False)
+    out = graph._phases(ev, wall, 2 * wall, PROMPT, 2)
+    assert not out["controller_ran"] and out["controller_wall_s"] == 0.0
+    assert out["unet_wall_s"] == pytest.approx(10.0)
+
+
+def test_phases_refuses_incomplete_progress(graph):
+    ev, wall = _events(controller=True)
+    with pytest.raises(SystemExit, match="incomplete"):
+        graph._phases(ev[:-2], wall, wall, PROMPT, 2)
+    with pytest.raises(SystemExit, match="progress units"):
+        graph._phases(ev, wall, wall, PROMPT, 3)
+
+
+def test_ten_step_estimate_adds_the_measured_per_step_cost(graph):
+    run = {"cpu_s": 100.0, "controller_cpu_s": 6.0, "unet_cpu_s": 14.0}
+    assert graph.estimate(run, 2, "cpu_s") == pytest.approx(100.0 + 8 * 10.0)
+    assert graph.estimate(run, 10, "cpu_s") == pytest.approx(100.0)
+
+
+def test_finds_and_configures_the_basic_template(graph, tmp_path):
+    path = graph.find_basic_template(ROOT / "example_workflows")
+    types = {n["type"] for n in json.loads(path.read_text())["nodes"]}
+    assert graph.BASIC_CHAIN <= types and "R2RExampleImage" in types
+    api = {str(n["id"]): {"class_type": n["type"], "inputs": {}} for n in json.loads(path.read_text())["nodes"]
+           if n["type"] not in ("Note", "MarkdownNote")}
+    args = argparse.Namespace(size=320, steps=3)
+    prompt, one = graph.configure(api, args)
+    assert prompt[one["R2RClearVAEEncode"]]["inputs"]["max_side"] == 320
+    assert prompt[one["R2RSampler"]]["inputs"]["steps"] == 3
+    assert prompt[one["R2RCheckpointLoader"]]["inputs"]["checkpoint"] == graph.RELEASE_NAME
+    reseeded = graph.with_settings(prompt, one, 7, 0.5)
+    assert reseeded[one["R2RSampler"]]["inputs"]["seed"] == 7 and "seed" not in prompt[one["R2RSampler"]]["inputs"]
+    assert reseeded[one["R2RMACAControllerApply"]]["inputs"]["strength"] == 0.5
+    del api[one["R2RSampler"]]
+    with pytest.raises(SystemExit, match="R2RSampler"):
+        graph.configure(api, args)
+
+
+def test_same_seed_difference_uses_saveimage_quantisation(graph, tmp_path):
+    from PIL import Image
+
+    img = np.random.default_rng(0).random((8, 8, 3)).astype(np.float32)
+    Image.fromarray(graph.save_image_like_comfyui(img)).save(tmp_path / "a.png")
+    np.save(tmp_path / "same.npy", img + 1e-7)
+    out = graph.same_seed_difference(str(tmp_path / "a.png"), str(tmp_path / "same.npy"))
+    assert out["same_seed_max_abs_diff"] <= 1 / 255
+    np.save(tmp_path / "off.npy", np.clip(img + 0.1, 0, 1))
+    assert graph.same_seed_difference(str(tmp_path / "a.png"), str(tmp_path / "off.npy"))[
+        "same_seed_max_abs_diff"] > 0.05
