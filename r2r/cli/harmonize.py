@@ -41,6 +41,8 @@ DEFAULT_WEIGHTS_DIR = Path("models") / "r2r" / "region2region"
 WEIGHTS_ENV = "R2R_WEIGHTS"
 MAX_STEPS = 1000
 MAX_SEED = 2**64 - 1
+#: the largest working resolution offered (as the nodes' max_side input); the model was trained at 1024
+MAX_SIDE_LIMIT = 4096
 #: --feather value meaning "automatic" (one latent cell); the pipeline's feather=None
 FEATHER_AUTO = -1
 #: the pipeline's upper limit for the controller's conditioning scale
@@ -76,7 +78,7 @@ def add_model_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0,
                         help="random seed, 0..2^64-1 (CPU generator: same result on any device)")
     parser.add_argument("--max-side", type=int, default=1024,
-                        help="working resolution: longer side, a multiple of 64 (at least 64)")
+                        help=f"working resolution: longer side, a multiple of 64 from 64 to {MAX_SIDE_LIMIT} (default 1024)")
     parser.add_argument("--resize-mode", choices=RESIZE_MODES, default=DEFAULT_RESIZE_MODE,
                         help="fit = keep aspect (default), pad = exact aspect + padding, square = official squash")
     parser.add_argument("--low-memory", action="store_true",
@@ -108,9 +110,11 @@ def check_model_args(args) -> None:
     """Check the numeric options shared by ``harmonize`` and ``demo`` (cheap; no torch)."""
     _check_int("--steps", args.steps, 1, MAX_STEPS, "The official setting is 10 (more steps are slower, rarely better).")
     _check_int("--seed", args.seed, 0, MAX_SEED, "Use a non-negative seed, e.g. --seed 0.")
-    if args.max_side < 64 or args.max_side % 64:
-        raise R2RUserError(f"--max-side must be a multiple of 64 and at least 64 (e.g. 512, 768 or 1024); got "
-                           f"{args.max_side}. Round it to a multiple of 64, e.g. --max-side {max(64, round(args.max_side / 64) * 64)}.")
+    if not (64 <= args.max_side <= MAX_SIDE_LIMIT) or args.max_side % 64:
+        nearest = min(MAX_SIDE_LIMIT, max(64, round(args.max_side / 64) * 64))
+        raise R2RUserError(f"--max-side must be a multiple of 64 from 64 to {MAX_SIDE_LIMIT} (e.g. 512, 768 or 1024; "
+                           f"the model was trained at 1024); got {args.max_side}. Try --max-side {nearest}; larger "
+                           "originals keep their full resolution anyway (--fullres-mode).")
 
 
 def device_and_dtype(args):
