@@ -31,8 +31,7 @@ def run(node_id, *args, **kwargs):
     return tuple(NODES[node_id].execute(*args, **kwargs).args)
 
 
-def options(node_id, name):
-    """A combo's current choices as /object_info lists them."""
+def options(node_id, name):  # a combo's current choices as /object_info lists them
     typ, opts = NODES[node_id].INPUT_TYPES()["required"][name]
     assert typ == "COMBO"
     return opts["options"]
@@ -388,8 +387,7 @@ def test_host_loads_through_comfyui_with_memory_required(monkeypatch):
         def partially_load(self, device, extra_memory=0):
             self.partial.append((device, extra_memory))
 
-    mm.load_models_gpu = lambda models, memory_required=0, force_full_load=False: calls.append(
-        (models, memory_required, force_full_load))
+    mm.load_models_gpu = lambda models, memory_required=0, force_full_load=False: calls.append((models, memory_required, force_full_load))  # noqa: E501
     monkeypatch.setitem(sys.modules, "comfy.model_management", mm)
     monkeypatch.setitem(sys.modules, "folder_paths", types.ModuleType("folder_paths"))
     monkeypatch.delenv("R2R_HOST", raising=False)
