@@ -35,25 +35,21 @@ def _batch_to(t, total: int, batched_number: int):
 
 
 def controller_memory_bytes(controller, batch: int, latent_hw, dtype) -> int:
-    """Device memory one controller call needs besides its weights: the 13 residuals it returns plus
-    the same again for the block activations, for a cond + uncond batch (``2 * batch``)."""
-    import torch
+    """Device memory one controller call needs besides its weights (r2r.memory's estimates: the
+    activations and the 13 residuals it returns), for a cond + uncond batch (``2 * batch``)."""
+    from ..r2r import memory
 
-    h, w = latent_hw
-    cfg = controller.model.config
-    chans = list(cfg.block_out_channels)
-    per_item = chans[0] * h * w * (cfg.layers_per_block + 1)  # hint embedding + first block
-    for level, c in enumerate(chans[1:], start=1):
-        per_item += c * (h >> level) * (w >> level) * cfg.layers_per_block  # resnets of this block
-        per_item += chans[level - 1] * (h >> level) * (w >> level)  # the previous block's downsampler
-    per_item += chans[-1] * (h >> (len(chans) - 1)) * (w >> (len(chans) - 1))  # mid
-    return 2 * per_item * 2 * batch * torch.empty((), dtype=dtype).element_size()
+    b = 2 * int(batch)
+    hw = tuple(int(v) for v in latent_hw)
+    return (memory.controller_activation_bytes(b, hw, dtype)
+            + memory.residual_bytes_per_step(controller.model.config, b, hw, dtype))
 
 
 @functools.cache
 def control_class():
     """``R2RHarmonyControl``, a ``comfy.controlnet.ControlBase`` subclass."""
     import comfy.controlnet
+    import torch
 
     class R2RHarmonyControl(comfy.controlnet.ControlBase):
         """The R2R Harmony Controller for one prepared composite (hint, latent masks)."""
@@ -93,6 +89,16 @@ def control_class():
             own = controller_memory_bytes(self.controller, b, self.latent_mask.shape[-2:], self.controller.dtype)
             return super().inference_memory_requirements(dtype) + own
 
+        def _ensure_resident(self):
+            """ComfyUI may have loaded the controller only partly (low VRAM); diffusers modules cannot
+            run partly offloaded, so then load it whole (through ComfyUI, accounted)."""
+            device = torch.device(self.controller._get_patcher().load_device)
+            for p in self.controller.model.parameters():
+                if p.device.type != device.type or (device.index is not None and p.device.index != device.index):
+                    self.controller.load(controller_memory_bytes(self.controller, self.hint.shape[0],
+                                                                 self.latent_mask.shape[-2:], self.controller.dtype))
+                    return
+
         def _model_inputs(self, device, dtype, total, batched_number):
             key = (device, dtype, total, batched_number)
             if self._inputs is None or self._inputs[0] != key:
@@ -116,8 +122,8 @@ def control_class():
                     f"was prepared for {list(self.latent_mask.shape[-2:])}. Give KSampler the LATENT of R2R "
                     "Conditioning, without latent upscaling or cropping in between."
                 )
-            if not self._loaded:  # fully resident (diffusers modules cannot run partly offloaded)
-                self.controller.load()
+            if not self._loaded:
+                self._ensure_resident()
                 self._loaded = True
             ctrl = self.controller.model
             device, dtype = next(ctrl.parameters()).device, ctrl.dtype

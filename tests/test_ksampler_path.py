@@ -171,6 +171,23 @@ def test_residual_order_matches_diffusers_unet(parts, managed):
     control.cleanup()
 
 
+def test_control_is_loaded_and_counted_by_comfy(parts, managed):
+    """ComfyUI's sampler collects the controller's ModelPatcher and its activation estimate from the
+    conditioning (so it loads it with the U-Net and frees memory for it); copies keep the settings."""
+    import comfy.sampler_helpers
+
+    prepared = _prepared(h=64, w=128)
+    pos, neg = _conditioning(parts, managed, prepared, torch.zeros(1, 4, 8, 16), 0.5, _ref_latent(prepared))
+    conds = {"positive": comfy.sampler_helpers.convert_cond(pos), "negative": comfy.sampler_helpers.convert_cond(neg)}
+    models, memory = comfy.sampler_helpers.get_additional_models(conds, torch.float16)
+    assert managed[1]._get_patcher() in models
+    own = harmony.controller_memory_bytes(managed[1], 1, (8, 16), managed[1].dtype)
+    assert memory == own > 0
+    control = pos[0][1]["control"]
+    twin = control.copy()
+    assert (twin.strength, twin.controller, twin.reference_mask) == (0.5, control.controller, control.reference_mask)
+
+
 def test_initial_noise_follows_diffusers_linspace(managed):
     model = comfy_unet.comfy_model(managed[0])
     ms = model.get_model_object("model_sampling")
