@@ -64,11 +64,6 @@ def encode_dataset_image(img: np.ndarray, ext: str, jpeg_quality: int = 100) -> 
     return buf.tobytes()
 
 
-#: the names older callers import from here for :func:`r2r.fileio.read_image` / :func:`r2r.fileio.read_mask`
-read_image_rgb = read_image
-read_mask_array = read_mask
-
-
 def as_rgb_uint8(img, what: str) -> np.ndarray:
     """Accept HxWx3 (or 1xHxWx3) uint8, or float in [0, 1]; return HxWx3 uint8."""
     a = np.asarray(img)
@@ -386,7 +381,7 @@ class HarmonizationDatasetWriter:
             if not p.exists():
                 self.write_mask(name, k, m)
                 return k
-            old = read_mask_array(p)
+            old = read_mask(p)
             if old.shape == m.shape and np.array_equal(old >= 128, m):
                 return k
             k += 1
