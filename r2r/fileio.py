@@ -179,14 +179,17 @@ def read_image(path):
 
 
 def read_mask(path):
-    """A mask file -> ``HxW uint8`` (0..255; white = foreground). RGBA files: the alpha channel;
-    RGB files: their grey value."""
+    """A mask file -> ``HxW uint8`` (0..255; white = foreground). RGBA files: the alpha channel,
+    unless it is constant (a fully opaque PNG) — then, like RGB files, their grey value."""
     import cv2
 
     path = Path(path)
     data = _imread(path, "mask")
     if data.ndim == 3:
-        data = data[..., 3] if data.shape[2] == 4 else cv2.cvtColor(data[..., :3], cv2.COLOR_BGR2GRAY)
+        alpha = data[..., 3] if data.shape[2] == 4 else None
+        if alpha is not None and alpha.min() != alpha.max():
+            return alpha
+        data = cv2.cvtColor(data[..., :3], cv2.COLOR_BGR2GRAY)
     return data
 
 

@@ -308,8 +308,18 @@ class R2RPipeline:
         return min(extra, tiling.memory_budget_bytes())
 
     # ------------------------------------------------------------------ all in one
-    def _check_call(self, num_inference_steps, scheduler, fullres_mode, use_controller, strength):
+    def _check_call(self, num_inference_steps, scheduler, fullres_mode, use_controller, strength, *,
+                    generator=None, feather=None, callback=None, preview=None):
+        """Every argument that does not need the images, checked before any work."""
         check_choice(fullres_mode, FULLRES_MODES, "fullres_mode")
+        make_generator(generator)
+        for name, fn in (("callback", callback), ("preview", preview)):
+            if fn is not None and not callable(fn):
+                raise R2RUserError(f"{name} must be callable (a function taking (step, total)) or None; "
+                                   f"got {type(fn).__name__} {fn!r}.")
+        if feather is not None and (isinstance(feather, bool) or not isinstance(feather, int) or feather < -1):
+            raise R2RUserError(f"feather must be None or -1 (automatic: one latent cell), 0 (hard edge) or a number "
+                               f"of pixels; got {feather!r}.")
         sched = self.make_scheduler(scheduler)
         timesteps = sampling.set_timesteps(sched, num_inference_steps, device=self.device)
         strength = _check_strength(strength) if use_controller else 0.0
@@ -318,7 +328,13 @@ class R2RPipeline:
                 "This pipeline was loaded without the Harmony Controller; load it (components=('unet', 'controller', "
                 "'clear_vae')) or call with use_controller=False."
             )
-        return sched, timesteps, strength
+        return sched, timesteps, strength, (None if feather == -1 else feather)
+
+    @staticmethod
+    def _check_generator_batch(generator, batch: int) -> None:
+        if isinstance(generator, (list, tuple)) and len(generator) != batch:
+            raise R2RUserError(f"Got {len(generator)} generators for a batch of {batch} image(s); pass one generator "
+                               "(or seed) per batch item, or a single one for the whole batch.")
 
     @torch.inference_mode()
     def __call__(self, composite, mask, num_inference_steps: int = 10, generator=None, max_side: int = 1024,
@@ -330,17 +346,19 @@ class R2RPipeline:
         """Harmonize ``composite`` (``[B,3,H,W]`` 0..1 tensor, ``HxWx3`` uint8 array, PIL image) inside ``mask``.
 
         ``generator``: int seed, ``torch.Generator`` or None. ``feather``: paste-back band in
-        original pixels (None = one latent cell, 0 = hard paste with the soft mask).
+        original pixels (None or -1 = one latent cell, 0 = hard paste with the soft mask).
         ``strength``: the controller's conditioning scale (1 = as trained); ``reference_mask``: the
         region whose colours steer MACA (default: the whole background). ``skips`` / ``residuals``:
         where the encoder skips / controller residuals wait (``auto | device | host | recompute``,
         :mod:`r2r.memory`; the image is the same for every choice). ``callback(step, total)`` after
         each denoising step (raise from it to cancel); ``preview(step, x0)`` with the predicted latent.
         """
-        sched, timesteps, strength = self._check_call(num_inference_steps, scheduler, fullres_mode, use_controller,
-                                                      strength)
+        sched, timesteps, strength, feather = self._check_call(
+            num_inference_steps, scheduler, fullres_mode, use_controller, strength, generator=generator,
+            feather=feather, callback=callback, preview=preview)
         prepared = self.prepare(composite, mask, max_side=max_side, resize_mode=resize_mode, canny_at=canny_at,
                                 reference_mask=reference_mask)
+        self._check_generator_batch(generator, prepared.batch_size)
         encoded = self.encode(prepared, skips=skips)
         res = self.residuals(prepared, timesteps, strength, residuals, timestep_batch)
         latents = self.denoise(prepared, encoded, res, generator, num_inference_steps, sched, callback, preview,
@@ -366,7 +384,8 @@ class R2RPipeline:
             raise R2RUserError("variations needs at least one seed; got an empty list.")
         for s in seeds:
             make_generator(s)
-        sched, timesteps, strength = self._check_call(num_inference_steps, scheduler, fullres_mode, True, strength)
+        sched, timesteps, strength, feather = self._check_call(num_inference_steps, scheduler, fullres_mode, True,
+                                                               strength, feather=feather, callback=callback)
         prepared = self.prepare(composite, mask, max_side=max_side, resize_mode=resize_mode,
                                 reference_mask=reference_mask)
         encoded = self.encode(prepared)

@@ -161,29 +161,8 @@ BAD = [
     ("callback-not-callable", ["callback", "callable"]),
 ]
 
-#: bad inputs the coordinator's files (r2r/pipeline.py, r2r/pasteback.py, r2r/fullres.py) do not yet refuse
-#: before work; each test still runs and turns into an XPASS failure once fixed (strict)
-KNOWN = {
-    "generator-list-wrong-length": "coordinator: a list of 3 generators for a batch of 1 is accepted silently "
-                                   "(the extra ones are ignored); make_generator/_check_call should require one "
-                                   "generator per batch item",
-    "callback-not-callable": "coordinator: callback=5 ends in a TypeError ('int' object is not callable) after the "
-                             "first denoising step; check callable(callback) (and preview) in _check_call",
-    **{f"generator-{kind}": "coordinator: the generator is checked only in denoise() (make_generator), after the "
-                             "Clear-VAE encoder and the controller ran; call make_generator(generator) in "
-                             "R2RPipeline._check_call"
-       for kind in ("string", "float", "bool", "negative-seed", "seed-too-big")},
-    "feather-below-minus-one": "coordinator: feather < -1 (and -1, which the CLI and nodes call 'automatic') is "
-                               "accepted silently as a hard edge by pasteback.feather_alpha (feather <= 0), and "
-                               "only read in restore(), after all the work; check it in _check_call",
-}
-
-
 @pytest.mark.parametrize("name,words", BAD, ids=[b[0] for b in BAD])
-def test_bad_input_is_refused_before_work(name, words, pipe, request):
-    if name in KNOWN:
-        request.applymarker(pytest.mark.xfail(reason=KNOWN[name], strict=True, raises=(WorkStarted, AssertionError,
-                                                                                      TypeError)))
+def test_bad_input_is_refused_before_work(name, words, pipe):
     composite, mask, kw = _case(name)
     with pytest.raises(R2RUserError) as info:
         pipe(composite, mask, **kw)
@@ -192,18 +171,8 @@ def test_bad_input_is_refused_before_work(name, words, pipe, request):
         assert w in message, (w, message)
 
 
-@pytest.mark.parametrize("name", [n for n in KNOWN if n.startswith("generator-") and "list" not in n])
-def test_bad_generator_message(name, tiny_components):
-    """Found late (see KNOWN), but still a user error with the fix in the message."""
-    words = dict(BAD)[name]
-    composite, mask, kw = _case(name)
-    with pytest.raises(R2RUserError) as info:
-        R2RPipeline(tiny_components)(composite, mask, **kw)
-    assert all(w in str(info.value) for w in words), str(info.value)
-
-
 def test_the_sentinel_is_reached_by_valid_input(pipe):
-    """Guard for the test above: a valid call does reach the encoder (so a refusal there came first)."""
+    """Guard for the refusal tests: a valid call does reach the encoder (so a refusal there came first)."""
     comp, mask = _inputs()
     with pytest.raises(WorkStarted):
         pipe(comp, mask, num_inference_steps=1, max_side=64, generator=0)
@@ -235,3 +204,20 @@ def test_valid_edge_inputs_give_the_same_image(tiny_components):
     for c, m in [(_tensor(comp), mask), (Image.fromarray(comp), mask), (comp, mask > 0), (comp, mask // 255),
                  (comp, Image.fromarray(mask)), ([comp], [mask]), (comp, torch.from_numpy(mask).float() / 255)]:
         assert torch.equal(run(c, m), ref)
+
+
+def test_opaque_rgba_mask_file_is_read_by_its_grey_value(tmp_path):
+    """A mask saved as a fully opaque RGBA PNG: the alpha says nothing, the grey value is the mask."""
+    import cv2
+
+    from r2r.fileio import read_mask
+
+    grey = np.zeros((32, 48), np.uint8)
+    grey[8:24, 10:30] = 255
+    rgba = np.dstack([grey, grey, grey, np.full_like(grey, 255)])
+    cv2.imwrite(str(tmp_path / "m.png"), rgba)
+    assert np.array_equal(read_mask(tmp_path / "m.png"), grey)
+    cutout = rgba.copy()
+    cutout[..., 3] = 255 - grey  # a real alpha channel still wins
+    cv2.imwrite(str(tmp_path / "a.png"), cutout)
+    assert np.array_equal(read_mask(tmp_path / "a.png"), 255 - grey)
