@@ -26,7 +26,7 @@ COMMANDS = {
     "demo": (".demo", "harmonize the bundled example composites and write a before/after sheet"),
     "download": (".download", "download the official R2R weights from the Hugging Face hub"),
     "make-dataset": (".make_dataset", "generate a training set with Random Poisson Blending"),
-    "evaluate": (".evaluate", "compute MSE/fMSE/PSNR/SSIM of predictions exactly as the official script"),
+    "evaluate": (".evaluate", "compute MSE/fMSE/bMSE/PSNR/SSIM of predictions exactly as the official script"),
     "infer-dataset": (".infer_dataset", "harmonize a whole dataset split (batched, resumable, multi-GPU)"),
 }
 DEBUG_ENV = "R2R_DEBUG"
