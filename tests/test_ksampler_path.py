@@ -4,7 +4,7 @@
   denoising loop (r2r.sampling with diffusers' Euler) for the same seed and composite latent;
 * the Harmony Controller's residuals land where diffusers adds them (checked through that equality,
   with strength, a reference mask, batch 2 and cond/uncond batching);
-* every core sampler and SamplerCustomAdvanced run;
+* every core sampler runs; SamplerCustomAdvanced and KSampler (Advanced) give KSampler's result;
 * ComfyUI's own detection takes the official U-Net config as SD1.5 inpainting, with the same
   config as the one derived here.
 
@@ -224,7 +224,7 @@ def test_every_core_sampler_runs(small_setup, sampler):
     assert out["samples"].shape == shape and torch.isfinite(out["samples"]).all()
 
 
-def test_sampler_custom_advanced_equals_ksampler(small_setup):
+def test_sampler_custom_advanced_and_ksampler_advanced_equal_ksampler(small_setup):
     from comfy_extras import nodes_custom_sampler as ncs
 
     model, pos, neg, shape = small_setup
@@ -236,6 +236,10 @@ def test_sampler_custom_advanced_equals_ksampler(small_setup):
     expected = _ksampler(model, pos, neg, shape, 7, 4)
     assert out["samples"].shape == shape
     assert torch.allclose(out["samples"], expected["samples"], rtol=1e-5, atol=1e-5 * expected["samples"].abs().max())
+    (advanced,) = comfy_nodes.KSamplerAdvanced().sample(model, "enable", 7, 4, 1.0, "euler", "normal", pos, neg,
+                                                         {"samples": torch.zeros(shape)}, 0, 10000, "disable")
+    assert torch.allclose(advanced["samples"], expected["samples"], rtol=1e-5,
+                          atol=1e-5 * expected["samples"].abs().max())
 
 
 # ----------------------------------------------------------------------------- the official U-Net layout
