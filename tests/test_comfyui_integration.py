@@ -34,6 +34,9 @@ WF_DIR = os.path.join(PACK_ROOT, "example_workflows")
 V1_DIR = os.path.join(PACK_ROOT, "tests", "data", "v1_workflows")
 WORKFLOWS = sorted(f[:-5] for f in os.listdir(WF_DIR) if f.endswith(".json"))
 V1_WORKFLOWS = sorted(f[:-5] for f in os.listdir(V1_DIR) if f.endswith(".json"))
+# what the real frontend (1.27.10) queues for each workflow (app.graphToPrompt(), saved with the harness's
+# screenshot.sh --prompt-out against this pack); regenerate them when a template changes
+FRONTEND_DIR = os.path.join(PACK_ROOT, "tests", "data", "frontend_prompts")
 FAST = {"R2RClearVAEEncode": {"max_side": 128}, "R2RHarmonize": {"max_side": 128, "steps": 2},
         "R2RSampler": {"steps": 2}}
 EXAMPLE_SIZES = {"astronaut": (448, 448), "coffee": (448, 299), "motorcycle": (448, 302)}
@@ -188,6 +191,20 @@ def test_v1_era_workflow_loads_and_runs(server, name):
     for f in files:
         with Image.open(f) as im:
             assert im.size == (384, 256)
+
+
+@pytest.mark.parametrize("name", WORKFLOWS + V1_WORKFLOWS)
+def test_conversion_equals_what_the_real_frontend_queues(server, name):
+    """The UI->API conversion these tests use gives, on every input, what the frontend itself sends for the
+    workflow (so the V1-era widget values land on the same V3 inputs in the browser too)."""
+    path = os.path.join(WF_DIR if name in WORKFLOWS else V1_DIR, name + ".json")
+    frontend = _load_ui(os.path.join(FRONTEND_DIR, name + ".json"))
+    ours = ui_to_api(_load_ui(path), server.object_info)
+    assert set(ours) == set(frontend)
+    for node_id, node in ours.items():
+        assert node["class_type"] == frontend[node_id]["class_type"]
+        for key, value in node["inputs"].items():
+            assert frontend[node_id]["inputs"].get(key) == value, (name, node_id, key)
 
 
 def test_sampler_sends_previews_and_progress(server):
