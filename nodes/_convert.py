@@ -187,29 +187,16 @@ def mask_to_b1hw(mask, image_hw=None, *, invert: bool = False, name: str = "mask
 
 
 def broadcast_batch(*named, node: str = ""):
-    """Broadcast ``(name, tensor)`` pairs to a common batch size (size 1 repeats).
+    """Broadcast ``(name, tensor)`` pairs to a common batch size (size 1 repeats), with the node's name in
+    the error (the rule itself is :func:`r2r.imaging.broadcast_batch`)."""
+    from ..r2r.imaging import broadcast_batch as broadcast
 
-    Returns the tensors in order; raises a clear error when sizes disagree.
-    """
-    sizes = {name: t.shape[0] for name, t in named if t is not None}
-    batch = max(sizes.values())
-    bad = {n: s for n, s in sizes.items() if s not in (1, batch)}
-    if bad:
-        listing = ", ".join(f"{n}={s}" for n, s in sizes.items())
-        raise R2RUserError(
-            f"{f'R2R {node}: ' if node else 'R2R: '}batch sizes do not match ({listing}). Each input must have the same number of items "
-            "or exactly 1 (which is then used for every item). Split or repeat the batch "
-            "(e.g. 'Repeat Image Batch') so they agree."
-        )
-    out = []
-    for _, t in named:
-        if t is None:
-            out.append(None)
-        elif t.shape[0] == batch:
-            out.append(t)
-        else:
-            out.append(t.expand(batch, *t.shape[1:]).contiguous())
-    return out
+    try:
+        tensors = broadcast(**dict(named))
+    except R2RUserError as exc:
+        raise R2RUserError(f"{f'R2R {node}: ' if node else 'R2R: '}{exc} Split or repeat the batch "
+                           "(e.g. 'Repeat Image Batch') so they agree.") from None
+    return [None if t is None else t.contiguous() for t in tensors]
 
 
 def to_uint8_hwc(x_b3hw_i):

@@ -86,21 +86,14 @@ def output_dir() -> str:
 
 
 def compute_device():
-    import torch
 
     if in_comfyui():
         import comfy.model_management as mm
 
         return mm.get_torch_device()
-    forced = os.environ.get("R2R_DEVICE")
-    if forced:
-        return torch.device(forced)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    from ..r2r.devices import resolve_device
+
+    return resolve_device(os.environ.get("R2R_DEVICE") or "auto")
 
 
 def offload_device():
@@ -169,7 +162,8 @@ class ManagedModel:
         self._patcher = None
         self._lock = threading.Lock()
 
-    def _get_patcher(self):
+    def patcher(self):
+        """ComfyUI's ModelPatcher for this model (made on first use; only inside ComfyUI)."""
         if self._patcher is None:
             import comfy.model_management as mm
             import comfy.model_patcher
@@ -190,7 +184,7 @@ class ManagedModel:
             if in_comfyui():
                 import comfy.model_management as mm
 
-                patcher = self._get_patcher()
+                patcher = self.patcher()
                 mm.load_models_gpu([patcher], memory_required=int(memory_required or 0), force_full_load=True)
                 if patcher.loaded_size() < patcher.model_size():
                     # --novram: ComfyUI loads 0 bytes of a model that is not made of comfy.ops layers
@@ -205,26 +199,6 @@ class ManagedModel:
     @property
     def dtype(self):
         return self.model.dtype
-
-
-def free_device_memory(num_bytes: int) -> None:
-    """Ask the host to make ``num_bytes`` free on the compute device (unloading other models;
-    no-op outside ComfyUI)."""
-    if in_comfyui():
-        import comfy.model_management as mm
-
-        mm.free_memory(int(num_bytes), mm.get_torch_device())
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """True for the host's out-of-memory error (ComfyUI's OOM_EXCEPTION, torch.OutOfMemoryError)."""
-    import torch
-
-    if in_comfyui():
-        import comfy.model_management as mm
-
-        return isinstance(exc, mm.OOM_EXCEPTION)
-    return isinstance(exc, torch.OutOfMemoryError)
 
 
 # ----------------------------------------------------------------------------- progress

@@ -82,7 +82,7 @@ def control_class():
 
         def get_models(self):
             # loaded by ComfyUI together with the U-Net (and counted in its memory plan)
-            return super().get_models() + [self.controller._get_patcher()]
+            return super().get_models() + [self.controller.patcher()]
 
         def inference_memory_requirements(self, dtype):
             b = self.hint.shape[0]
@@ -92,7 +92,7 @@ def control_class():
         def _ensure_resident(self):
             """ComfyUI may have loaded the controller only partly (low VRAM); diffusers modules cannot
             run partly offloaded, so then load it whole (through ComfyUI, accounted)."""
-            device = torch.device(self.controller._get_patcher().load_device)
+            device = torch.device(self.controller.patcher().load_device)
             for p in self.controller.model.parameters():
                 if p.device.type != device.type or (device.index is not None and p.device.index != device.index):
                     self.controller.load(controller_memory_bytes(self.controller, self.hint.shape[0],

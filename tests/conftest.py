@@ -13,6 +13,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `import tiny` from any test
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+# node tests run the pack's host layer in plain mode even after a test module imported ComfyUI's model
+# management in-process (test_ksampler_path turns the ComfyUI host on for its own tests only)
+os.environ.setdefault("R2R_HOST", "plain")
 
 # ----------------------------------------------------------------------------------------------------------
 # The real ComfyUI host (tests marked `comfyui`). `make test` puts ComfyUI 0.3.64 in .cache/ComfyUI and sets

@@ -38,7 +38,7 @@ V1_WORKFLOWS = sorted(f[:-5] for f in os.listdir(V1_DIR) if f.endswith(".json"))
 # screenshot.sh --prompt-out against this pack); regenerate them when a template changes
 FRONTEND_DIR = os.path.join(PACK_ROOT, "tests", "data", "frontend_prompts")
 FAST = {"R2RClearVAEEncode": {"max_side": 128}, "R2RHarmonize": {"max_side": 128, "steps": 2},
-        "R2RSampler": {"steps": 2}}
+        "R2RSampler": {"steps": 2}, "KSampler": {"steps": 2}}
 EXAMPLE_SIZES = {"astronaut": (448, 448), "coffee": (448, 299), "motorcycle": (448, 302)}
 
 

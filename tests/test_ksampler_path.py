@@ -25,7 +25,9 @@ COMFYUI_DIR = os.environ.get("COMFYUI_DIR") or os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".cache", "ComfyUI")
 if not os.path.isfile(os.path.join(COMFYUI_DIR, "comfy", "model_management.py")):
     pytest.skip(f"no ComfyUI source tree at {COMFYUI_DIR} (set COMFYUI_DIR)", allow_module_level=True)
-if COMFYUI_DIR not in sys.path:
+# first on sys.path: `import nodes` below must be ComfyUI's nodes.py, not this repo's nodes/ package
+# (tests/comfy_pack.py may already have appended the tree)
+if sys.path[:1] != [COMFYUI_DIR]:
     sys.path.insert(0, COMFYUI_DIR)
 
 import comfy.cli_args  # noqa: E402
@@ -180,7 +182,7 @@ def test_control_is_loaded_and_counted_by_comfy(parts, managed):
     pos, neg = _conditioning(parts, managed, prepared, torch.zeros(1, 4, 8, 16), 0.5, _ref_latent(prepared))
     conds = {"positive": comfy.sampler_helpers.convert_cond(pos), "negative": comfy.sampler_helpers.convert_cond(neg)}
     models, memory = comfy.sampler_helpers.get_additional_models(conds, torch.float16)
-    assert managed[1]._get_patcher() in models
+    assert managed[1].patcher() in models
     own = harmony.controller_memory_bytes(managed[1], 1, (8, 16), managed[1].dtype)
     assert memory == own > 0
     control = pos[0][1]["control"]

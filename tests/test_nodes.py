@@ -302,7 +302,7 @@ def test_diffusion_node_errors(loaded):
         enc.execute(vae, image, torch.zeros_like(mask), 64, False, "fit")
     with pytest.raises(R2RUserError, match="switch it off"):
         enc.execute(vae, image, mask * 0 + 1, 64, True, "fit")
-    with pytest.raises(R2RUserError, match="batch sizes"):
+    with pytest.raises(R2RUserError, match="Batch sizes"):
         enc.execute(vae, image.repeat(3, 1, 1, 1), mask.repeat(2, 1, 1), 64, False, "fit")
     with pytest.raises(R2RUserError, match="aspect ratio"):
         enc.execute(vae, image, torch.ones(1, 80, 80), 64, False, "fit")
@@ -389,6 +389,8 @@ def test_host_loads_through_comfyui_with_memory_required(monkeypatch):
 
     mm.load_models_gpu = lambda models, memory_required=0, force_full_load=False: calls.append((models, memory_required, force_full_load))  # noqa: E501
     monkeypatch.setitem(sys.modules, "comfy.model_management", mm)
+    if "comfy" in sys.modules:  # the real package (imported by another test module): `import comfy.x as y` reads it
+        monkeypatch.setattr(sys.modules["comfy"], "model_management", mm, raising=False)
     monkeypatch.setitem(sys.modules, "folder_paths", types.ModuleType("folder_paths"))
     monkeypatch.delenv("R2R_HOST", raising=False)
     lin = torch.nn.Linear(2, 2)
