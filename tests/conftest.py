@@ -41,7 +41,8 @@ def _comfyui_version(tree: Path) -> str | None:
 
 
 def _locate_comfyui() -> Path | None:
-    """The ComfyUI tree the `comfyui` tests use ($COMFYUI_DIR, else .cache/ComfyUI); exported as COMFYUI_DIR.
+    """The ComfyUI tree the `comfyui` tests use ($COMFYUI_DIR, else .cache/ComfyUI); exported as COMFYUI_DIR and
+    put first on sys.path.
 
     A COMFYUI_DIR that names no ComfyUI tree is a usage error (it was asked for explicitly)."""
     given = os.environ.get("COMFYUI_DIR")
@@ -57,6 +58,11 @@ def _locate_comfyui() -> Path | None:
     else:
         return None
     os.environ["COMFYUI_DIR"] = str(tree)
+    # First on sys.path, so that `import nodes` (in ComfyUI's own code and in tests) is ComfyUI's nodes.py and
+    # not this repository's nodes/ package (reached through tests/comfy_pack.py under the pack's own name).
+    while str(tree) in sys.path:
+        sys.path.remove(str(tree))
+    sys.path.insert(0, str(tree))
     if sys.prefix != sys.base_prefix:  # this virtualenv is ComfyUI's environment (as `make test` builds it)
         os.environ.setdefault("R2R_COMFY_VENV", sys.prefix)
     return tree
