@@ -96,7 +96,8 @@ def main(comfyui_dir, pack_dir, models_dir, prompt_path, out_dir, modes):
         executor.execute(prompt, f"p-{mode}", {}, valid[2])
         runs.append({"mode": mode, "success": executor.success, "vram_state": mm.vram_state.name,
                      "loaded_models": loaded_now(), "outputs": sorted(executor.history_result.get("outputs", {})),
-                     "messages": [m[0] for m in executor.status_messages]})
+                     "messages": [m[0] for m in executor.status_messages],
+                     "error": next((m[1] for m in executor.status_messages if m[0] == "execution_error"), None)})
     print(json.dumps({"runs": runs, "calls": calls}))
 
 
