@@ -156,3 +156,18 @@ def tiny_components(tiny_release):
     from r2r.weights import load_components
 
     return load_components(tiny_release, torch_dtype=torch.float32, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def models_dir(tiny_release, tmp_path_factory):
+    """A models/r2r folder holding the tiny release as 'region2region', made the nodes' models folder
+    (R2R_MODELS_DIR) for the module."""
+    root = tmp_path_factory.mktemp("models_r2r")
+    os.symlink(tiny_release, root / "region2region")
+    old = os.environ.get("R2R_MODELS_DIR")
+    os.environ["R2R_MODELS_DIR"] = str(root)
+    yield root
+    if old is None:
+        os.environ.pop("R2R_MODELS_DIR", None)
+    else:
+        os.environ["R2R_MODELS_DIR"] = old

@@ -4,8 +4,6 @@ skips kept for Decode or recomputed by rule — and every reuse path gives the i
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 from comfy_pack import load_pack, node_classes, pack_module
@@ -21,16 +19,8 @@ def run(node_id, *args, **kwargs):
 
 
 @pytest.fixture(scope="module")
-def loaded(tiny_release, tmp_path_factory):
-    root = tmp_path_factory.mktemp("models_r2r_reuse")
-    os.symlink(tiny_release, root / "region2region")
-    old = os.environ.get("R2R_MODELS_DIR")
-    os.environ["R2R_MODELS_DIR"] = str(root)
-    yield run("R2RCheckpointLoader", "region2region", "fp32", False)
-    if old is None:
-        os.environ.pop("R2R_MODELS_DIR", None)
-    else:
-        os.environ["R2R_MODELS_DIR"] = old
+def loaded(models_dir):
+    return run("R2RCheckpointLoader", "region2region", "fp32", False)
 
 
 def _scene(h=80, w=112):

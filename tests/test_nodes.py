@@ -41,20 +41,6 @@ def options(node_id, name):  # a combo's current choices as /object_info lists t
 
 
 @pytest.fixture(scope="module")
-def models_dir(tiny_release, tmp_path_factory):
-    """A models/r2r folder holding the tiny release as 'region2region' plus a single-file Clear-VAE."""
-    root = tmp_path_factory.mktemp("models_r2r")
-    os.symlink(tiny_release, root / "region2region")
-    old = os.environ.get("R2R_MODELS_DIR")
-    os.environ["R2R_MODELS_DIR"] = str(root)
-    yield root
-    if old is None:
-        os.environ.pop("R2R_MODELS_DIR", None)
-    else:
-        os.environ["R2R_MODELS_DIR"] = old
-
-
-@pytest.fixture(scope="module")
 def loaded(models_dir):
     model, vae, ctrl = run("R2RCheckpointLoader", "region2region", "fp32", False)
     return model, vae, ctrl
