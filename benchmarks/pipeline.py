@@ -259,18 +259,12 @@ def run_official(args, prepared, device, dtype, clock):
 
 
 # ----------------------------------------------------------------------------- our flow
-def run_ours(args, prepared, device, dtype, clock, pipe_out: list | None = None):
-    """R2RPipeline's stages over phase-loaded networks -> (image [B,3,h,w] in [0,1], seconds, None).
-
-    ``pipe_out``: when given, the pipeline is appended to it (for callers that run ``restore``)."""
+def _run_stages(pipe, prepared, args, device, clock):
+    """The pipeline's stages (encode -> residuals -> denoise -> decode), each timed by ``clock``."""
     import torch
 
     from r2r import sampling
-    from r2r.pipeline import R2RPipeline
 
-    t0 = time.perf_counter()
-    models = TimedPhaseModels(clock, args.weights, torch_dtype=dtype, device=device)
-    pipe = R2RPipeline(models=models, scheduler="euler_ancestral")
     with torch.inference_mode():
         scheduler = pipe.make_scheduler()
         timesteps = sampling.set_timesteps(scheduler, args.steps, device=device)
@@ -285,8 +279,20 @@ def run_ours(args, prepared, device, dtype, clock, pipe_out: list | None = None)
             latents = pipe.denoise(prepared, encoded, residuals, gen, args.steps, scheduler, free_residuals=True)
         del residuals
         with clock.stage("decode"):
-            out = pipe.decode(latents, encoded, prepared)
-        del encoded
+            return pipe.decode(latents, encoded, prepared)
+
+
+def run_ours(args, prepared, device, dtype, clock, pipe_out: list | None = None):
+    """R2RPipeline's stages over phase-loaded networks -> (image [B,3,h,w] in [0,1], seconds, None).
+
+    ``pipe_out``: when given, the pipeline is appended to it (for callers that run ``restore``)."""
+
+    from r2r.pipeline import R2RPipeline
+
+    t0 = time.perf_counter()
+    models = TimedPhaseModels(clock, args.weights, torch_dtype=dtype, device=device)
+    pipe = R2RPipeline(models=models, scheduler="euler_ancestral")
+    out = _run_stages(pipe, prepared, args, device, clock)
     if pipe_out is not None:
         pipe_out.append(pipe)
     return out, time.perf_counter() - t0, None
@@ -298,7 +304,6 @@ def run_resident(args, prepared, device, dtype, clock):
     (prepare -> restore) as ``end_to_end_s``. ``--compile``: the U-Net through ``torch.compile``."""
     import torch
 
-    from r2r import sampling
     from r2r.pipeline import R2RPipeline
 
     with clock.stage("load"):
@@ -309,21 +314,7 @@ def run_resident(args, prepared, device, dtype, clock):
     clock.untimed_cpu += clock.cpu["load"]  # resident: loaded once, not per call
     clock.t["load"] = clock.cpu["load"] = 0.0
     t0 = time.perf_counter()
-    with torch.inference_mode():
-        scheduler = pipe.make_scheduler()
-        timesteps = sampling.set_timesteps(scheduler, args.steps, device=device)
-        gen = torch.Generator(device=device).manual_seed(args.seed)
-        with clock.stage("encode"):
-            encoded = pipe.encode(prepared, skips=args.skips)
-        with clock.stage("controller"):
-            residuals = pipe.residuals(prepared, timesteps, 1.0, args.residuals,
-                                       timestep_batch=args.timestep_batch or None)
-        with clock.stage("unet"):
-            latents = pipe.denoise(prepared, encoded, residuals, gen, args.steps, scheduler, free_residuals=True)
-        del residuals
-        with clock.stage("decode"):
-            out = pipe.decode(latents, encoded, prepared)
-        del encoded
+    out = _run_stages(pipe, prepared, args, device, clock)
     total = time.perf_counter() - t0
     comp, mask = _raw_inputs(args.size)
     clock.sync()
