@@ -18,7 +18,7 @@ modes  real photos from scikit-image (astronaut, coffee, chelsea, rocket, motorc
        working-resolution result (mean |downscale(out) - working| in the foreground after a Gaussian
        low-pass of sigma 2 working px on both, i.e. colour not detail; x255).
 seams  full-size random-weight Clear-VAE encode_with_skips + decode_with_skips, untiled vs banded
-       (r2r.tiling) on the same photo: max |difference| (in [0,1] image units), time, peak RSS.
+       (r2r.imaging.tiling) on the same photo: max |difference| (in [0,1] image units), time, peak RSS.
 e2e    a 3840x2160 (4K) / 7680x4320 (8K) composite -> prepare (working res 1024 on the long side) ->
        R2RPipeline's stages over phase-loaded networks (benchmarks/pipeline.py's "ours", full-size
        random weights) -> the pipeline's restore stage with the colour transform back to full
@@ -88,7 +88,7 @@ def part_modes(args) -> dict:
     import cv2
     import numpy as np
 
-    from r2r.fullres import transfer_harmonization
+    from r2r.imaging.fullres import transfer_harmonization
 
     rows = []
     for name in PHOTOS:
@@ -143,7 +143,7 @@ def _seams_worker(args) -> dict:
     import torch
     from skimage import data
 
-    from r2r import tiling
+    from r2r.imaging import tiling
     from r2r.models import ClearVAE
 
     torch.set_flush_denormal(True)

@@ -109,7 +109,7 @@ def official_worker(args) -> int:
     import torch
 
     from r2r import imaging
-    from r2r.fullres import to_original_size
+    from r2r.imaging.fullres import to_original_size
 
     torch.set_flush_denormal(True)
     device = torch.device("cpu")

@@ -16,7 +16,7 @@ official  all models resident (text encoder included), the empty prompt encoded 
           skips), controller + U-Net at every step, untiled decode -- ref (a.3), same dtype/device,
           diffusers' default attention (SDPA) in both flows. Loading is reported, not counted.
 ours      ``R2RPipeline``'s stages (encode -> residuals -> denoise -> decode) over a phase-loaded
-          model source (:class:`r2r.model_sources.PhaseLoadedModels`, what ``harmonize_low_memory``
+          model source (:class:`r2r.pipeline.model_sources.PhaseLoadedModels`, what ``harmonize_low_memory``
           uses): each network is read from disk straight to its device/dtype when its stage starts
           and dropped when it ends (never two resident together), the cached empty-prompt embedding
           (no text encoder), one composite encode whose skips wait where ``--skips`` says, the
@@ -45,8 +45,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from r2r.model_sources import PhaseLoadedModels  # noqa: E402
-from r2r.options import PLACEMENTS  # noqa: E402
+from r2r.params import PLACEMENTS  # noqa: E402
+from r2r.pipeline.model_sources import PhaseLoadedModels  # noqa: E402
 
 OFFICIAL_CONFIGS = ROOT / "r2r" / "configs" / "official"
 STAGES = ("load", "text", "encode", "controller", "unet", "decode")
@@ -96,8 +96,8 @@ def ensure_prompt_cache(weights: Path) -> None:
     """Compute and cache the release's empty-prompt CLIP embedding once, where r2r's loader looks for it
     (``<release>/r2r_empty_prompt.safetensors``, or the user cache for a read-only folder), so no flow
     that loads the release pays for the text encoder."""
-    from r2r import prompt
-    from r2r.layout import release_paths
+    from r2r.weights import prompt
+    from r2r.weights.layout import release_paths
 
     paths = release_paths(weights)
     prompt.empty_prompt_embeds(weights, paths["text_encoder"], paths["tokenizer"])
@@ -146,7 +146,7 @@ class Clock:
 
 
 class TimedPhaseModels(PhaseLoadedModels):
-    """:class:`r2r.model_sources.PhaseLoadedModels` whose loads are timed in the clock's ``load`` stage."""
+    """:class:`r2r.pipeline.model_sources.PhaseLoadedModels` whose loads are timed in the clock's ``load`` stage."""
 
     def __init__(self, clock: Clock, source, **kwargs):
         self.clock = clock
@@ -263,7 +263,7 @@ def _run_stages(pipe, prepared, args, device, clock):
     """The pipeline's stages (encode -> residuals -> denoise -> decode), each timed by ``clock``."""
     import torch
 
-    from r2r import sampling
+    from r2r.pipeline import sampling
 
     with torch.inference_mode():
         scheduler = pipe.make_scheduler()
@@ -410,7 +410,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--skips", choices=PLACEMENTS, default="auto",
-                   help="ours: where the encoder skips wait during denoising (r2r.memory placement rule)")
+                   help="ours: where the encoder skips wait during denoising (r2r.pipeline.memory placement rule)")
     p.add_argument("--residuals", choices=PLACEMENTS, default="auto",
                    help="ours: where the controller residuals wait (recompute: the controller runs inside the loop)")
     p.add_argument("--timestep-batch", type=int, default=0,

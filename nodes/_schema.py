@@ -17,7 +17,7 @@ import dataclasses
 from comfy_api.v0_0_2 import io
 
 from ..r2r.errors import R2RUserError
-from ..r2r.options import DEFAULT_FULLRES_MODE, DEFAULT_RESIZE_MODE, FULLRES_MODES, RESIZE_MODES, check_choice
+from ..r2r.params import DEFAULT_FULLRES_MODE, DEFAULT_RESIZE_MODE, FULLRES_MODES, RESIZE_MODES, check_choice
 from ._types import R2R_CLEAR_VAE, R2R_CONTROLLER, R2R_MODEL
 
 R2RModelType = io.Custom(R2R_MODEL)

@@ -33,7 +33,7 @@ SKIPS_CHOICES = ("auto", "host", "recompute")
 
 
 class ComfyModels:
-    """An ``r2r.model_sources`` source over the pack's ManagedModels: each stage's network is loaded
+    """An ``r2r.pipeline.model_sources`` source over the pack's ManagedModels: each stage's network is loaded
     through ComfyUI's model management with the stage's memory estimate; ComfyUI decides when to
     offload it, so ``release`` does nothing."""
 
@@ -199,8 +199,7 @@ def sample(model, latent, seed=0, steps=10, sampler="euler_ancestral"):
     import torch
     from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
-    from ..r2r import sampling
-    from ..r2r.pipeline import EncodedComposite
+    from ..r2r.pipeline import EncodedComposite, sampling
 
     state = r2r_state(latent, "Sampler")
     if not torch.equal(latent["samples"], state.posterior_mean):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from comfy_api.v0_0_2 import io
 
-from ..r2r.options import DEFAULT_SCHEDULER, FULLRES_MODES, RESIZE_MODES, SCHEDULER_NAMES
+from ..r2r.params import DEFAULT_SCHEDULER, FULLRES_MODES, RESIZE_MODES, SCHEDULER_NAMES
 from . import _convert, flow
 from ._schema import (
     LEGACY_TIP,

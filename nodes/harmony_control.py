@@ -35,9 +35,9 @@ def _batch_to(t, total: int, batched_number: int):
 
 
 def controller_memory_bytes(controller, batch: int, latent_hw, dtype) -> int:
-    """Device memory one controller call needs besides its weights (r2r.memory's estimates: the
+    """Device memory one controller call needs besides its weights (r2r.pipeline.memory's estimates: the
     activations and the 13 residuals it returns), for a cond + uncond batch (``2 * batch``)."""
-    from ..r2r import memory
+    from ..r2r.pipeline import memory
 
     b = 2 * int(batch)
     hw = tuple(int(v) for v in latent_hw)

@@ -272,7 +272,8 @@ class R2RUNetLoader(_PartLoader):
 
     @classmethod
     def execute(cls, name, dtype="auto", text_embedding_from=_files.OFFICIAL_NAME):
-        from ..r2r import prompt, weights
+        from ..r2r import weights
+        from ..r2r.weights import prompt
 
         choice(dtype, DTYPES, "dtype", "U-Net Loader")
         path = _files.resolve(name)

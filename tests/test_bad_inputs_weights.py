@@ -22,9 +22,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from r2r import loading, prompt, weights
+from r2r import weights
 from r2r.cli import main
 from r2r.errors import R2RUserError, R2RWeightsNotFound
+from r2r.weights import loading, prompt
 
 SD = "stable-diffusion-inpainting"
 REPO = "1243asdad/region2region"

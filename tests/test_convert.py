@@ -1,4 +1,4 @@
-"""r2r.convert: the SD <-> diffusers key rules against the official converters' key maps."""
+"""r2r.weights.convert: the SD <-> diffusers key rules against the official converters' key maps."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from r2r import convert
+from r2r.weights import convert
 
 MANIFESTS = Path(__file__).resolve().parent / "data" / "manifests"
 

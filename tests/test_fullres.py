@@ -1,4 +1,4 @@
-"""r2r.fullres: carrying a working-resolution harmonization to full resolution."""
+"""r2r.imaging.fullres: carrying a working-resolution harmonization to full resolution."""
 
 import cv2
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from r2r.errors import R2RUserError
-from r2r.fullres import fit_color_transform, transfer_harmonization
+from r2r.imaging.fullres import fit_color_transform, transfer_harmonization
 
 
 def _scene(h=240, w=320, seed=0):
@@ -89,7 +89,7 @@ def test_uint8_and_torch_paths_match():
 
 
 def test_band_processing_is_seamless():
-    from r2r import fullres
+    from r2r.imaging import fullres
 
     img, mask = _scene(h=200, w=160, seed=4)
     low = _down(_harmonize(img, mask), 4)
@@ -125,8 +125,9 @@ def test_bad_inputs_raise_user_errors():
 
 
 def test_color_transform_and_paste_with_prepared():
-    from r2r import imaging, pasteback
-    from r2r.fullres import color_transform_and_paste
+    from r2r import imaging
+    from r2r.imaging import pasteback
+    from r2r.imaging.fullres import color_transform_and_paste
 
     img, mask = _scene(h=300, w=500, seed=5)
     truth = _harmonize(img, mask)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from r2r.errors import R2RUserError
-from r2r.hint import assemble_hint, hint_pre_image, make_hint
+from r2r.imaging.hint import assemble_hint, hint_pre_image, make_hint
 
 
 def _scene(h=96, w=128, seed=0):

@@ -13,8 +13,8 @@ from r2r.imaging import (
     to_image_tensor,
     to_mask_tensor,
 )
-from r2r.pasteback import feather_alpha
-from r2r.pasteback import upsample_and_paste as restore
+from r2r.imaging.pasteback import feather_alpha
+from r2r.imaging.pasteback import upsample_and_paste as restore
 
 
 def _inputs(h=120, w=200, seed=0, b=None):

@@ -1,7 +1,7 @@
 """The KSampler path inside ComfyUI's own sampling code (in-process, --cpu), on tiny random weights.
 
 * KSampler (euler, normal) on "R2R Model for KSampler" + "R2R Conditioning" equals the exact R2R
-  denoising loop (r2r.sampling with diffusers' Euler) for the same seed and composite latent;
+  denoising loop (r2r.pipeline.sampling with diffusers' Euler) for the same seed and composite latent;
 * the Harmony Controller's residuals land where diffusers adds them (checked through that equality,
   with strength, a reference mask, batch 2 and cond/uncond batching);
 * every core sampler runs; SamplerCustomAdvanced and KSampler (Advanced) give KSampler's result;
@@ -48,7 +48,7 @@ comfy_unet = pack_module("nodes.comfy_unet")
 harmony = pack_module("nodes.harmony_control")
 host = pack_module("nodes._host")
 imaging = pack_module("r2r.imaging")
-sampling = pack_module("r2r.sampling")
+sampling = pack_module("r2r.pipeline.sampling")
 R2RUserError = pack_module("r2r.errors").R2RUserError
 
 

@@ -134,7 +134,7 @@ def test_stages_equal_call_and_options(pipe):
     ref = pipe(comp, mask, num_inference_steps=3, generator=3, max_side=128, paste_back=False)
     prepared = pipe.prepare(comp, mask, max_side=128)
     sched = pipe.make_scheduler()
-    from r2r.sampling import set_timesteps
+    from r2r.pipeline.sampling import set_timesteps
 
     ts = set_timesteps(sched, 3)
     residuals = pipe.residuals(prepared, ts, timestep_batch=1)
@@ -240,7 +240,7 @@ def test_banded_vae_and_fullres_mode_in_the_pipeline(pipe, monkeypatch):
     plain = pipe(comp, mask, num_inference_steps=2, generator=3, max_side=192)
     # a tiny memory budget makes the pipeline use the banded Clear-VAE for encode and decode
     monkeypatch.setenv("R2R_VAE_MEMORY_BUDGET_MB", "0.001")
-    from r2r import tiling
+    from r2r.imaging import tiling
 
     calls = []
     orig = tiling.tiled_decode_with_skips
@@ -286,7 +286,7 @@ def test_placements_strength_reference_and_variations(pipe, monkeypatch):
         out = pipe(comp, mask, generator=5, skips=skips, residuals=residuals, **kw)
         assert torch.equal(out.images, ref.images), (skips, residuals)
     # the automatic rule falls back to recomputing when the host is short of memory
-    from r2r import memory
+    from r2r.pipeline import memory
 
     monkeypatch.setattr(memory, "available_host_bytes", lambda: 1)
     assert memory.choose_placement("auto", 10, torch.device("cpu"), "skips") == "recompute"

@@ -8,7 +8,7 @@ import torch
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
 from r2r.errors import R2RUserError
-from r2r.sampling import SCHEDULERS, controller_residuals, denoise, make_scheduler
+from r2r.pipeline.sampling import SCHEDULERS, controller_residuals, denoise, make_scheduler
 
 CONFIG = json.loads(
     (Path(__file__).resolve().parents[1] / "r2r/configs/official/stable-diffusion-inpainting/scheduler/scheduler_config.json")

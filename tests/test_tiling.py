@@ -1,10 +1,10 @@
-"""Banded Clear-VAE (r2r.tiling) against the untiled ClearVAE methods: same numbers, less memory."""
+"""Banded Clear-VAE (r2r.imaging.tiling) against the untiled ClearVAE methods: same numbers, less memory."""
 
 import pytest
 import torch
 
-from r2r import tiling
 from r2r.errors import R2RUserError
+from r2r.imaging import tiling
 from r2r.models import ClearVAE
 
 

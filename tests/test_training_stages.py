@@ -133,8 +133,7 @@ def test_initialisations(tiny_release, tmp_path):
     from diffusers import AutoencoderKL
     from safetensors.torch import save_file
 
-    from r2r import convert
-    from r2r.weights import load_clear_vae, load_unet
+    from r2r.weights import convert, load_clear_vae, load_unet
     from training.stages import _load_unet_init, controller_from_unet, load_clear_vae_init
 
     cv = load_clear_vae(tiny_release / "clear_vae", torch_dtype=torch.float32)

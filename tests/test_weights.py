@@ -1,4 +1,4 @@
-"""r2r.weights / r2r.prompt / python -m r2r download: every loading path and every error path (offline)."""
+"""r2r.weights / r2r.weights.prompt / python -m r2r download: every loading path and every error path (offline)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from r2r import convert, prompt, weights
+from r2r import weights
 from r2r.errors import R2RUserError, R2RWeightsNotFound
 from r2r.models import ClearVAE, HarmonyController
+from r2r.weights import convert, prompt
 
 SD = "stable-diffusion-inpainting"
 

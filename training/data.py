@@ -183,7 +183,7 @@ class HarmonizationDataset:
     def load(self, index: int, epoch: int = 0) -> dict:
         import torch
 
-        from r2r.hint import hint_pre_image, uint8_to_pm1
+        from r2r.imaging.hint import hint_pre_image, uint8_to_pm1
 
         rec = self.records[index]
         rng = np.random.default_rng([self.seed, int(epoch), int(index), 7])

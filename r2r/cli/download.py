@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from ..layout import OFFICIAL_REPO
+from ..weights.layout import OFFICIAL_REPO
 
 
 def add_arguments(parser) -> None:

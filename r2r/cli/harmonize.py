@@ -28,7 +28,7 @@ from pathlib import Path
 from ..devices import DTYPE_CHOICES
 from ..errors import R2RUserError
 from ..fileio import IMAGE_EXTENSIONS
-from ..options import (
+from ..params import (
     DEFAULT_FULLRES_MODE,
     DEFAULT_RESIZE_MODE,
     DEFAULT_SCHEDULER,

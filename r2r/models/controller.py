@@ -198,7 +198,7 @@ class HarmonyController(ControlNetModel):
         if not torch.is_tensor(hint) or hint.ndim != 4 or hint.shape[1] != c:
             raise R2RUserError(
                 f"Harmony Controller expected a hint [B,{c},H,W] (Canny map, composite, mask), got "
-                f"{tuple(hint.shape) if torch.is_tensor(hint) else type(hint).__name__}; build it with r2r.hint.make_hint."
+                f"{tuple(hint.shape) if torch.is_tensor(hint) else type(hint).__name__}; build it with r2r.imaging.hint.make_hint."
             )
         b, _, h, w = hint.shape
         f = 2 ** (len(self.config.block_out_channels) - 1)

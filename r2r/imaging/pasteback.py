@@ -2,7 +2,7 @@
 
 ``upsample_and_paste`` resizes a working-resolution result to the original size and keeps the
 original background outside a feathered band around the mask (bit-exact where alpha is 0).
-:func:`r2r.fullres.to_original_size` is the one entry point that chooses between this and the
+:func:`r2r.imaging.fullres.to_original_size` is the one entry point that chooses between this and the
 colour-transform mode.
 """
 
@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import R2RUserError
-from .imaging import Geometry, Prepared, broadcast_batch, from_working, to_image_tensor, to_mask_tensor
+from ..errors import R2RUserError
+from .geometry import Geometry, from_working
+from .inputs import broadcast_batch, to_image_tensor, to_mask_tensor
+from .preparation import Prepared
 
 
 def default_feather(geometry: Geometry) -> int:

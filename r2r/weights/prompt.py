@@ -6,8 +6,8 @@ weights (``<release>/r2r_empty_prompt.safetensors``) or, when that folder is rea
 is the hub cache, into the user cache (``$R2R_CACHE_DIR``, default ``~/.cache/r2r``). After that the
 0.5 GB text encoder is never loaded again. :func:`encode_prompt` keeps custom prompts possible.
 
-This module depends on :mod:`r2r.layout`, :mod:`r2r.statedict` and :mod:`r2r.hub`; the model loading
-(:mod:`r2r.loading`) depends on it, never the reverse.
+This module depends on :mod:`r2r.weights.layout`, :mod:`r2r.weights.statedict` and :mod:`r2r.weights.hub`; the model loading
+(:mod:`r2r.weights.loading`) depends on it, never the reverse.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import os
 import warnings
 from pathlib import Path
 
+from ..devices import resolve_dtype
+from ..errors import R2RUserError, R2RWeightsNotFound
+from ..fileio import atomic_write_bytes
 from .convert import text_encoder_sd_to_transformers
-from .devices import resolve_dtype
-from .errors import R2RUserError, R2RWeightsNotFound
-from .fileio import atomic_write_bytes
 from .hub import hub_snapshot, looks_like_repo_id
 from .layout import (
     OFFICIAL_CONFIGS,

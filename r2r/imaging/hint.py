@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import R2RUserError
+from ..errors import R2RUserError
 
 CANNY_LOW = 100
 CANNY_HIGH = 200

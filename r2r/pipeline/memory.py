@@ -7,12 +7,12 @@ Clear-VAE skips wait.
 
 * U-Net / controller activations follow ComfyUI's own SD1.5 factor (0.01 MiB per latent pixel
   per byte of dtype per batch item; the controller, half a U-Net, is counted as 0.6 of it).
-* Clear-VAE activations come from :func:`r2r.tiling.estimate_vae_memory` (calibrated on measured
+* Clear-VAE activations come from :func:`r2r.imaging.tiling.estimate_vae_memory` (calibrated on measured
   peaks).
 * Residual and skip sizes are exact element counts from the configs (or the tensors).
 
 Placement (``placement`` = ``"auto" | "device" | "host" | "recompute"``, see
-:data:`r2r.options.PLACEMENTS`):
+:data:`r2r.params.PLACEMENTS`):
 
 * ``device``: keep it on the compute device (fastest);
 * ``host``: keep it in CPU RAM and move each piece to the device when used;
@@ -26,7 +26,7 @@ Placement (``placement`` = ``"auto" | "device" | "host" | "recompute"``, see
 
 from __future__ import annotations
 
-from .options import PLACEMENTS, check_choice
+from ..params import PLACEMENTS, check_choice
 
 MIB = 1024 * 1024
 DEVICE_SHARE = 0.10
@@ -80,7 +80,7 @@ def residual_bytes_per_step(controller_config, batch: int, latent_hw, dtype) -> 
 
 
 def vae_activation_bytes(working_hw, batch: int, dtype, vae_config, which: str) -> int:
-    from .tiling import estimate_vae_memory
+    from ..imaging.tiling import estimate_vae_memory
 
     est = estimate_vae_memory(working_hw[0], working_hw[1], batch=batch, dtype=dtype,
                               block_out_channels=tuple(vae_config["block_out_channels"]))

@@ -22,8 +22,8 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Sequence
 
-from .errors import R2RUserError
-from .options import DEFAULT_SCHEDULER, SCHEDULER_NAMES
+from ..errors import R2RUserError
+from ..params import DEFAULT_SCHEDULER, SCHEDULER_NAMES
 
 # name -> (diffusers class name, extra config overrides, description)
 SCHEDULERS = {
@@ -47,8 +47,8 @@ SCHEDULERS = {
 }
 
 
-if tuple(SCHEDULERS) != SCHEDULER_NAMES:  # one list of names: r2r.options
-    raise ImportError("r2r.sampling.SCHEDULERS and r2r.options.SCHEDULER_NAMES disagree")
+if tuple(SCHEDULERS) != SCHEDULER_NAMES:  # one list of names: r2r.params
+    raise ImportError("r2r.pipeline.sampling.SCHEDULERS and r2r.params.SCHEDULER_NAMES disagree")
 
 
 def make_scheduler(scheduler_config: dict, name: str = DEFAULT_SCHEDULER):

@@ -9,9 +9,9 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
+from ..errors import R2RUserError
+from ..fileio import check_writable_dir
 from . import prompt
-from .errors import R2RUserError
-from .fileio import check_writable_dir
 from .hub import check_repo_id, check_revision, hub_snapshot, is_offline
 from .layout import (
     COMPONENT_LABELS,

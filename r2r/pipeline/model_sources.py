@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import gc
 
-from .errors import R2RUserError
+from ..errors import R2RUserError
 
 NETWORKS = ("unet", "controller", "clear_vae")
 _WHAT = {"unet": "U-Net", "controller": "Harmony Controller", "clear_vae": "Clear-VAE"}
@@ -79,7 +79,7 @@ class PhaseLoadedModels:
     """Each network is loaded from ``source`` when a stage asks for it and dropped on release."""
 
     def __init__(self, source, *, torch_dtype, device, **load_kwargs):
-        from .weights import load_components
+        from ..weights import load_components
 
         self._load = load_components
         self._source = source

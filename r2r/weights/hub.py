@@ -13,7 +13,7 @@ import os
 import re
 from pathlib import Path
 
-from .errors import R2RUserError, R2RWeightsNotFound
+from ..errors import R2RUserError, R2RWeightsNotFound
 from .layout import (
     COMPONENT_DIRS,
     OFFICIAL_REPO,

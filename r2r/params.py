@@ -11,10 +11,10 @@ from .errors import R2RUserError
 #: how an image becomes the working canvas (r2r.imaging.prepare)
 RESIZE_MODES = ("fit", "pad", "square")
 DEFAULT_RESIZE_MODE = "fit"
-#: how the working-resolution result reaches the original size (r2r.fullres.restore_output)
+#: how the working-resolution result reaches the original size (r2r.imaging.fullres.restore_output)
 FULLRES_MODES = ("auto", "color_transform", "upsample")
 DEFAULT_FULLRES_MODE = "auto"
-#: the official sampler and the diffusers schedulers offered beside it (r2r.sampling.SCHEDULERS)
+#: the official sampler and the diffusers schedulers offered beside it (r2r.pipeline.sampling.SCHEDULERS)
 SCHEDULER_NAMES = ("euler_ancestral", "euler", "euler_karras", "dpmpp_2m", "dpmpp_2m_karras", "dpmpp_2m_sde",
                    "ddim", "unipc", "heun")
 DEFAULT_SCHEDULER = "euler_ancestral"

@@ -2,8 +2,8 @@
 
 Sources of :func:`load_components`:
 
-* a release folder in the hub layout (:mod:`r2r.layout`);
-* the hub repo id itself (:func:`r2r.hub.hub_snapshot` fetches only the needed files; honours
+* a release folder in the hub layout (:mod:`r2r.weights.layout`);
+* the hub repo id itself (:func:`r2r.weights.hub.hub_snapshot` fetches only the needed files; honours
   ``HF_HUB_OFFLINE`` / ``local_files_only``, ``cache_dir``, ``local_dir`` and ``revision``);
 * a dict of per-component single files (diffusers ``.safetensors``, SD-format ``.ckpt`` such as
   ``clear_vae.ckpt`` in any of its three prefix layouts or the ControlLDM ``diff-base.ckpt``).
@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..devices import resolve_device, resolve_dtype
+from ..errors import R2RUserError, R2RWeightsNotFound
 from . import prompt
-from .devices import resolve_device, resolve_dtype
-from .errors import R2RUserError, R2RWeightsNotFound
 from .hub import check_revision, hub_snapshot, looks_like_repo_id
 from .layout import (
     COMPONENT_LABELS,
@@ -84,7 +84,7 @@ def model_class(kind: str):
         from diffusers import UNet2DConditionModel
 
         return UNet2DConditionModel
-    from .models import ClearVAE, HarmonyController
+    from ..models import ClearVAE, HarmonyController
 
     return {"controller": HarmonyController, "clear_vae": ClearVAE}[kind]
 

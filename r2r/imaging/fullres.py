@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import R2RUserError
-from .options import FULLRES_MODES, check_choice
+from ..errors import R2RUserError
+from ..params import FULLRES_MODES, check_choice
 
 MODES = ("color_transform", "upsample")
 DEFAULT_MODE = "color_transform"
@@ -369,7 +369,7 @@ def _transfer_torch(composite_full, harmonized_low, mask_full, mode, composite_l
 
 
 def color_transform_and_paste(result_working, prepared, mode: str = "auto", feather: int | None = None, **kwargs):
-    """Like :func:`r2r.pasteback.upsample_and_paste` (paste-back on) with a choice of full-resolution mode.
+    """Like :func:`r2r.imaging.pasteback.upsample_and_paste` (paste-back on) with a choice of full-resolution mode.
 
     ``mode="auto"`` (default) uses ``"color_transform"`` when the original is larger than the
     working resolution (more than 5% on the long side) and ``"upsample"`` otherwise (at the
@@ -418,9 +418,9 @@ def to_original_size(result_working, prepared, *, paste_back: bool = True, feath
     """The one way results go back to the original resolution (pipeline, CLI and nodes).
 
     ``mode``: ``"auto"`` (default) = ``"color_transform"`` when the original is larger than the
-    working resolution, else ``"upsample"``; ``"upsample"`` = :func:`r2r.pasteback.upsample_and_paste`;
+    working resolution, else ``"upsample"``; ``"upsample"`` = :func:`r2r.imaging.pasteback.upsample_and_paste`;
     ``"color_transform"`` = :func:`color_transform_and_paste`. Without ``paste_back`` the decoded image
-    is simply resized (:func:`r2r.pasteback.upsample_and_paste`), whatever the mode.
+    is simply resized (:func:`r2r.imaging.pasteback.upsample_and_paste`), whatever the mode.
     """
     from . import pasteback
 

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import os
 
-from .errors import R2RUserError
+from ..errors import R2RUserError
 
 # default memory budget for the untiled Clear-VAE (bytes); R2R_VAE_MEMORY_BUDGET_MB overrides
 DEFAULT_BUDGET_BYTES = 6 * 1024**3

@@ -15,12 +15,12 @@ The stages, in the order every caller runs them:
    controller never sees the noisy latent, so they are computed before the loop, scaled by
    ``strength``, steered by the reference region);
 4. :meth:`~R2RPipeline.denoise` — the U-Net loop, drawing random numbers in the official order
-   (:mod:`r2r.sampling` is the only place that order is written);
+   (:mod:`r2r.pipeline.sampling` is the only place that order is written);
 5. :meth:`~R2RPipeline.decode` — Clear-VAE decode with the composite's skips;
 6. :meth:`~R2RPipeline.restore` — back to the original resolution, background pasted back.
 
 ``__call__`` chains them; :meth:`~R2RPipeline.variations` runs 1-3 once and 4-6 per seed. The
-networks come from a *model source* (:mod:`r2r.model_sources`): resident (``from_pretrained``),
+networks come from a *model source* (:mod:`r2r.pipeline.model_sources`): resident (``from_pretrained``),
 loaded per phase (:func:`harmonize_low_memory`), or ComfyUI's model management (the nodes); a
 stage releases its network when its phase is over. The composite is encoded once (the official
 code encodes it twice); the discarded posterior draw of the second encode is still taken, so a
@@ -33,11 +33,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import imaging, memory, sampling, tiling
-from .devices import resolve_device, resolve_dtype
-from .errors import R2RUserError
+from .. import imaging
+from ..devices import resolve_device, resolve_dtype
+from ..errors import R2RUserError
+from ..imaging import tiling
+from ..params import DEFAULT_FULLRES_MODE, DEFAULT_PLACEMENT, FULLRES_MODES, SCHEDULER_NAMES, check_choice
+from . import memory, sampling
 from .model_sources import PhaseLoadedModels, ResidentModels, missing_network
-from .options import DEFAULT_FULLRES_MODE, DEFAULT_PLACEMENT, FULLRES_MODES, SCHEDULER_NAMES, check_choice
 
 
 def make_generator(generator):
@@ -63,7 +65,7 @@ class EncodedComposite:
     posterior: object  # diffusers DiagonalGaussianDistribution, unscaled
     skips: list | None  # 12 raw encoder features on `skips_device`; None: recomputed when decoding
     scaling_factor: float = 0.18215
-    skips_placement: str = "device"  # device | host | recompute (r2r.memory)
+    skips_placement: str = "device"  # device | host | recompute (r2r.pipeline.memory)
 
 
 @dataclass
@@ -115,7 +117,7 @@ class R2RPipeline:
     def from_pretrained(cls, path_or_repo_id, torch_dtype="fp32", device="cpu", scheduler=sampling.DEFAULT_SCHEDULER,
                         **load_kwargs) -> R2RPipeline:
         """Load a release (hub-layout folder, hub repo id or dict of single files) via ``r2r.weights``."""
-        from .weights import load_components
+        from ..weights import load_components
 
         device = resolve_device(device)
         check_choice(scheduler, SCHEDULER_NAMES, "scheduler")
@@ -169,8 +171,8 @@ class R2RPipeline:
     @torch.inference_mode()
     def encode(self, prepared: imaging.Prepared, skips: str = DEFAULT_PLACEMENT) -> EncodedComposite:
         """One Clear-VAE encoder pass: the posterior + the raw skips, kept where ``skips`` says
-        (``auto | device | host | recompute``, see :mod:`r2r.memory`). Banded above the memory budget
-        and on out-of-memory (:func:`r2r.tiling.encode_with_skips_auto`)."""
+        (``auto | device | host | recompute``, see :mod:`r2r.pipeline.memory`). Banded above the memory budget
+        and on out-of-memory (:func:`r2r.imaging.tiling.encode_with_skips_auto`)."""
         vae = self.models.get("clear_vae", self.vae_memory(prepared, "encode"))
         x = prepared.composite_pm1.to(device=self.device, dtype=vae.dtype)
         posterior, raw = tiling.encode_with_skips_auto(vae, x)
@@ -239,7 +241,7 @@ class R2RPipeline:
     def denoise(self, prepared: imaging.Prepared, encoded: EncodedComposite, residuals, generator=None,
                 num_inference_steps: int = 10, scheduler=None, callback=None, preview=None,
                 free_residuals: bool = False):
-        """The denoising loop (official RNG order, :func:`r2r.sampling.denoise`); returns float32 latents (scaled).
+        """The denoising loop (official RNG order, :func:`r2r.pipeline.sampling.denoise`); returns float32 latents (scaled).
 
         ``free_residuals`` drops each residual once used (lower peak memory); leave it off to reuse them.
         """
@@ -284,8 +286,8 @@ class R2RPipeline:
     def restore(self, working_images, prepared: imaging.Prepared, paste_back: bool = True, feather: int | None = None,
                 fullres_mode: str = DEFAULT_FULLRES_MODE):
         """Back to the original resolution with the original background pasted back
-        (:func:`r2r.fullres.to_original_size`: ``upsample``, ``color_transform`` or ``auto``)."""
-        from .fullres import to_original_size
+        (:func:`r2r.imaging.fullres.to_original_size`: ``upsample``, ``color_transform`` or ``auto``)."""
+        from ..imaging.fullres import to_original_size
 
         return to_original_size(working_images, prepared, paste_back=paste_back, feather=feather, mode=fullres_mode)
 
@@ -350,7 +352,7 @@ class R2RPipeline:
         ``strength``: the controller's conditioning scale (1 = as trained); ``reference_mask``: the
         region whose colours steer MACA (default: the whole background). ``skips`` / ``residuals``:
         where the encoder skips / controller residuals wait (``auto | device | host | recompute``,
-        :mod:`r2r.memory`; the image is the same for every choice). ``callback(step, total)`` after
+        :mod:`r2r.pipeline.memory`; the image is the same for every choice). ``callback(step, total)`` after
         each denoising step (raise from it to cancel); ``preview(step, x0)`` with the predicted latent.
         """
         sched, timesteps, strength, feather = self._check_call(
@@ -404,7 +406,7 @@ def harmonize_low_memory(source, composite, mask, *, torch_dtype="fp32", device=
     """The same result as ``R2RPipeline.from_pretrained(source)(composite, mask, ...)`` with at most one
     network in memory at a time.
 
-    The same stages run over :class:`r2r.model_sources.PhaseLoadedModels`: each network is read from
+    The same stages run over :class:`r2r.pipeline.model_sources.PhaseLoadedModels`: each network is read from
     ``source`` straight to ``device``/``torch_dtype`` when its phase starts and dropped when it ends
     (Clear-VAE encode -> controller residuals -> U-Net loop -> Clear-VAE decode); the encoder skips
     are not kept (the composite is encoded again for decoding, as the official code does). Loading

@@ -4,7 +4,7 @@ A release folder (what ``python -m r2r download`` writes, ComfyUI's ``models/r2r
 
     <root>/stable-diffusion-inpainting/{unet,controlnet,text_encoder,tokenizer,scheduler}/
     <root>/clear_vae/
-    <root>/r2r_empty_prompt.safetensors        (written by r2r.prompt on first load)
+    <root>/r2r_empty_prompt.safetensors        (written by r2r.weights.prompt on first load)
 
 This module only names paths and reads small JSON files; it never imports torch.
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import R2RUserError, R2RWeightsNotFound
+from ..errors import R2RUserError, R2RWeightsNotFound
 
 OFFICIAL_REPO = "1243asdad/region2region"
 SD_FOLDER = "stable-diffusion-inpainting"
@@ -44,7 +44,7 @@ WEIGHT_FILES = (
 )
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
 #: copies of the release's config files (and the CLIP tokenizer) that ship with r2r
-OFFICIAL_CONFIGS = Path(__file__).resolve().parent / "configs" / "official"
+OFFICIAL_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "official"
 _OFFICIAL_CONFIG_FILES = {
     "unet": f"{SD_FOLDER}/unet/config.json",
     "controller": f"{SD_FOLDER}/controlnet/config.json",

@@ -4,7 +4,7 @@
   PyTorch checkpoint (``.ckpt/.bin/.pt/.pth``, read with ``torch.load(weights_only=True)``: a pickle
   never runs code).
 * :func:`tensor_shapes`: the same keys as meta tensors, from the file headers where possible.
-* :func:`to_diffusers_state_dict`: SD / ControlLDM layouts -> diffusers keys (via :mod:`r2r.convert`).
+* :func:`to_diffusers_state_dict`: SD / ControlLDM layouts -> diffusers keys (via :mod:`r2r.weights.convert`).
 * :func:`compare_state` / :func:`mismatch_error`: missing, unexpected and misshapen tensors, and a
   message saying what the file looks like (a stock SD VAE, a ControlNet, a text-to-image U-Net, ...).
 """
@@ -14,8 +14,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from ..errors import R2RUserError, R2RWeightsNotFound
 from . import convert
-from .errors import R2RUserError, R2RWeightsNotFound
 from .layout import COMPONENT_LABELS, COMPONENT_SOURCES, describe_path, read_json
 
 CHECKPOINT_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")

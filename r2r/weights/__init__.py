@@ -1,11 +1,11 @@
 """The public face of R2R weight handling: one import for everything, implemented in small modules.
 
-* :mod:`r2r.layout` — the release layout of ``1243asdad/region2region``, file names, official configs;
-* :mod:`r2r.statedict` — reading weight files, SD <-> diffusers keys, strict shape checks;
-* :mod:`r2r.hub` — the Hugging Face hub (offline detection, only the needed files);
-* :mod:`r2r.prompt` — the cached empty-prompt CLIP embedding;
-* :mod:`r2r.loading` — :func:`load_components` and the single loaders;
-* :mod:`r2r.release` — downloading and checking a whole release folder.
+* :mod:`r2r.weights.layout` — the release layout of ``1243asdad/region2region``, file names, official configs;
+* :mod:`r2r.weights.statedict` — reading weight files, SD <-> diffusers keys, strict shape checks;
+* :mod:`r2r.weights.hub` — the Hugging Face hub (offline detection, only the needed files);
+* :mod:`r2r.weights.prompt` — the cached empty-prompt CLIP embedding;
+* :mod:`r2r.weights.loading` — :func:`load_components` and the single loaders;
+* :mod:`r2r.weights.release` — downloading and checking a whole release folder.
 
 Import from here (``from r2r.weights import load_components``); the names below stay stable.
 """
