@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import R2RUserError
-from .fileio import IMAGE_EXTENSIONS, TEMP_MARKER
+from .fileio import IMAGE_EXTENSIONS, TEMP_MARKER, check_input_file, read_input_bytes
 
 #: foreground-ratio bins [lo, hi) of the official script (ratio 1.0 falls in none of them)
 RATIO_BINS = ((0.0, 0.05, "0-5%"), (0.05, 0.15, "5-15%"), (0.15, 1.0, "15-100%"))
@@ -171,10 +171,15 @@ def image_metrics(out, gt, mask, use_gt_bg: bool = False) -> dict:
 
 
 def _open(path, what: str):
+    import io
+    import stat
+
     from PIL import Image, UnidentifiedImageError
 
+    # a pipe (or <(...)) is read once into memory; folders, devices and a pipe nobody writes to are refused
+    src = path if stat.S_ISREG(check_input_file(path, what).st_mode) else io.BytesIO(read_input_bytes(path, what))
     try:
-        img = Image.open(path)
+        img = Image.open(src)
         img.load()
     except (OSError, UnidentifiedImageError) as exc:
         raise R2RUserError(f"cannot read the {what} {path} ({exc}); re-save it as PNG/JPEG or regenerate it") from exc

@@ -212,7 +212,8 @@ def test_writer_bad_inputs(tmp_path):
 
 def test_writer_crash_between_files_leaves_no_index_line(tmp_path, monkeypatch):
     """A crash after the real and mask are written but while the composite is being renamed:
-    no index line, no composite, no temp file; the next add works normally."""
+    no index line, no composite, no temp file, and the real and mask this add wrote are removed
+    again (nothing half-made stays); the next add works normally."""
     rng = np.random.default_rng(0)
     w = HarmonizationDatasetWriter(tmp_path, "S")
     real_replace = os.replace
@@ -226,28 +227,34 @@ def test_writer_crash_between_files_leaves_no_index_line(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         w.add(_img(rng), _mask(), _img(rng), name="x")
     monkeypatch.setattr(writer.os, "replace", real_replace)
-    assert (tmp_path / "S/real_images/x.jpg").exists() and (tmp_path / "S/masks/x_1.png").exists()
-    assert list((tmp_path / "S/composite_images").iterdir()) == []  # no truncated file, no temp file
+    assert [p for p in (tmp_path / "S").rglob("*") if p.is_file()] == []  # no image, no temp file
     assert read_indexes(tmp_path) == {"train": [], "test": []}
-    with pytest.raises(R2RUserError, match="different real image"):  # the real stays bound to its name
-        w.add(_img(rng), _mask(), _img(rng), name="x")
+    kept = w.add(_img(rng), _mask(), _img(rng), name="x")
+    assert kept["file_name"] == "S/composite_images/x_1_1.jpg" and read_indexes(tmp_path)["train"] == [
+        kept["file_name"]]
 
 
 def test_writer_repairs_interrupted_indexes_and_ignores_temp_files(tmp_path):
+    """What a crash can leave: a half line (dropped), jsonl/txt out of step (the missing names are
+    appended to the other file). Lines someone else wrote stay, even a repeated one or one whose files
+    are gone: repair never drops or reorders a listed line."""
     rng = np.random.default_rng(0)
     w = HarmonizationDatasetWriter(tmp_path, "S")
     ok = w.add(_img(rng), _mask(), _img(rng), name="ok")["file_name"]
-    # what a crash can leave: a half line, a line whose files are gone, jsonl/txt out of step,
-    # and a temp file of an image being written
+    gone = "S/composite_images/gone_1_1.jpg"
     with open(tmp_path / "train.jsonl", "a") as f:
-        f.write(json.dumps({"file_name": ok, "text": ""}) + "\n")  # listed twice
-        f.write(json.dumps({"file_name": "S/composite_images/gone_1_1.jpg", "text": ""}) + "\n")
+        f.write(json.dumps({"file_name": ok, "text": "listed twice on purpose"}) + "\n")
+        f.write(json.dumps({"file_name": gone, "text": ""}) + "\n")  # not in train.txt: a crash between appends
         f.write('{"file_name": "S/compos')
     stale = tmp_path / "S/composite_images/ok_1_2.jpg.tmp-99999"
     stale.write_bytes(b"\xff\xd8partial")
     assert layouts.list_images(tmp_path / "S/composite_images") == [tmp_path / "S/composite_images/ok_1_1.jpg"]
     w2 = HarmonizationDatasetWriter(tmp_path, "S")
-    assert _consistent(tmp_path)["train"] == [ok]
+    lines = (tmp_path / "train.jsonl").read_text().splitlines()
+    assert [json.loads(line)["file_name"] for line in lines] == [ok, ok, gone]
+    assert json.loads(lines[1])["text"] == "listed twice on purpose"
+    assert (tmp_path / "train.txt").read_text().splitlines() == [ok, gone]
+    assert read_indexes(tmp_path)["train"] == [ok, gone]
     assert w2.repair() is False  # already consistent: nothing rewritten
     assert writer.cleanup_temp_files(tmp_path) == 0  # too recent: may belong to a running writer
     old = time.time() - 3600

@@ -17,17 +17,28 @@ def add_arguments(p) -> None:
                    help="evaluate at the ground truth's size (prediction resized to it), as --full_resolution")
     p.add_argument("--use-gt-bg", action="store_true",
                    help="paste the ground-truth background before measuring (out*m + gt*(1-m)), as the official runs")
-    p.add_argument("--json", dest="json_out", default=None, help="write all results (incl. per image) to this JSON file")
+    p.add_argument("--json", dest="json_out", default=None,
+                   help="write all results (incl. per image) to this .json file; an existing file is replaced only "
+                   "when it is an earlier evaluate report, or with --overwrite (never an input)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="allow --json to replace an existing file that is not an evaluate report (never one of the "
+                   "split's lists, ground truths, masks, composites or predictions)")
     p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
+#: what the JSON reports of this command carry under r2r.fileio.REPORT_KEY
+TOOL = "python -m r2r evaluate"
+
+
 def check_args(args) -> None:
     """Every argument, before any image is read: folders exist, numbers are in range, and the
-    JSON destination can be written and is not one of the inputs."""
-    from ..dataset.layouts import check_folder, find_split_file
+    JSON destination can be written, is not one of the inputs (the split's list and images, the
+    predictions) and replaces no file but an earlier report unless ``--overwrite``."""
+    from ..dataset.layouts import check_folder, find_split_file, read_split
     from ..errors import R2RUserError
-    from ..fileio import check_output_file
+    from ..fileio import check_output_file, is_own_report
+    from ..metrics import index_predictions
 
     if not args.full_resolution and args.resolution < 7:
         raise R2RUserError(f"--resolution must be >= 7 (the SSIM window), got {args.resolution}")
@@ -37,13 +48,18 @@ def check_args(args) -> None:
     check_folder(args.data, "--data", "pass the dataset root (the folder that holds test.jsonl)")
     list_file = find_split_file(args.data, args.split)
     if args.json_out:
-        check_output_file(args.json_out, inputs=[list_file], what="--json file")
+        inputs = [list_file]
+        inputs += [p for s in read_split(args.data, args.split, check_files=False) for p in (s.composite, s.mask,
+                                                                                               s.real)]
+        inputs += list(index_predictions(args.pred).values())
+        check_output_file(args.json_out, inputs=inputs, overwrite=getattr(args, "overwrite", False),
+                          replaceable=lambda p: is_own_report(p, TOOL), extensions=(".json",), what="--json file")
 
 
 def run(args) -> int:
     import json
 
-    from ..fileio import atomic_write_text
+    from ..fileio import atomic_write_text, report_marker
     from ..metrics import evaluate, format_table
 
     check_args(args)
@@ -58,6 +74,7 @@ def run(args) -> int:
     )
     print(format_table(rep))
     if args.json_out:
-        atomic_write_text(args.json_out, json.dumps(rep.to_dict(), indent=1) + "\n")
+        atomic_write_text(args.json_out, json.dumps({**report_marker(TOOL), **rep.to_dict()}, indent=1) + "\n",
+                          what="--json report")
         print(f"results written to {args.json_out}")
     return 0

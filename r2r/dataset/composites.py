@@ -4,14 +4,14 @@ and its masks, draw composites until they pass the filter, write them, and repor
 
 from __future__ import annotations
 
-import os
+import stat
 from pathlib import Path
 
 import numpy as np
 
 from ..blending.diagnostics import filter_rejection, rpb_diagnostics
 from ..errors import R2RUserError
-from ..fileio import read_image, read_mask
+from ..fileio import OutputWriteError, check_input_file, read_image, read_input_bytes, read_mask
 from .config import FilterSettings, WorkerSettings, WorkUnit, jsonable
 from .generator import resolve_generator, unpack_result
 from .naming import derive_seed
@@ -24,9 +24,11 @@ def read_label_map(path) -> np.ndarray:
     import cv2
 
     path = Path(path)
-    if not path.is_file() or not os.access(path, os.R_OK):
-        raise R2RUserError(f"The label map {path} is missing or not readable; check the path and permissions.")
-    arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if stat.S_ISREG(check_input_file(path, "label map").st_mode):
+        arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    else:  # a pipe: read once (never blocks forever)
+        raw = read_input_bytes(path, "label map")
+        arr = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_UNCHANGED) if raw else None
     if arr is None or arr.dtype.kind not in "ui":
         raise R2RUserError(f"Could not read {path} as a label map; expected an 8/16-bit PNG (grey or RGB).")
     if arr.ndim == 3:
@@ -116,6 +118,14 @@ def _make_composites(unit: WorkUnit, ws: WorkerSettings, gen) -> tuple[list, lis
     writer = HarmonizationDatasetWriter(
         ws.out, ws.subset, image_format=ws.image_format, jpeg_quality=ws.jpeg_quality, repair=False
     )
+    try:
+        return _draw_and_write(unit, ws, gen, spec, real, masks, writer)
+    except BaseException:
+        writer.discard_written()  # an item that failed half-way leaves no file behind
+        raise
+
+
+def _draw_and_write(unit: WorkUnit, ws: WorkerSettings, gen, spec: str, real, masks, writer) -> tuple[list, list]:
     references = dict(unit.references)
     ref_cache: dict[str, np.ndarray] = {}
     composites, rejected = [], []
@@ -164,12 +174,15 @@ def _make_composites(unit: WorkUnit, ws: WorkerSettings, gen) -> tuple[list, lis
 
 def process_unit(unit: WorkUnit, ws: WorkerSettings, generator=None) -> dict:
     """Make every composite of one source image (runs in a worker). Never raises for bad
-    inputs: returns ``{"status": "error", "error": message}`` instead."""
+    inputs: returns ``{"status": "error", "error": message}`` instead, or ``"fatal"`` when the output
+    cannot be written (disk full, ...), which stops the run."""
     res = {"key": unit.key, "name": unit.name, "image": unit.image, "split": unit.split}
     try:
         gen = generator or resolve_generator(ws.generator)
         composites, rejected = _make_composites(unit, ws, gen)
         res.update(status="ok", composites=composites, rejected=rejected)
+    except OutputWriteError as exc:  # disk full, read-only...: every later item would fail the same way
+        res.update(status="fatal", error=str(exc))
     except R2RUserError as exc:
         res.update(status="error", error=str(exc))
     except Exception as exc:  # noqa: BLE001 - a bad file must never stop a long run; it is reported

@@ -146,31 +146,70 @@ def sample_from_file_name(root, file_name: str) -> HarmonizationSample:
     )
 
 
-def read_index_file(path) -> list[str]:
-    """File names listed in a ``.jsonl`` (``file_name`` key) or ``.txt`` split file.
+@dataclass
+class IndexFile:
+    """A parsed split list: ``entries`` = [(file name, the line as written, without its newline)];
+    ``remnant`` = an unterminated last line in the jsonl format that does not parse (an append cut
+    short by a crash), left out of ``entries``."""
 
-    A trailing half-written line (a crash during an append) is ignored."""
+    path: Path
+    entries: list[tuple[str, str]]
+    remnant: str | None = None
+
+
+def _listed_name(path: Path, line: str, lineno: int) -> str | None:
+    text = line.strip()
+    if not text:
+        return None
+    if path.suffix != ".jsonl":
+        return text.split()[0]
+    try:
+        obj = json.loads(text)
+        if not isinstance(obj, dict) or not isinstance(obj.get("file_name"), str) or not obj["file_name"].strip():
+            raise TypeError("no file_name")
+        return obj["file_name"]
+    except (ValueError, TypeError) as exc:
+        raise R2RUserError(
+            f"{path}: line {lineno} is not a JSON object with a 'file_name' key ({text[:80]!r}); fix or delete "
+            "that line"
+        ) from exc
+
+
+def parse_index_file(path) -> IndexFile:
+    """The lines of a ``.jsonl`` (``file_name`` key) or ``.txt`` split file; a malformed line is an
+    R2RUserError naming the file and the line number."""
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise R2RUserError(f"{path} is not UTF-8 text (byte {exc.start}); a split list holds one file name (or JSON "
+                           "object) per line. Fix or replace the file") from None
+    except OSError as exc:
+        raise R2RUserError(f"cannot read the split list {path} ({exc.strerror or exc}); check the file") from None
     lines = text.split("\n")
-    complete = lines if text.endswith("\n") else lines[:-1]
-    names = []
-    for lineno, line in enumerate(complete, 1):
-        line = line.strip()
-        if not line:
-            continue
-        if path.suffix == ".jsonl":
-            try:
-                obj = json.loads(line)
-                names.append(str(obj["file_name"]))
-            except (ValueError, KeyError, TypeError) as exc:
-                raise R2RUserError(
-                    f"{path}: line {lineno} is not a JSON object with a 'file_name' key "
-                    f"({line[:80]!r}); fix or delete that line"
-                ) from exc
+    last = lines.pop()  # "" when the file ends with a newline
+    entries = []
+    for lineno, line in enumerate(lines, 1):
+        name = _listed_name(path, line, lineno)
+        if name is not None:
+            entries.append((name, line))
+    remnant = None
+    if last.strip():
+        try:
+            name = _listed_name(path, last, len(lines) + 1)
+        except R2RUserError:
+            if not last.lstrip().startswith('{"file_name": '):
+                raise
+            remnant = last  # our own line format, cut short: a crashed append
         else:
-            names.append(line.split()[0])
-    return names
+            entries.append((name, last))
+    return IndexFile(path, entries, remnant)
+
+
+def read_index_file(path) -> list[str]:
+    """File names listed in a ``.jsonl`` (``file_name`` key) or ``.txt`` split file (a crashed append's
+    half line is ignored; any other malformed line is an error naming it)."""
+    return [name for name, _ in parse_index_file(path).entries]
 
 
 def find_split_file(root, split: str) -> Path:

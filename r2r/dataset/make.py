@@ -8,11 +8,15 @@ The pieces: :mod:`.config` (settings and their checks, the typed records workers
 :mod:`.pool` (worker processes that die with their parent), :mod:`.records` (resume records
 and the manifest). This module runs them in order:
 
-1. check every setting and path, load the generator and try it on a synthetic image -- all
+1. check every setting and path, load the generator and try it on a synthetic image, read every
+   existing index line (a malformed one stops the run, named with its line number), check that every
+   path the run writes stays inside ``--out`` and that the subset folder is not someone else's -- all
    before any file is written, so a wrong setting never leaves a half-made folder behind;
 2. record the settings (``_records/<subset>/params.json``; a resume must match them);
-3. make the composites of every image without a record, in this process or in workers;
-4. rebuild the indexes from the records and write ``manifest-<subset>.json``.
+3. make the composites of every image without a record, in this process or in workers (a full disk
+   stops the run with :class:`~r2r.fileio.OutputWriteError`; the failing image's files are removed);
+4. merge the recorded composites into the indexes (:func:`.indexes.rebuild_indexes`: other entries
+   and captions stay as they are) and write ``manifest-<subset>.json``.
 
 Determinism: everything about an item is derived from the global seed and the item's key
 (see :mod:`.naming`), so ``--shard 0/2`` + ``--shard 1/2`` writes byte-identical files to a
@@ -22,20 +26,25 @@ single run, with any number of workers.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import sys
 import time
 from pathlib import Path
 
-from ..fileio import check_writable_dir
+from ..errors import R2RUserError
+from ..fileio import OutputWriteError, check_inside, check_writable_dir
 from .composites import process_unit
 from .config import MakeConfig, WorkerSettings, WorkUnit, validate_config
 from .generator import check_generator, resolve_generator
+from .indexes import append_index, check_indexes, rebuild_indexes
 from .layouts import SourceItem, find_sources
 from .naming import assign_names, pick_references, shard_of, split_of
 from .pool import run_pool
 from .records import MakeReport, all_records, check_params, records_dir, write_manifest, write_record
-from .writer import HarmonizationDatasetWriter, append_index, cleanup_temp_files, rebuild_indexes
+from .writer import SUBDIRS, HarmonizationDatasetWriter, cleanup_temp_files
+
+_log = logging.getLogger("r2r.dataset")
 
 
 def _units(cfg: MakeConfig, sources: list[SourceItem], rec_dir: Path, report: MakeReport) -> list[WorkUnit]:
@@ -68,8 +77,32 @@ def _prepare(cfg: MakeConfig):
     gen = resolve_generator(cfg.generator)
     check_generator(gen, cfg.generator_spec(), WorkerSettings.from_config(cfg, Path(cfg.out)).generator_call_kwargs(),
                     with_reference=cfg.reference == "other")
+    check_existing_output(cfg)
     out = check_writable_dir(cfg.out, what="output folder (--out)")
     return sources, (None if isinstance(cfg.generator, str) else gen), out
+
+
+def check_existing_output(cfg: MakeConfig) -> None:
+    """What is already in ``--out``, before anything is written: every index line readable (a malformed
+    one is named with its line number), every path the run writes inside ``--out`` (no symbolic link
+    leading out of it), and the subset folder, if it holds files, made by make-dataset (its records
+    exist) -- a subset folder someone else made is never written into."""
+    out = Path(cfg.out)
+    rec_dir = records_dir(out, cfg.subset)
+    for p in (out / cfg.subset, *(out / cfg.subset / d for d in SUBDIRS), out / "_records", rec_dir,
+              rec_dir / "items", rec_dir / "errors", rec_dir / "params.json", out / f"manifest-{cfg.subset}.json"):
+        check_inside(p, out, "output path")
+    if not out.is_dir():
+        return
+    check_indexes(out, "make-dataset wrote anything")
+    subset_dir = out / cfg.subset
+    if subset_dir.is_dir() and not (rec_dir / "params.json").is_file() and any(
+            p.is_file() for d in SUBDIRS if (subset_dir / d).is_dir() for p in (subset_dir / d).iterdir()):
+        raise R2RUserError(
+            f"{subset_dir} already holds images that make-dataset did not write (there is no "
+            f"{rec_dir / 'params.json'}); it never writes into a subset folder it did not make, so nothing there "
+            "can be replaced. Use another --subset name (or another --out folder)."
+        )
 
 
 def make_dataset(cfg: MakeConfig) -> MakeReport:
@@ -97,6 +130,10 @@ def make_dataset(cfg: MakeConfig) -> MakeReport:
         name = res["name"]
         err_path = rec_dir / "errors" / f"{name}.json"
         bar.update(1)
+        if res["status"] == "fatal":  # the output cannot be written: stop, keep what is finished
+            raise OutputWriteError(
+                f"make-dataset stopped: {res['error']} The {report.done + report.skipped} image(s) finished before "
+                f"are intact in {out}; run the same command again to resume once the problem is fixed.")
         if res["status"] != "ok":
             entry = {"key": res["key"], "image": res["image"], "error": res["error"]}
             report.errors.append(entry)
@@ -132,14 +169,29 @@ def make_dataset(cfg: MakeConfig) -> MakeReport:
                     break
         else:
             stopped = run_pool(ready, work, workers, finish, cfg.keep_going)
+    except BaseException:  # a full disk, Ctrl-C, a bug: list what is finished; the original error is reported
+        bar.close()
+        _finish_quietly(cfg, out, report, len(sources), t0)
+        raise
     finally:
         bar.close()
-        report.index_counts = rebuild_indexes(out, all_records(out))
-        report.seconds = time.perf_counter() - t0
-        report.manifest = write_manifest(cfg, report, len(sources))
+    report.index_counts = rebuild_indexes(out, all_records(out))
+    report.seconds = time.perf_counter() - t0
+    report.manifest = write_manifest(cfg, report, len(sources))
     if stopped:
         report.errors[-1]["error"] += " (stopped here: --stop-on-error)"
     return report
+
+
+def _finish_quietly(cfg: MakeConfig, out: Path, report: MakeReport, n_sources: int, t0: float) -> None:
+    """Index rebuild + manifest after the run stopped early; they may fail too (a full disk: logged, not
+    raised, so the error that stopped the run is the one the user sees)."""
+    try:
+        report.index_counts = rebuild_indexes(out, all_records(out))
+        report.seconds = time.perf_counter() - t0
+        report.manifest = write_manifest(cfg, report, n_sources)
+    except (OSError, R2RUserError) as exc:
+        _log.warning("make-dataset: the indexes / manifest were not updated either (%s); the next run does it", exc)
 
 
 __all__ = ["MakeConfig", "MakeReport", "make_dataset"]

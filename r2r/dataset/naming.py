@@ -29,9 +29,23 @@ def split_of(key: str, test_fraction: float) -> str:
     return "test" if _unit_hash(f"split|{key}") < test_fraction else "train"
 
 
+#: the longest output name (ASCII): file names add ``_<k>_<j>.jpg`` (or ``.json`` for records) and must
+#: stay within the usual 255-byte limit of a file name
+MAX_NAME = 200
+
+
+def _fit(name: str, key: str) -> str:
+    """A name longer than :data:`MAX_NAME` is cut and given a hash of its key (still unique, still
+    deterministic), so a deep or long source path never makes an output name the file system refuses."""
+    if len(name) <= MAX_NAME:
+        return name
+    return f"{name[:MAX_NAME - 13].rstrip('-.')}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
+
+
 def assign_names(keys, prefix: str) -> dict[str, str]:
-    """key -> output name (no '_' so the naming rule holds); colliding names get a key hash."""
-    base = {k: safe_name(prefix + k) for k in keys}
+    """key -> output name (no '_' so the naming rule holds, at most :data:`MAX_NAME` characters);
+    colliding names get a key hash."""
+    base = {k: _fit(safe_name(prefix + k), k) for k in keys}
     counts: dict[str, int] = {}
     for n in base.values():
         counts[n] = counts.get(n, 0) + 1

@@ -1,11 +1,14 @@
 """Atomic writer for harmonization datasets in the iHarmony4 / RPHarmony layout.
 
 Every file is written through :func:`r2r.fileio.atomic_write_bytes` (``<name>.tmp-<pid>`` in
-its final folder, renamed with ``os.replace``), so a crash never leaves a truncated image. Index lines
-(``train.jsonl`` + ``train.txt``, ``test.jsonl`` + ``test.txt``) are appended only after the
-item's three files exist, under a lock file (``filelock``), each line in one ``write`` call; a writer
-opened on an existing root first repairs the indexes (drops a half-written last line and
-lines whose files are gone, makes jsonl and txt list the same names).
+its final folder, renamed with ``os.replace``), so a crash or a full disk never leaves a truncated
+image; the files an :meth:`~HarmonizationDatasetWriter.add` created are removed again when it fails
+half-way. Index lines (``train.jsonl`` + ``train.txt``, ``test.jsonl`` + ``test.txt``, see
+:mod:`.indexes`) are appended only after the item's three files exist, under a lock file; a writer
+opened on an existing root first checks every index line (a malformed one stops it before anything is
+written) and repairs what a crash can leave, never dropping a line. Every folder and index file the
+writer uses must resolve inside ``confine_to`` (default: the root): a symbolic link leading out of it
+is refused before anything is written.
 
     w = HarmonizationDatasetWriter("data/MyHarmony", "R-Custom")
     paths = w.add(composite, mask, real, split="train")     # numpy HxWx3 uint8, HxW mask
@@ -13,20 +16,34 @@ lines whose files are gone, makes jsonl and txt list the same names).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import json
 import os
 import time
 from pathlib import Path
 
 import numpy as np
-from filelock import FileLock
 
 from ..errors import R2RUserError
-from ..fileio import TEMP_MARKER, atomic_write_bytes, atomic_write_text, read_image, read_mask
-from .layouts import IMAGE_EXTS, read_index_file, sample_from_file_name
+from ..fileio import TEMP_MARKER, atomic_write_bytes, check_inside, read_image, read_mask, write_error
+from .indexes import (
+    LOCK_NAME,
+    SPLITS,
+    append_index,
+    append_pair,
+    check_indexes,
+    index_line_jsonl,
+    index_paths,
+    locked,
+    read_indexes,
+    rebuild_indexes,
+    repair_indexes,
+)
+from .layouts import IMAGE_EXTS
 
-SPLITS = ("train", "test")
+__all__ = ["HarmonizationDatasetWriter", "append_index", "cleanup_temp_files", "index_line_jsonl", "locked",
+           "read_indexes", "rebuild_indexes"]
+
 SUBDIRS = ("composite_images", "masks", "real_images")
 _SAFE = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.")
 
@@ -114,95 +131,6 @@ def safe_name(text: str) -> str:
     return out
 
 
-# ----------------------------------------------------------------------------- locking
-
-
-def locked(path) -> FileLock:
-    """An exclusive lock on ``path`` (created if needed) across processes (``filelock``)."""
-    return FileLock(str(path))
-
-
-# ----------------------------------------------------------------------------- indexes
-
-
-def index_line_jsonl(file_name: str) -> str:
-    return json.dumps({"file_name": file_name, "text": ""}) + "\n"
-
-
-def _append(path: Path, text: str) -> None:
-    """Append in a single write (O_APPEND), so a line is never interleaved."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, text.encode("utf-8"))
-    finally:
-        os.close(fd)
-
-
-def append_index(root, file_names, split: str) -> None:
-    """Append index lines (jsonl, then txt) under the root's lock; call only after the files exist."""
-    if split not in SPLITS:
-        raise R2RUserError(f"split must be 'train' or 'test', got {split!r}")
-    root = Path(root)
-    file_names = list(file_names)
-    if not file_names:
-        return
-    with locked(root / ".r2r-index.lock"):
-        _append(root / f"{split}.jsonl", "".join(index_line_jsonl(n) for n in file_names))
-        _append(root / f"{split}.txt", "".join(f"{n}\n" for n in file_names))
-
-
-def _complete(root: Path, file_name: str) -> bool:
-    try:
-        s = sample_from_file_name(root, file_name)
-    except R2RUserError:
-        return False
-    return s.composite.exists() and s.mask.exists() and s.real.exists()
-
-
-def read_indexes(root) -> dict[str, list[str]]:
-    """split -> listed file names (jsonl and txt merged, order of first appearance)."""
-    root = Path(root)
-    out = {}
-    for split in SPLITS:
-        names: dict[str, None] = {}
-        for ext in (".jsonl", ".txt"):
-            p = root / f"{split}{ext}"
-            if p.exists():
-                try:
-                    for n in read_index_file(p):
-                        names.setdefault(n, None)
-                except R2RUserError:
-                    continue
-        out[split] = list(names)
-    return out
-
-
-def write_indexes(root, splits: dict[str, list[str]]) -> None:
-    """Rewrite ``<split>.jsonl`` and ``<split>.txt`` atomically (both splits, always both files)."""
-    root = Path(root)
-    for split in SPLITS:
-        names = splits.get(split, [])
-        atomic_write_text(root / f"{split}.jsonl", "".join(index_line_jsonl(n) for n in names))
-        atomic_write_text(root / f"{split}.txt", "".join(f"{n}\n" for n in names))
-
-
-def rebuild_indexes(root, extra: dict[str, list[str]] | None = None) -> dict[str, int]:
-    """Deterministic rebuild: (listed names whose files exist) + ``extra``, sorted, deduplicated;
-    a name listed in both splits stays in ``test`` (no train/test leak). Returns counts."""
-    root = Path(root)
-    with locked(root / ".r2r-index.lock"):
-        listed = read_indexes(root)
-        merged = {}
-        for split in SPLITS:
-            names = set(n for n in listed.get(split, []) if _complete(root, n))
-            names.update((extra or {}).get(split, []))
-            merged[split] = names
-        merged["train"] -= merged["test"]
-        final = {s: sorted(merged[s]) for s in SPLITS}
-        write_indexes(root, final)
-    return {s: len(v) for s, v in final.items()}
-
-
 def cleanup_temp_files(folder, older_than_s: float = 600.0) -> int:
     """Remove ``*.tmp-*`` files left by crashed writers (only ones older than ``older_than_s``,
     so a writer running right now on the same folder is not disturbed)."""
@@ -228,11 +156,13 @@ class HarmonizationDatasetWriter:
     """Append (composite, mask, real) triplets to ``<root>/<subset>/`` + the split indexes.
 
     ``image_format`` "jpg" (default; quality ``jpeg_quality``, 4:4:4 chroma, the names of the
-    official datasets) or "png" (lossless). Masks are always PNG (0/255).
+    official datasets) or "png" (lossless). Masks are always PNG (0/255). ``confine_to``: the folder
+    every written path must resolve inside (default ``root``; the node passes ComfyUI's output folder).
     Safe to use repeatedly and from several processes on the same root.
     """
 
-    def __init__(self, root, subset: str, *, image_format: str = "jpg", jpeg_quality: int = 100, repair=True):
+    def __init__(self, root, subset: str, *, image_format: str = "jpg", jpeg_quality: int = 100, repair=True,
+                 confine_to=None):
         check_subset_name(subset)
         fmt = image_format.lower().lstrip(".")
         if fmt == "jpeg":
@@ -246,12 +176,21 @@ class HarmonizationDatasetWriter:
         self.ext = "." + fmt
         self.jpeg_quality = int(jpeg_quality)
         self.dir = self.root / subset
+        self._lock_path = self.root / LOCK_NAME
+        self.written: list[Path] = []  # files this writer created or replaced (removed again by add() on failure)
+        confine = self.root if confine_to is None else Path(confine_to)
+        for p in [self.root, self.dir, *(self.dir / d for d in SUBDIRS), *index_paths(self.root), self._lock_path]:
+            check_inside(p, confine, "dataset path")
+        if repair:
+            check_indexes(self.root)  # a malformed line stops everything before the first write
         try:
             for d in SUBDIRS:
                 (self.dir / d).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
+            err = write_error(exc, self.dir / d / ".", "dataset folder")
+            if err is not exc:
+                raise err from exc
             raise R2RUserError(f"cannot create the dataset folders under {self.dir} ({exc}); check the path") from exc
-        self._lock_path = self.root / ".r2r-index.lock"
         if repair:
             self.repair()
 
@@ -269,54 +208,38 @@ class HarmonizationDatasetWriter:
         return f"{self.subset}/composite_images/{name}_{k}_{j}{self.ext}"
 
     # low-level writes (used by make-dataset) -------------------------------
+    def _write(self, path: Path, data: bytes, what: str) -> Path:
+        atomic_write_bytes(path, data, what=what)
+        self.written.append(path)
+        return path
+
     def write_real(self, name: str, real) -> Path:
-        return atomic_write_bytes(self.real_path(name), encode_dataset_image(real, self.ext, self.jpeg_quality))
+        return self._write(self.real_path(name), encode_dataset_image(real, self.ext, self.jpeg_quality),
+                           "real image")
 
     def write_mask(self, name: str, k: int, mask_bool: np.ndarray) -> Path:
         m = np.where(mask_bool, 255, 0).astype(np.uint8)
-        return atomic_write_bytes(self.mask_path(name, k), encode_dataset_image(m, ".png"))
+        return self._write(self.mask_path(name, k), encode_dataset_image(m, ".png"), "mask")
 
     def write_composite(self, name: str, k: int, j: int, composite) -> Path:
         data = encode_dataset_image(composite, self.ext, self.jpeg_quality)
-        return atomic_write_bytes(self.composite_path(name, k, j), data)
+        return self._write(self.composite_path(name, k, j), data, "composite")
+
+    def discard_written(self) -> None:
+        """Remove the files this writer wrote (an item that failed half-way leaves nothing behind)."""
+        for p in reversed(self.written):
+            with contextlib.suppress(OSError):
+                p.unlink()
+        self.written.clear()
 
     def append_index(self, file_names, split: str) -> None:
         """Append lines for items whose files already exist (jsonl, then txt)."""
         append_index(self.root, file_names, split)
 
     def repair(self) -> bool:
-        """Make the indexes consistent if they are not (partial line, missing files, jsonl != txt).
-        Returns True when something was rewritten."""
-        with locked(self._lock_path):
-            dirty = False
-            for split in SPLITS:
-                per = {}
-                for ext in (".jsonl", ".txt"):
-                    p = self.root / f"{split}{ext}"
-                    if not p.exists():
-                        per[ext] = None
-                        continue
-                    raw = p.read_bytes()
-                    if raw and not raw.endswith(b"\n"):
-                        dirty = True
-                    try:
-                        per[ext] = read_index_file(p)
-                    except R2RUserError:
-                        dirty, per[ext] = True, []
-                if per[".jsonl"] != per[".txt"]:
-                    dirty = True
-                for listed in per.values():
-                    if listed and len(set(listed)) != len(listed):
-                        dirty = True  # an item redone after a crash was listed twice
-                names = list(dict.fromkeys((per[".jsonl"] or []) + (per[".txt"] or [])))
-                if any(not _complete(self.root, n) for n in names):
-                    dirty = True
-            if not dirty:
-                return False
-            listed = read_indexes(self.root)
-            fixed = {s: [n for n in listed[s] if _complete(self.root, n)] for s in SPLITS}
-            write_indexes(self.root, fixed)
-            return True
+        """Undo what a crash can leave in the indexes (see :func:`.indexes.repair_indexes`); never drops a
+        listed line. Returns True when something was rewritten."""
+        return repair_indexes(self.root)
 
     # the public API ------------------------------------------------------------
     def add(self, composite, mask, real, name: str | None = None, split: str = "train") -> dict:
@@ -326,7 +249,9 @@ class HarmonizationDatasetWriter:
         uint8 0/255 or float, foreground = 1). ``name``: the real image's name (files
         ``<name>.jpg``, ``<name>_<k>.png``, ``<name>_<k>_<j>.jpg``); ``None`` names it after
         the real image's content. A new mask of the same real gets the next ``k``, a new
-        composite the next ``j``. Returns ``{"composite", "mask", "real", "file_name"}``.
+        composite the next ``j``; an existing file is never replaced. If a write fails (disk full),
+        the files this call created are removed and nothing is listed.
+        Returns ``{"composite", "mask", "real", "file_name"}``.
         """
         if split not in SPLITS:
             raise R2RUserError(f"split must be 'train' or 'test', got {split!r}")
@@ -352,36 +277,43 @@ class HarmonizationDatasetWriter:
                     f"names are <name>_<k>_<j>); e.g. use {clean!r}"
                 )
         with locked(self._lock_path):
-            real_p = self.real_path(name)
-            if real_p.exists():
-                old = read_image(real_p)
-                if old.shape != real_u8.shape or np.abs(old.astype(np.int16) - real_u8).mean() > 3.0:
-                    raise R2RUserError(
-                        f"a different real image is already saved as {real_p}; pass another name "
-                        "(or leave name empty to name it after its content)"
-                    )
-            else:
-                self.write_real(name, real_u8)
-            k = self._mask_k(name, m)
-            j = 1
-            while any(
-                (self.dir / "composite_images" / f"{name}_{k}_{j}{e}").exists() for e in IMAGE_EXTS
-            ):
-                j += 1
-            comp_p = self.write_composite(name, k, j, comp)
-            fn = self.file_name(name, k, j)
-            _append(self.root / f"{split}.jsonl", index_line_jsonl(fn))
-            _append(self.root / f"{split}.txt", f"{fn}\n")
+            self.written.clear()
+            try:
+                return self._add_locked(comp, m, real_u8, name, split)
+            except BaseException:
+                self.discard_written()
+                raise
+
+    def _add_locked(self, comp, m, real_u8, name: str, split: str) -> dict:
+        real_p = self.real_path(name)
+        if real_p.exists():
+            old = read_image(real_p)
+            if old.shape != real_u8.shape or np.abs(old.astype(np.int16) - real_u8).mean() > 3.0:
+                raise R2RUserError(
+                    f"a different real image is already saved as {real_p}; pass another name "
+                    "(or leave name empty to name it after its content)"
+                )
+        else:
+            self.write_real(name, real_u8)
+        k = self._mask_k(name, m)
+        j = 1
+        while any(os.path.lexists(self.dir / "composite_images" / f"{name}_{k}_{j}{e}") for e in IMAGE_EXTS):
+            j += 1
+        comp_p = self.write_composite(name, k, j, comp)
+        fn = self.file_name(name, k, j)
+        append_pair(self.root, [fn], split)
+        self.written.clear()
         return {"composite": comp_p, "mask": self.mask_path(name, k), "real": real_p, "file_name": fn}
 
     def _mask_k(self, name: str, m: np.ndarray) -> int:
         k = 1
         while True:
             p = self.mask_path(name, k)
-            if not p.exists():
+            if not os.path.lexists(p):
                 self.write_mask(name, k, m)
                 return k
-            old = read_mask(p)
-            if old.shape == m.shape and np.array_equal(old >= 128, m):
-                return k
+            if p.exists():
+                old = read_mask(p)
+                if old.shape == m.shape and np.array_equal(old >= 128, m):
+                    return k
             k += 1
