@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
-from ..r2r.errors import R2RWeightsNotFound
+from ..r2r.errors import R2RUserError, R2RWeightsNotFound
 from . import _host
 
 OFFICIAL_REPO = "1243asdad/region2region"
@@ -99,14 +100,43 @@ def scan() -> dict[str, list[str]]:
     return found
 
 
+def refused_name(name) -> str | None:
+    """Why ``name`` is not a name inside the models folders (absolute, '..', a drive, a NUL byte), or None.
+
+    Loader names are relative to ``models/r2r`` (every registered folder), as ComfyUI's own loaders
+    treat theirs (``folder_paths.get_full_path``): a client of the server must not make it read any file
+    on the disk. Symbolic links placed *inside* a models folder are followed, as ComfyUI does (that is
+    how shared model storage is usually linked in; only someone with access to the folder can make one).
+    """
+    if not isinstance(name, str):
+        return f"a {type(name).__name__}, not a name"
+    if "\x00" in name:
+        return "it contains a NUL byte"
+    if os.path.isabs(name) or name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
+        return "an absolute path"
+    if ".." in re.split(r"[\\/]+", name):
+        return "it climbs out with '..'"
+    return None
+
+
+def refusal(name, what: str = "model") -> R2RUserError:
+    """The error for a refused name (see :func:`refused_name`): the name, why, and what to pick instead."""
+    return R2RUserError(
+        f"R2R: the {what} name {name!r} is refused ({refused_name(name)}): loaders read only names inside the "
+        f"models/r2r folders ({', '.join(_host.model_dirs())}), as ComfyUI's own loaders do. Pick one from the "
+        "list, or copy (or link) the files into models/r2r and refresh."
+    )
+
+
 def resolve(name: str) -> str | None:
-    """Full path of a listed name, or None."""
+    """Full path of a listed name, or None; a name that would leave the models folders (absolute, '..')
+    raises :func:`refusal`."""
     if not name:
         return None
-    if os.path.isabs(name) and os.path.exists(name):
-        return name
+    if refused_name(name) is not None:
+        raise refusal(name)
     for root in _host.model_dirs():
-        path = os.path.join(root, *name.split("/"))
+        path = os.path.join(root, *re.split(r"[\\/]+", name))
         if os.path.exists(path):
             return path
     return None

@@ -8,6 +8,7 @@ import os
 from comfy_api.v0_0_2 import io
 
 from ..r2r.errors import R2RUserError
+from ..r2r.fileio import OutputWriteError
 from . import _convert, _host
 from ._schema import REFERENCE_TIP, SEED_MAX, R2RNode, choice, seed_in
 
@@ -207,8 +208,9 @@ class R2RSaveHarmonizationDataset(R2RNode):
         root = os.path.realpath(os.path.join(base, folder))
         if os.path.commonpath([base, root]) != base:
             raise R2RUserError(
-                f"R2R Save Harmonization Dataset: dataset_folder {dataset_folder!r} points outside the output "
-                f"folder ({base}). Use a relative path without '..'."
+                f"R2R Save Harmonization Dataset: dataset_folder {dataset_folder!r} resolves to {root}, outside "
+                f"the output folder ({base}) (an absolute path, '..' or a symbolic link leading out of it). Use a "
+                "relative path without '..' whose folders are not links to elsewhere. Nothing was written."
             )
         return root
 
@@ -230,13 +232,23 @@ class R2RSaveHarmonizationDataset(R2RNode):
         m = _convert.mask_to_b1hw(mask, comp.shape[-2:], name="mask", node=node)
         comp, m, rl = _convert.broadcast_batch(("composite", comp), ("mask", m), ("real", rl), node=node)
         root = cls._root(dataset_folder)
-        writer = HarmonizationDatasetWriter(root, subset.strip(), image_format=image_format)
         saved = []
-        for i in range(comp.shape[0]):
-            _host.check_interrupt()
-            res = writer.add(_convert.to_uint8_hwc(comp[i]), _np_mask(m[i]) >= 0.5, _convert.to_uint8_hwc(rl[i]),
-                             split=split)
-            saved.append(res["file_name"])
+        try:
+            # every folder and index file must resolve inside the output folder (no symbolic link leading out)
+            writer = HarmonizationDatasetWriter(root, subset.strip(), image_format=image_format,
+                                                confine_to=os.path.realpath(_host.output_dir()))
+            for i in range(comp.shape[0]):
+                _host.check_interrupt()
+                res = writer.add(_convert.to_uint8_hwc(comp[i]), _np_mask(m[i]) >= 0.5,
+                                 _convert.to_uint8_hwc(rl[i]), split=split)
+                saved.append(res["file_name"])
+        except OutputWriteError as exc:  # disk full, name too long...: the finished triplets stay listed
+            err = OutputWriteError(f"R2R Save Harmonization Dataset: {exc} The {len(saved)} triplet(s) of this "
+                                   f"batch saved before stay in {root}.")
+            err.errno, err.strerror, err.filename = exc.errno, exc.strerror, exc.filename
+            raise err from None
+        except R2RUserError as exc:
+            raise R2RUserError(f"R2R Save Harmonization Dataset: {exc}") from None
         text = f"saved {len(saved)} triplet(s) to {root} ({split}): " + ", ".join(saved)
         # the confirmation the UI shows on the node: the saved composites (files in the output folder)
         base = os.path.realpath(_host.output_dir())

@@ -73,7 +73,10 @@ class R2RCheckpointLoader(R2RNode):
 
     @classmethod
     def validate_inputs(cls, checkpoint):
-        # replaces the plain "value not in list" with a message saying what to do
+        # replaces the plain "value not in list" with a message saying what to do; a name that leaves the
+        # models folders (absolute, '..') is refused here, before anything runs
+        if _files.refused_name(checkpoint) is not None:
+            return str(_files.refusal(checkpoint, "checkpoint"))
         if checkpoint == _files.OFFICIAL_NAME or _files.resolve(checkpoint) is not None:
             return True
         return (f"R2R checkpoint '{checkpoint}' is not in models/r2r/ (looked in: "
@@ -178,6 +181,8 @@ class _PartLoader(R2RNode):
 
     @classmethod
     def validate_inputs(cls, name):
+        if _files.refused_name(name) is not None:
+            return str(_files.refusal(name, cls.LABEL))
         if _files.resolve(name) is not None:
             return True
         return (f"R2R {cls.LABEL} '{name}' is not in models/r2r/ (looked in: {', '.join(_host.model_dirs())}). "
@@ -265,6 +270,8 @@ class R2RUNetLoader(_PartLoader):
     @classmethod
     def validate_inputs(cls, name, text_embedding_from):
         for value, what in ((name, cls.LABEL), (text_embedding_from, "release")):
+            if _files.refused_name(value) is not None:
+                return str(_files.refusal(value, what))
             if _files.resolve(value) is None:
                 return (f"R2R {what} '{value}' is not in models/r2r/ (looked in: {', '.join(_host.model_dirs())}). "
                         "Copy the folder or file there and refresh.")

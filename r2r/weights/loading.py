@@ -41,6 +41,7 @@ from .layout import (
     require_component_folder,
 )
 from .statedict import (
+    check_weight,
     compare_state,
     detect_format,
     mismatch_error,
@@ -177,15 +178,18 @@ def build_model(kind: str, config: dict, state: dict, *, file, torch_dtype=None,
     torch_dtype = resolve_dtype(torch_dtype, device)
     model = empty_model(kind, config, file)
     state, unmatched, _fmt = to_diffusers_state_dict(kind, state, config)
-    missing, unexpected, bad = compare_state(model.state_dict(), state, unmatched)
+    expected = model.state_dict()
+    missing, unexpected, bad = compare_state(expected, state, unmatched)
     if missing or unexpected or bad:
         raise mismatch_error(kind, file, list(state) + unmatched, missing, unexpected, bad)
     sd = {}
     state = dict(state)  # drop our references while converting (keeps peak memory low)
     for k in list(state):
         v = fetch(k) if fetch is not None else state.pop(k)
-        sd[k] = v.to(device=device, dtype=torch_dtype) if v.is_floating_point() else v.to(device=device)
-        del v
+        out = v.to(device=device, dtype=torch_dtype) if v.is_floating_point() else v.to(device=device)
+        check_weight(file, k, v, expected[k], COMPONENT_LABELS[kind], loaded=out)  # dtype + one isfinite pass
+        sd[k] = out
+        del v, out
     model.load_state_dict(sd, strict=True, assign=True)
     leftovers = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
     if leftovers:  # pragma: no cover - would be a bug in r2r, not a user error

@@ -32,7 +32,7 @@ from .layout import (
     read_json,
     release_paths,
 )
-from .statedict import read_state_dict
+from .statedict import check_weight, read_state_dict
 
 CACHE_NAME = "r2r_empty_prompt.safetensors"
 FORMAT = "r2r-empty-prompt-v1"
@@ -86,6 +86,8 @@ def _read_cache(path: Path, identity: str):
             t = f.get_tensor("prompt_embeds")
     except Exception:  # unreadable / foreign file: ignore it and recompute
         return None
+    if not t.is_floating_point() or not bool(t.isfinite().all()):
+        return None  # a damaged cache: recomputed (and rewritten) from the text encoder
     return t if t.ndim == 3 and t.shape[:2] == (1, 77) else None
 
 
@@ -166,6 +168,8 @@ def load_text_encoder(text_encoder, torch_dtype=None, device="cpu", config=None)
             f"{missing[:4]}, unexpected {unexpected[:4]}, wrong shapes {bad[:4]}. Expected "
             f"{SD_FOLDER}/text_encoder/ of {OFFICIAL_REPO} (CLIP ViT-L/14 text tower)."
         )
+    for k, v in state.items():  # NaN / integer weights would give a NaN embedding, hence a black image
+        check_weight(file, k, v, expected.get(k), "text encoder")
     model.load_state_dict(state, strict=False)  # strictness checked above (position_ids is derived)
     return model.to(device=device, dtype=torch_dtype).eval()
 
@@ -195,6 +199,10 @@ def compute_prompt_embeds(text_encoder, tokenizer=None, text: str = "", device="
     ids = tok([text], padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
     with torch.no_grad():
         out = model(ids.input_ids.to(model.device))[0]
+    if not bool(torch.isfinite(out).all()):
+        raise R2RUserError(f"The text encoder {text_encoder if isinstance(text_encoder, (str, os.PathLike)) else ''} "
+                           "gives NaN or infinite values for the prompt; its weights are damaged. Download "
+                           f"{SD_FOLDER}/text_encoder/ of {OFFICIAL_REPO} again.")
     return out.float()
 
 
@@ -253,6 +261,19 @@ def empty_prompt_embeds(root, text_encoder=None, tokenizer=None, *, key: str | N
     return emb
 
 
+def _check_cache_values(path: Path) -> None:
+    """A cache file given explicitly whose embedding is not finite floats: say so (file and tensor)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            t = f.get_tensor("prompt_embeds") if "prompt_embeds" in f.keys() else None
+    except Exception:  # not a safetensors file: the caller's message covers it
+        return
+    if t is not None:
+        check_weight(path, "prompt_embeds", t, label="empty-prompt embedding")
+
+
 def no_prompt_source_error() -> R2RWeightsNotFound:
     """The error for a dict source that gives neither a text encoder nor a cached embedding."""
     return R2RWeightsNotFound(
@@ -269,6 +290,7 @@ def prompt_embeds_from_files(text_encoder=None, tokenizer=None, prompt_embeds=No
             raise R2RWeightsNotFound(f"prompt_embeds: {describe_path(p)}; expected a cached {CACHE_NAME} file.")
         t = _read_cache(p, "")
         if t is None:
+            _check_cache_values(p)
             raise R2RUserError(
                 f"{p} is not an r2r empty-prompt cache (expected a safetensors file with a [1,77,D] "
                 f"'prompt_embeds' tensor written by r2r, e.g. <release>/{CACHE_NAME})."

@@ -7,6 +7,8 @@
 * :func:`to_diffusers_state_dict`: SD / ControlLDM layouts -> diffusers keys (via :mod:`r2r.weights.convert`).
 * :func:`compare_state` / :func:`mismatch_error`: missing, unexpected and misshapen tensors, and a
   message saying what the file looks like (a stock SD VAE, a ControlNet, a text-to-image U-Net, ...).
+* :func:`check_weight`: every tensor as it is loaded is floating point where the network's is and
+  finite (one ``isfinite`` pass per tensor): NaN weights would give a black image without a word.
 """
 
 from __future__ import annotations
@@ -128,6 +130,38 @@ def tensor_shapes(file) -> dict:
             raise _bad_safetensors(file, exc) from exc
         return out
     return {k: torch.empty(v.shape, dtype=v.dtype, device="meta") for k, v in read_state_dict(file).items()}
+
+
+def check_weight(file, key: str, tensor, expected=None, label: str = "network", loaded=None) -> None:
+    """R2RUserError naming ``file`` and the tensor ``key`` when ``tensor`` is not floating point where the
+    network's tensor ``expected`` is (an integer or bool dtype), or holds NaN / infinite values. ``loaded``:
+    the same tensor after the cast to the load dtype (checked instead of ``tensor``, so a value too large
+    for fp16 is caught too; ``tensor`` is only looked at again to tell the two cases apart)."""
+    import torch
+
+    if (expected is None or expected.is_floating_point()) and not tensor.is_floating_point():
+        raise R2RUserError(
+            f"{file}: the tensor {key} is stored as {str(tensor.dtype).removeprefix('torch.')}, but the {label} "
+            "needs floating-point weights (fp32, fp16 or bf16) there. The file is damaged or was exported wrongly; "
+            "download it again (or re-export it with float weights)."
+        )
+    if not tensor.is_floating_point():
+        return
+    probe = tensor if loaded is None else loaded
+    if bool(torch.isfinite(probe).all()):
+        return
+    if probe is not tensor and bool(torch.isfinite(tensor).all()):
+        peak = float(tensor.detach().abs().max())
+        raise R2RUserError(
+            f"{file}: the tensor {key} holds values up to {peak:.3g}, too large for {str(probe.dtype).removeprefix('torch.')} "
+            f"(they would become infinite). Load the {label} in fp32 or bf16 (dtype fp32 / bf16)."
+        )
+    bad = int((~torch.isfinite(tensor)).sum())
+    raise R2RUserError(
+        f"{file}: the tensor {key} holds {bad} NaN or infinite value(s) (of {tensor.numel()}); the {label} would "
+        "give a black or garbage image. The file is damaged (or the training run that wrote it diverged): "
+        "download it again or use an earlier checkpoint."
+    )
 
 
 def detect_format(kind: str, keys) -> tuple[str, str]:
