@@ -81,8 +81,11 @@ def read_metrics(path) -> list[dict]:
                 continue
             if not isinstance(rec, dict):
                 continue
+            step = rec.get("step", 0)
+            if isinstance(step, bool) or not isinstance(step, int):
+                continue  # not a line the trainer wrote (edited by hand): ignored like a cut line
             if rec.get("event") == "resume":
-                records = [r for r in records if "event" in r or int(r.get("step", 0)) <= int(rec["step"])]
+                records = [r for r in records if "event" in r or r.get("step", 0) <= step]
             records.append(rec)
     return records
 
@@ -154,6 +157,9 @@ def read_trainer_state(ckpt_dir: str) -> dict:
             "trainer does not load (a pickle can run code). Start over with --overwrite (the old run is moved "
             "aside) or train into another --output-dir"
         )
+    from .statecheck import validate_trainer_state
+
+    validate_trainer_state(state, path)
     need = [MODEL_FILE, OPTIMIZER_FILE] + ([EMA_FILE] if state.get("ema") else [])
     missing = [n for n in need if not os.path.isfile(os.path.join(ckpt_dir, n))]
     if missing:
@@ -223,15 +229,35 @@ def load_checkpoint(accelerator, ckpt_dir: str, state: dict, *, net, optimizer, 
             f"checkpoint {ckpt_dir} does not fit the network this config builds ({str(exc)[:300]}); resume with the "
             "config the checkpoint was written with"
         ) from exc
-    optimizer.load_state_dict(_optimizer_join(_load_tensors(os.path.join(ckpt_dir, OPTIMIZER_FILE)), state["optimizer"]))
-    lr_scheduler.load_state_dict(state["lr_scheduler"])
-    scaler = getattr(accelerator, "scaler", None)
-    if scaler is not None and state.get("grad_scaler"):
-        scaler.load_state_dict(state["grad_scaler"])
-    if ema is not None and state.get("ema"):
-        shadow = _load_tensors(os.path.join(ckpt_dir, EMA_FILE))
-        ema.load_state_dict({**state["ema"], "shadow_params": [shadow[str(i)] for i in range(len(shadow))]})
-        ema.to(accelerator.device)
+    part = OPTIMIZER_FILE
+    try:
+        optimizer.load_state_dict(_optimizer_join(_load_tensors(os.path.join(ckpt_dir, OPTIMIZER_FILE)),
+                                                  state["optimizer"]))
+        for group in optimizer.param_groups:  # torch does not compare the moments' shapes with the parameters'
+            for p in group["params"]:
+                for name, v in optimizer.state.get(p, {}).items():
+                    if hasattr(v, "shape") and v.dim() > 0 and v.shape != p.shape:
+                        raise ValueError(f"optimizer value {name!r} has the shape {tuple(v.shape)}, its parameter "
+                                         f"{tuple(p.shape)}")
+        part = f"{STATE_FILE} (lr_scheduler)"
+        lr_scheduler.load_state_dict(state["lr_scheduler"])
+        scaler = getattr(accelerator, "scaler", None)
+        if scaler is not None and state.get("grad_scaler"):
+            part = f"{STATE_FILE} (grad_scaler)"
+            scaler.load_state_dict(state["grad_scaler"])
+        if ema is not None and state.get("ema"):
+            part = EMA_FILE
+            shadow = _load_tensors(os.path.join(ckpt_dir, EMA_FILE))
+            ema.load_state_dict({**state["ema"], "shadow_params": [shadow[str(i)] for i in range(len(shadow))]})
+            ema.to(accelerator.device)
+    except R2RUserError:
+        raise
+    except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as exc:
+        raise R2RUserError(
+            f"checkpoint {ckpt_dir}: {part} does not fit this run ({type(exc).__name__}: {str(exc)[:300]}); it was "
+            "edited, damaged or written for another network. Resume from an earlier checkpoint "
+            "(--resume <output>/checkpoints/checkpoint-NNNNNN) or start over with --overwrite"
+        ) from exc
 
 
 # ------------------------------------------------------------------------------ outputs

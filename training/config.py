@@ -15,6 +15,7 @@ from typing import Any
 from r2r.errors import R2RUserError
 
 STAGES = ("clear_vae", "unet", "controller")
+MIXED_PRECISIONS = ("auto", "no", "fp16", "bf16")
 #: diffusers LR schedules usable with (warmup, max_steps) only
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 #: the release sub-folder each stage writes (the hub layout the loader reads)
@@ -105,9 +106,13 @@ class TrainConfig:
     lr_warmup_steps: int = 0
     #: 0 disables clipping
     max_grad_norm: float = 1.0
-    #: "no", "fp16" or "bf16" (accelerate)
-    mixed_precision: str = "no"
-    gradient_checkpointing: bool = False
+    #: "auto" (bf16 on GPUs that support it, else fp16; fp32 on CPUs; a resumed run keeps its precision),
+    #: "no", "fp16" or "bf16" (accelerate); see training/speed.py
+    mixed_precision: str = "auto"
+    #: true, false or "auto" (off when the step's memory estimate fits the free device memory; training/speed.py)
+    gradient_checkpointing: bool | str = "auto"
+    #: torch.compile the trained network (the first steps are slower while it compiles)
+    compile: bool = False
     #: probability of drawing the timestep from [0, low_timestep_max) instead of [0, 1000) (ref §c.5)
     low_timestep_prob: float = 0.3
     low_timestep_max: int = 500
@@ -216,8 +221,10 @@ class TrainingConfig:
             bad("train.adam_epsilon", "a positive number", t.adam_epsilon)
         if t.lr_scheduler not in LR_SCHEDULERS:
             bad("train.lr_scheduler", f"one of {', '.join(LR_SCHEDULERS)}", t.lr_scheduler)
-        if t.mixed_precision not in ("no", "fp16", "bf16"):
-            bad("train.mixed_precision", "'no', 'fp16' or 'bf16'", t.mixed_precision)
+        if t.mixed_precision not in MIXED_PRECISIONS:
+            bad("train.mixed_precision", "'auto', 'no', 'fp16' or 'bf16'", t.mixed_precision)
+        if not isinstance(t.gradient_checkpointing, bool) and t.gradient_checkpointing != "auto":
+            bad("train.gradient_checkpointing", "true, false or auto", t.gradient_checkpointing)
         if not (0 <= t.low_timestep_prob <= 1):
             bad("train.low_timestep_prob", "a probability in [0, 1]", t.low_timestep_prob)
         if not (1 <= t.low_timestep_max <= 1000):
@@ -252,6 +259,10 @@ class TrainingConfig:
 def _coerce(value, tp, key):
     origin = getattr(tp, "__origin__", None)
     tname = tp if isinstance(tp, str) else getattr(tp, "__name__", str(tp))
+    if set(getattr(tp, "__args__", ()) or ()) == {bool, str}:  # e.g. true / false / "auto"
+        if isinstance(value, (bool, str)):
+            return value
+        raise R2RUserError(f"config {key}: expected true, false or a word such as auto, got {value!r}")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise R2RUserError(f"config {key}: expected a mapping of settings, got {value!r}")

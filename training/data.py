@@ -337,14 +337,31 @@ def collate(items: list[dict]) -> dict:
     return batch
 
 
-def iterate_batches(dataset, plan: EpochPlan, epoch: int, start: int, num_workers: int):
-    """Yield ``(batch_in_epoch, batch dict)`` with a torch DataLoader (workers) over the plan's batches."""
+def _batches_from(plan: EpochPlan, epoch: int, start: int):
+    """``(epoch, batch_in_epoch, keys)`` from batch ``start`` of ``epoch`` on, through every later epoch."""
+    while True:
+        for k, keys in plan.batches(epoch, start):
+            yield epoch, k, keys
+        epoch, start = epoch + 1, 0
+
+
+class _BatchKeys:
+    """The DataLoader's batch sampler: every batch from (epoch, start) on (the loop stops when training does)."""
+
+    def __init__(self, plan: EpochPlan, epoch: int, start: int):
+        self.plan, self.epoch, self.start = plan, epoch, start
+
+    def __iter__(self):
+        return (keys for _e, _k, keys in _batches_from(self.plan, self.epoch, self.start))
+
+
+def iterate_batches(dataset, plan: EpochPlan, epoch: int, start: int, loader_options: dict | int):
+    """Yield ``(epoch, batch_in_epoch, batch dict)`` from batch ``start`` of ``epoch`` on, across epochs, with
+    one torch DataLoader for the whole run (its workers live across epochs). ``loader_options``: DataLoader
+    keyword arguments (:func:`training.speed.data_loader_options`) or just the number of workers."""
     from torch.utils.data import DataLoader
 
-    pairs = list(plan.batches(epoch, start))
-    if not pairs:
-        return
-    loader = DataLoader(dataset, batch_sampler=[keys for _, keys in pairs], collate_fn=collate,
-                        num_workers=num_workers, persistent_workers=False)
-    for (k, _), batch in zip(pairs, loader):
-        yield k, batch
+    opts = {"num_workers": loader_options} if isinstance(loader_options, int) else dict(loader_options)
+    loader = DataLoader(dataset, batch_sampler=_BatchKeys(plan, epoch, start), collate_fn=collate, **opts)
+    for (e, k, _keys), batch in zip(_batches_from(plan, epoch, start), loader):  # the loader keeps the order
+        yield e, k, batch

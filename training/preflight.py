@@ -22,6 +22,7 @@ from pathlib import Path
 from r2r.errors import R2RUserError
 
 from . import checkpoint as ckpt
+from .folderlock import LOCK_FILE, OutputLock
 from .scan import bad_files_message, fingerprint, record_key, scan_records, write_cache
 
 #: config keys that change what a run computes; a resume with any of them changed needs --force-resume
@@ -47,37 +48,6 @@ class RunOptions:
     stop_after: int | None = None
 
 
-class OutputLock:
-    """An exclusive ``flock`` on the output folder itself (no lock file), held while a run uses it, so a
-    second run into the same folder is refused instead of interleaving. POSIX only (a no-op elsewhere)."""
-
-    def __init__(self, folder: str):
-        self.fd = None
-        try:
-            import fcntl
-        except ImportError:
-            return
-        try:
-            fd = os.open(folder, os.O_RDONLY)
-        except OSError as exc:
-            raise R2RUserError(f"cannot open the output folder {folder} ({exc.strerror}); fix its permissions or "
-                               "choose another --output-dir") from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise R2RUserError(f"another training run is using the output folder {folder} right now; wait for it to "
-                               "finish or choose another --output-dir") from None
-        self.fd = fd
-
-    def release(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)  # closing the descriptor drops the lock
-            self.fd = None
-
-    __del__ = release
-
-
 @dataclass
 class RunPlan:
     """What :func:`plan_run` decided; :func:`commit` carries it out."""
@@ -92,10 +62,12 @@ class RunPlan:
     train_fingerprint: dict = field(default_factory=dict)
     moved_to: str | None = None
     lock: OutputLock | None = None
+    committed: bool = False  # commit() ran: the folder now holds this run
 
     def release(self) -> None:
+        """Let the output folder go; before :func:`commit`, folders the lock created (still empty) are removed."""
         if self.lock is not None:
-            self.lock.release()
+            self.lock.release(cleanup=not self.committed)
             self.lock = None
 
     @property
@@ -202,7 +174,7 @@ def _inside(child: str, parent: str) -> bool:
 
 # ----------------------------------------------------------------------------- output folder and resume
 #: bookkeeping files that do not make a folder "used" (they are rewritten at every start)
-NOT_A_RUN = ("data_check.json", BAD_FILES)
+NOT_A_RUN = ("data_check.json", BAD_FILES, LOCK_FILE)
 
 
 def _used(out: str) -> list[str]:
@@ -220,6 +192,8 @@ def _describe(entries: list[str]) -> str:
 def config_differences(saved: dict, cfg, num_processes: int, train_fp: dict) -> list[str]:
     """Run-defining settings of the checkpoint that differ from this run, as ``key: was X, now Y`` lines."""
     old, new = saved.get("config") or {}, _norm(cfg.to_dict())
+    if _get(new, "train.mixed_precision") == "auto" and isinstance(old.get("train"), dict):
+        new["train"]["mixed_precision"] = old["train"].get("mixed_precision")  # auto keeps the run's precision
     keys = list(RUN_KEYS)
     if cfg.train.lr_scheduler not in STEP_FREE_SCHEDULES:
         keys.append("train.max_steps")  # the schedule's shape depends on it
@@ -267,14 +241,15 @@ def _resume_target(cfg, opts: RunOptions, entries: list[str]) -> tuple[str | Non
 
 
 def plan_run(cfg, opts: RunOptions, num_processes: int, log) -> RunPlan:
-    """All checks, no writes: options, paths, output folder state, resume compatibility, data scan. An existing
-    output folder is locked from here on (:class:`OutputLock`; released on failure or by ``plan.release()``)."""
+    """The output folder's lock first (the folder is created for it when missing), then all checks: paths,
+    output folder state, resume compatibility, data scan. No other writes. The lock is held from here on
+    (:class:`OutputLock`); on failure, or by ``plan.release()`` before :func:`commit`, it is let go and a
+    folder it created is removed again (still empty: nothing was written)."""
     check_options(opts)
-    check_paths(cfg)
-    plan = RunPlan(mode="fresh")
-    if os.path.isdir(cfg.output.dir):
-        plan.lock = OutputLock(cfg.output.dir)
+    _check_creatable(cfg.output.dir, "output.dir")
+    plan = RunPlan(mode="fresh", lock=OutputLock(cfg.output.dir, create=True))
     try:
+        check_paths(cfg)
         _plan(plan, cfg, opts, num_processes, log)
     except BaseException:
         plan.release()
@@ -358,15 +333,17 @@ def _aside_name(prefix: str) -> str:
 def commit(plan: RunPlan, cfg, opts: RunOptions, log) -> None:
     """Carry out the plan (main process): move an old run aside, create the folder, record the data check."""
     out = cfg.output.dir
+    plan.committed = True  # from here on the folder is this run's: a failure keeps what was written
     try:
         if plan.mode == "overwrite":
             plan.moved_to = _aside_name(f"{os.path.normpath(out)}.previous")
+            if not plan.lock.moves_with_folder:
+                plan.release()  # a lock file must be let go before its folder can move (Windows)
             os.rename(out, plan.moved_to)
             log(f"--overwrite: the previous run in {out} was moved to {plan.moved_to}")
-            plan.release()  # the lock went with the old folder
+            plan.release()  # the flock went with the old folder
+            plan.lock = OutputLock(out, create=True)  # the new folder, locked before anything is written
         os.makedirs(out, exist_ok=True)
-        if plan.lock is None:
-            plan.lock = OutputLock(out)
         if plan.superseded:
             dest = _aside_name(os.path.join(out, "checkpoints", "superseded-at"))
             os.makedirs(dest)
@@ -382,6 +359,8 @@ def commit(plan: RunPlan, cfg, opts: RunOptions, log) -> None:
             log(f"--skip-bad-files: leaving out {len(plan.bad)} item(s) (listed in {os.path.join(out, BAD_FILES)}):\n"
                 + bad_files_message(plan.bad))
     except OSError as exc:
-        raise R2RUserError(f"cannot prepare the output folder {out}: {exc}; check its permissions and free space") from exc
+        moved = f" The previous run was moved to {plan.moved_to} (intact)." if plan.moved_to else ""
+        raise R2RUserError(f"cannot prepare the output folder {out}: {exc.strerror or exc}; check its permissions and "
+                           f"free space, then run again.{moved}") from exc
     if plan.differences:
         log("warning: --force-resume with changed settings:\n  " + "\n  ".join(plan.differences))

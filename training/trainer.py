@@ -30,7 +30,8 @@ from .config import STAGE_COMPONENT_DIR, TrainingConfig
 from .data import EpochPlan, build_dataset, iterate_batches
 from .pictures import draw_loss_curve
 from .preflight import RunOptions, check_options, commit, plan_run
-from .stages import build_stage
+from .speed import compile_network, make_adamw, plan_speed, probe_device, set_optimizer_mode, tf32_enabled
+from .stages import build_stage, enable_gradient_checkpointing
 from .validation import ValidationMixin
 
 
@@ -42,43 +43,55 @@ class Trainer(ValidationMixin):
     def __init__(self, cfg: TrainingConfig, *, resume: str | None = None, stop_after: int | None = None,
                  overwrite: bool = False, force_resume: bool = False, skip_bad_files: bool = False,
                  accelerator=None):
-        from accelerate import Accelerator
-        from accelerate.utils import DistributedDataParallelKwargs
-
         self.cfg = cfg
         self.out = cfg.output.dir
         self.opts = RunOptions(resume=resume, overwrite=overwrite, force_resume=force_resume,
                                skip_bad_files=skip_bad_files, stop_after=stop_after)
         self.stop_after = stop_after
         self._warned: set[str] = set()
-        check_options(self.opts)  # cheap, before the accelerator starts
+        check_options(self.opts)  # cheap, before anything starts
+        # several processes without CUDA (e.g. torchrun --nproc_per_node 2 on CPU): gloo DDP on the CPU
+        self._multi_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
         if accelerator is None:
-            # several processes without CUDA (e.g. torchrun --nproc_per_node 2 on CPU): gloo DDP on the CPU
-            multi_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
-            accelerator = Accelerator(
-                cpu=multi_cpu,
-                mixed_precision=cfg.train.mixed_precision,
-                gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
-                kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
-            )
-        self.acc = accelerator
-        if accelerator.device.type == "cpu" and accelerator.mixed_precision == "fp16":
+            from accelerate import PartialState
+
+            self.dist = PartialState(cpu=self._multi_cpu)  # processes and device; the Accelerator comes later
+        else:
+            self.dist = accelerator
+        self._run_plan = None  # main process: holds the output folder's lock until close()
+        try:
+            self._preflight()  # the lock first, then every check; no model yet
+            self.acc = accelerator if accelerator is not None else self._make_accelerator()
+        except BaseException:
+            self.close()
+            raise
+
+    def _make_accelerator(self):
+        from accelerate import Accelerator
+        from accelerate.utils import DistributedDataParallelKwargs
+
+        if self.dist.device.type == "cpu" and self.precision == "fp16":
             raise R2RUserError(
                 "train.mixed_precision is fp16, which needs a CUDA GPU, but this run is on the CPU; "
-                "use --set train.mixed_precision=bf16 (or no) on CPUs"
+                "use --set train.mixed_precision=bf16 (or no, or auto) on CPUs"
             )
-        self._preflight()
+        return Accelerator(
+            cpu=self._multi_cpu,
+            mixed_precision=self.precision,
+            gradient_accumulation_steps=self.cfg.train.gradient_accumulation_steps,
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
+        )
 
     def _on_main_then_share(self, fn, shared: list) -> list:
         """Run ``fn()`` on the main process (it fills ``shared[1:]``); every process gets ``shared`` and raises
         when the main process failed, so a refusal stops all of them."""
-        acc, failure = self.acc, None
-        if acc.is_main_process:
+        dist, failure = self.dist, None
+        if dist.is_main_process:
             try:
                 fn(shared)
             except Exception as exc:  # noqa: BLE001 - re-raised below, after the other processes learn of it
                 failure, shared[0] = exc, str(exc)
-        if acc.num_processes > 1:
+        if dist.num_processes > 1:
             from accelerate.utils import broadcast_object_list
 
             broadcast_object_list(shared)
@@ -89,15 +102,23 @@ class Trainer(ValidationMixin):
         return shared
 
     def _preflight(self):
-        """Checks (main process) before any model loads; the outcome is shared with the other processes."""
-        self._run_plan = None  # main process: holds the output folder's lock until close()
+        """Checks (main process) before any model loads; the outcome is shared with the other processes. The
+        mixed precision is settled here too (``auto``: the checkpoint's on resume, else the device's rule), and
+        written into the config, so checkpoints record the precision the run really uses."""
+        from .speed import choose_precision
 
         def check(shared):
-            self._run_plan = plan = plan_run(self.cfg, self.opts, self.acc.num_processes, self._log)
-            shared[1:] = [plan.resume_dir, plan.bad_keys, plan.differences, plan.train_fingerprint]
+            self._run_plan = plan = plan_run(self.cfg, self.opts, self.dist.num_processes, self._log)
+            resumed = ((plan.saved or {}).get("config") or {}).get("train", {}).get("mixed_precision")
+            dev = self.dist.device
+            bf16 = dev.type == "cuda" and torch.cuda.is_bf16_supported()
+            precision = choose_precision(self.cfg.train.mixed_precision, dev.type, bf16, resumed)
+            shared[1:] = [plan.resume_dir, plan.bad_keys, plan.differences, plan.train_fingerprint, precision]
 
-        _, self.resume_dir, self.bad_keys, self.forced_changes, self.train_fingerprint = self._on_main_then_share(
-            check, [None, None, [], [], {}])
+        _, self.resume_dir, self.bad_keys, self.forced_changes, self.train_fingerprint, chosen = \
+            self._on_main_then_share(check, [None, None, [], [], {}, None])
+        self.precision, self.precision_reason = chosen
+        self.cfg.train.mixed_precision = self.precision
         self.saved_state = ckpt.read_trainer_state(self.resume_dir) if self.resume_dir else None
 
     def _commit(self):
@@ -133,10 +154,8 @@ class Trainer(ValidationMixin):
                 self._log("warning: every validation item was left out as bad; no validation in this run")
         params = [p for p in module.net.parameters() if p.requires_grad]
         self.num_trainable = sum(p.numel() for p in params)
-        optimizer = torch.optim.AdamW(
-            params, lr=cfg.train.learning_rate, betas=(cfg.train.adam_beta1, cfg.train.adam_beta2),
-            weight_decay=cfg.train.weight_decay, eps=cfg.train.adam_epsilon,
-        )
+        self.speed = self._apply_speed_rules(module)
+        optimizer = make_adamw(params, cfg.train, fused=self.speed.fused_adamw)
         from diffusers.optimization import get_scheduler
 
         lr_scheduler = get_scheduler(  # the name was checked against config.LR_SCHEDULERS
@@ -161,18 +180,40 @@ class Trainer(ValidationMixin):
             saved = self.saved_state
             ckpt.load_checkpoint(acc, self.resume_dir, saved, net=self._net(), optimizer=self.optimizer,
                                  lr_scheduler=self.lr_scheduler, ema=self.ema)
+            set_optimizer_mode(self.optimizer, fused=self.speed.fused_adamw)
             self.state.update({k: saved[k] for k in self.state if k in saved})
             acc.step = self.state["micro_step"]  # accelerate's accumulation counter
             event = {"event": "resume", "step": self.state["global_step"], "checkpoint": self.resume_dir}
             if self.forced_changes:
                 event["forced_changes"] = self.forced_changes
             self._log(f"resumed from {self.resume_dir} at step {self.state['global_step']}")
+        event["speed"] = self.speed.summary()
         if acc.is_main_process:
             ckpt.append_jsonl(os.path.join(self.out, ckpt.METRICS_FILE),
                               {**event, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
 
+    def _apply_speed_rules(self, module):
+        """Decide and apply the device rules (training/speed.py) once the models are on the device."""
+        cfg, acc = self.cfg, self.acc
+        plan = plan_speed(cfg.train, stage=cfg.stage, resolution=cfg.data.resolution, num_workers=cfg.data.num_workers,
+                          facts=probe_device(acc.device), precision=self.precision,
+                          precision_reason=self.precision_reason, trainable_params=self.num_trainable,
+                          num_processes=acc.num_processes)
+        if plan.gradient_checkpointing and cfg.train.gradient_checkpointing == "auto":
+            enable_gradient_checkpointing(module)  # (true in the config: build_stage did it)
+        if plan.compile:
+            compile_network(module.net)
+        self._tf32 = tf32_enabled(plan.tf32).__enter__()
+        if acc.is_main_process:
+            plan.log()
+            self._log("device rules: " + ", ".join(f"{k} {v}" for k, v in plan.summary().items()))
+        return plan
+
     def close(self) -> None:
         """Release the output folder (main process); the run may not write into it afterwards."""
+        if getattr(self, "_tf32", None) is not None:
+            self._tf32.__exit__(None, None, None)
+            self._tf32 = None
         if self._run_plan is not None:
             self._run_plan.release()
 
@@ -184,7 +225,7 @@ class Trainer(ValidationMixin):
         return [p for p in self._net().parameters() if p.requires_grad]
 
     def _log(self, msg: str):
-        if self.acc.is_main_process:
+        if self.dist.is_main_process:
             print(f"[r2r-train {self.cfg.stage}] {msg}", flush=True)
 
     # ------------------------------------------------------------------ loop
@@ -206,11 +247,12 @@ class Trainer(ValidationMixin):
         self.model.train()
         step_losses: list[float] = []
         step_logs: dict[str, list[float]] = {}
-        stop = False
         t0 = time.time()
-        while st["global_step"] < max_steps and not stop:
-            epoch, start = st["epoch"], st["batch_in_epoch"]
-            for k, batch in iterate_batches(self.train_ds, self.plan, epoch, start, cfg.data.num_workers):
+        batches = (iterate_batches(self.train_ds, self.plan, st["epoch"], st["batch_in_epoch"], self.speed.loader)
+                   if st["global_step"] < max_steps else ())
+        try:
+            for epoch, k, batch in batches:  # one DataLoader across epochs, until the last step
+                st["epoch"] = epoch
                 positions = batch.pop("position").tolist()
                 self._warn_skipped(batch.pop("skipped"), collective=True)
                 batch = {n: v.to(acc.device, non_blocking=True) for n, v in batch.items()}
@@ -265,19 +307,31 @@ class Trainer(ValidationMixin):
                 if (cfg.log.checkpoint_every and gs % cfg.log.checkpoint_every == 0) or last:
                     self.save_checkpoint()
                 if last:
-                    stop = True
                     break
-            else:
-                st["epoch"] += 1
-                st["batch_in_epoch"] = 0
-        if bar is not None:
-            bar.close()
+        except torch.OutOfMemoryError as exc:
+            raise self._out_of_memory(exc) from exc
+        finally:
+            if bar is not None:
+                bar.close()
         finished = st["global_step"] >= max_steps
         result = {"steps": st["global_step"], "finished": finished, "history": st["history"],
                   "output_dir": self.out}
         if finished:
             result.update(self.finish())
         return result
+
+    def _out_of_memory(self, exc) -> R2RUserError:
+        sp, cfg = self.speed, self.cfg
+        kept = ckpt.checkpoint_dirs(self.out)
+        return R2RUserError(
+            f"the {sp.device} ran out of memory at step {self.state['global_step']} (batch {cfg.train.batch_size}, "
+            f"{cfg.data.resolution} px, {sp.precision}, gradient checkpointing {'on' if sp.gradient_checkpointing else 'off'}"
+            f"; the estimate was {(sp.need_bytes or 0) / 2**30:.1f} GiB beyond the weights, "
+            f"{(sp.free_bytes or 0) / 2**30:.1f} GiB were free). Lower train.batch_size (raise "
+            "train.gradient_accumulation_steps to keep the effective batch), set train.gradient_checkpointing: true, "
+            "or use mixed precision; close other programs using the GPU. "
+            + (f"The checkpoints written so far are kept ({os.path.basename(kept[-1])} is the newest): continue with "
+               "--resume latest" if kept else "No checkpoint was written yet."))
 
     # ------------------------------------------------------------------ checkpoints / outputs
     def _warn_skipped(self, skipped: list, collective: bool = False) -> None:
