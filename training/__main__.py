@@ -13,6 +13,7 @@ import sys
 
 from r2r.errors import R2RUserError
 
+from .checkpoint import TrainingWriteError
 from .config import STAGES
 
 
@@ -62,6 +63,9 @@ def main(argv=None) -> int:
 
         result = run_training(cfg, resume=args.resume, stop_after=args.stop_after, overwrite=args.overwrite,
                               force_resume=args.force_resume, skip_bad_files=args.skip_bad_files)
+    except TrainingWriteError as exc:  # a write failed while training: the checkpoints written so far are kept
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except R2RUserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -25,6 +25,8 @@ Every file is written through :func:`r2r.fileio.atomic_writer` (checkpoint files
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import shutil
@@ -57,14 +59,22 @@ def atomic_write_json(path, obj, *, fsync: bool = False) -> None:
 
 
 def append_jsonl(path, obj) -> None:
-    """Append one JSON line (never rewrites the file); a line cut by a crash is closed first."""
+    """Append one JSON line (never rewrites the file); a line cut by a crash is closed first. When the write
+    fails (disk full), the file is cut back to its size before: no half line stays."""
     line = (json.dumps(obj, default=_json_default) + "\n").encode("utf-8")
     with open(path, "ab+") as fh:
-        if fh.seek(0, os.SEEK_END) > 0:
+        size = fh.seek(0, os.SEEK_END)
+        if size > 0:
             fh.seek(-1, os.SEEK_END)
             if fh.read(1) != b"\n":
                 line = b"\n" + line
-        fh.write(line)
+        try:
+            fh.write(line)
+            fh.flush()
+        except OSError:
+            with contextlib.suppress(OSError):
+                fh.truncate(size)
+            raise
 
 
 def read_metrics(path) -> list[dict]:
@@ -96,9 +106,67 @@ def replace_dir(tmp_dir: str, final_dir: str) -> None:
     if os.path.exists(final_dir):
         old = f"{final_dir}.old-{os.getpid()}"
         os.replace(final_dir, old)
-    os.replace(tmp_dir, final_dir)
+    try:
+        os.replace(tmp_dir, final_dir)
+    except OSError:
+        if old:
+            os.replace(old, final_dir)  # put the old one back
+        raise
     if old:
         shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def temp_dir_for(final: str):
+    """A fresh ``<final>.tmp-<pid>`` folder; removed with everything in it when the block fails (disk full,
+    name too long, interrupted), so a failed save leaves nothing half-written behind."""
+    tmp = f"{final}{TEMP_MARKER}{os.getpid()}"
+    _remove(tmp)
+    try:
+        yield tmp
+    except BaseException:
+        with contextlib.suppress(OSError):
+            _remove(tmp)
+        raise
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.unlink(path)
+
+
+class TrainingWriteError(R2RUserError):
+    """A file of the run could not be written while it trained (exit code 1): what was written before is kept."""
+
+
+def write_failure(exc: OSError, output_dir: str) -> TrainingWriteError:
+    """An OSError met while the run writes into ``output_dir`` as a user error: the folder, the cause, what
+    is kept and what to do."""
+    code = getattr(exc, "errno", None)
+    where = getattr(exc, "filename", None) or output_dir
+    kept = [os.path.basename(d) for d in checkpoint_dirs(output_dir)] if os.path.isdir(output_dir) else []
+    keep = (f"The checkpoints written before are intact ({', '.join(kept[-3:])}); nothing was half-written. "
+            if kept else "No checkpoint had been written yet; nothing was half-written. ")
+    if code in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        why = "no space left on the disk" if code == errno.ENOSPC else "the disk quota is used up"
+        fix = ("Free some space on that disk (old checkpoints: lower log.checkpoints_total_limit), then continue "
+               "with --resume latest" if kept else "Free some space on that disk, then run the command again")
+        return TrainingWriteError(f"cannot write {where}: {why} for the output folder {output_dir}. {keep}{fix}.")
+    if code == errno.ENAMETOOLONG:
+        return TrainingWriteError(
+            f"cannot write {where}: the path is longer than the file system allows under the output folder "
+            f"{output_dir}. {keep}Choose a shorter --output-dir"
+            + (" and continue from the newest checkpoint with --resume <output>/checkpoints/checkpoint-NNNNNN "
+               "(into an empty --output-dir)." if kept else "."))
+    if code in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return TrainingWriteError(
+            f"cannot write {where}: permission denied or read-only file system in the output folder {output_dir}. "
+            f"{keep}Fix the permissions" + (", then continue with --resume latest." if kept else ", then run again."))
+    return TrainingWriteError(
+        f"cannot write {where} in the output folder {output_dir} ({getattr(exc, 'strerror', None) or exc}). {keep}"
+        "Check the disk, then " + ("continue with --resume latest." if kept else "run again."))
 
 
 def _save_tensors(path: str, tensors: dict) -> None:
@@ -196,22 +264,21 @@ def save_checkpoint(accelerator, output_dir: str, step: int, state: dict, *, net
     final = os.path.join(root, f"{CHECKPOINT_PREFIX}{step:06d}")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        tmp = f"{final}{TEMP_MARKER}{os.getpid()}"
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp)
-        os.makedirs(tmp)
-        _save_tensors(os.path.join(tmp, MODEL_FILE), net.state_dict())
-        opt_tensors, opt_meta = _optimizer_split(optimizer.state_dict())
-        _save_tensors(os.path.join(tmp, OPTIMIZER_FILE), opt_tensors)
-        ema_meta = None
-        if ema is not None:
-            ema_meta = {k: v for k, v in ema.state_dict().items() if k != "shadow_params"}
-            _save_tensors(os.path.join(tmp, EMA_FILE), {str(i): p for i, p in enumerate(ema.shadow_params)})
-        scaler = getattr(accelerator, "scaler", None)
-        full = {"format": CHECKPOINT_FORMAT, **state, "optimizer": opt_meta, "lr_scheduler": lr_scheduler.state_dict(),
-                "grad_scaler": scaler.state_dict() if scaler is not None else None, "ema": ema_meta}
-        atomic_write_json(os.path.join(tmp, STATE_FILE), full, fsync=True)  # last: marks the folder complete
-        replace_dir(tmp, final)
+        with temp_dir_for(final) as tmp:  # removed when any write fails: no half checkpoint stays
+            os.makedirs(tmp)
+            _save_tensors(os.path.join(tmp, MODEL_FILE), net.state_dict())
+            opt_tensors, opt_meta = _optimizer_split(optimizer.state_dict())
+            _save_tensors(os.path.join(tmp, OPTIMIZER_FILE), opt_tensors)
+            ema_meta = None
+            if ema is not None:
+                ema_meta = {k: v for k, v in ema.state_dict().items() if k != "shadow_params"}
+                _save_tensors(os.path.join(tmp, EMA_FILE), {str(i): p for i, p in enumerate(ema.shadow_params)})
+            scaler = getattr(accelerator, "scaler", None)
+            full = {"format": CHECKPOINT_FORMAT, **state, "optimizer": opt_meta,
+                    "lr_scheduler": lr_scheduler.state_dict(),
+                    "grad_scaler": scaler.state_dict() if scaler is not None else None, "ema": ema_meta}
+            atomic_write_json(os.path.join(tmp, STATE_FILE), full, fsync=True)  # last: marks the folder complete
+            replace_dir(tmp, final)
         if total_limit > 0:
             for old in checkpoint_dirs(output_dir)[:-total_limit]:
                 shutil.rmtree(old, ignore_errors=True)
@@ -264,70 +331,10 @@ def load_checkpoint(accelerator, ckpt_dir: str, state: dict, *, net, optimizer, 
 def save_component(model, output_dir: str, rel_dir: str) -> str:
     """``model.save_pretrained`` (safetensors) into ``output_dir/rel_dir`` via a temp folder."""
     final = os.path.join(output_dir, rel_dir)
-    tmp = f"{final}{TEMP_MARKER}{os.getpid()}"
-    if os.path.exists(tmp):
-        shutil.rmtree(tmp)
     os.makedirs(os.path.dirname(final), exist_ok=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    replace_dir(tmp, final)
-    return final
-
-
-def _link_or_copy_tree(src: str, dst: str) -> None:
-    def copy(s, d):
-        try:
-            os.link(s, d)
-        except OSError:
-            shutil.copy2(s, d)
-
-    shutil.copytree(src, dst, copy_function=copy)
-
-
-def _copy_into_place(src: str, dst: str) -> None:
-    """Copy (hard-link) a file or folder to ``dst`` unless it exists, via a temp name and a rename."""
-    if os.path.exists(dst):
-        return
-    tmp = f"{dst}{TEMP_MARKER}{os.getpid()}"
-    if os.path.isdir(tmp):
-        shutil.rmtree(tmp)
-    if os.path.isdir(src):
-        _link_or_copy_tree(src, tmp)
-    else:
-        shutil.copy2(src, tmp)
-    os.replace(tmp, dst)
-
-
-def assemble_release(release_dir: str, base_release: str | None, component_src: str, rel_dir: str) -> str:
-    """Write/update a full release folder (hub layout) with the trained component.
-
-    Components the release folder lacks are copied (hard-linked when possible) from ``base_release``;
-    then ``rel_dir`` (e.g. ``stable-diffusion-inpainting/unet``) is replaced by the trained one.
-    """
-    os.makedirs(release_dir, exist_ok=True)
-    if base_release and os.path.abspath(base_release) != os.path.abspath(release_dir):
-        if not os.path.isdir(base_release):
-            raise R2RUserError(
-                f"output.release needs a local base release to copy the other components from, but "
-                f"{base_release!r} is not a folder; download it first (python -m r2r download) and set init.release"
-            )
-        for top in sorted(os.listdir(base_release)):
-            src = os.path.join(base_release, top)
-            dst = os.path.join(release_dir, top)
-            if top.startswith(".") or top == METADATA_FILE:
-                continue
-            if os.path.isdir(src) and top == "stable-diffusion-inpainting":
-                os.makedirs(dst, exist_ok=True)
-                for sub in sorted(os.listdir(src)):
-                    _copy_into_place(os.path.join(src, sub), os.path.join(dst, sub))
-            else:
-                _copy_into_place(src, dst)
-    final = os.path.join(release_dir, rel_dir)
-    tmp = f"{final}{TEMP_MARKER}{os.getpid()}"
-    if os.path.exists(tmp):
-        shutil.rmtree(tmp)
-    os.makedirs(os.path.dirname(final), exist_ok=True)
-    shutil.copytree(component_src, tmp)
-    replace_dir(tmp, final)
+    with temp_dir_for(final) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        replace_dir(tmp, final)
     return final
 
 

@@ -63,6 +63,7 @@ class RunPlan:
     moved_to: str | None = None
     lock: OutputLock | None = None
     committed: bool = False  # commit() ran: the folder now holds this run
+    release_aside: bool = False  # output.release: move the old component aside first (--overwrite, not our folder)
 
     def release(self) -> None:
         """Let the output folder go; before :func:`commit`, folders the lock created (still empty) are removed."""
@@ -121,6 +122,56 @@ def _check_creatable(path: str, key: str) -> None:
         raise R2RUserError(f"{key} {path} cannot be created: {parent} is a file; choose another folder")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise R2RUserError(f"{key} {path} cannot be created: {parent} is not writable; choose another folder")
+
+
+#: the longest paths the trainer writes under output.dir / output.release (<pid> and <step> at their widest)
+_WRITTEN_UNDER_OUTPUT = (
+    "checkpoints/checkpoint-<step>.tmp-<pid>/optimizer.safetensors.tmp-<pid>",
+    "checkpoints/superseded-at-YYYYmmdd-HHMMSS-NN/checkpoint-<step>",
+    "stable-diffusion-inpainting/controlnet.tmp-<pid>/diffusion_pytorch_model.safetensors",
+    "samples/step-<step>.png.tmp-<pid>",
+)
+_WRITTEN_UNDER_RELEASE = (
+    "stable-diffusion-inpainting/controlnet.tmp-<pid>/diffusion_pytorch_model.safetensors",
+    "stable-diffusion-inpainting/safety_checker.tmp-<pid>/model.fp16.safetensors.tmp-<pid>",
+)
+
+
+def _limits(path: str) -> tuple[int, int]:
+    """(longest name, longest path) in bytes on the file system that holds (or would hold) ``path``."""
+    probe = os.path.abspath(path)
+    while not os.path.isdir(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    try:
+        return int(os.pathconf(probe, "PC_NAME_MAX")), int(os.pathconf(probe, "PC_PATH_MAX")) - 1
+    except (OSError, ValueError, AttributeError):
+        return 255, 4095
+
+
+def check_name_lengths(path: str, key: str, written=_WRITTEN_UNDER_OUTPUT, *, max_steps: int = 0,
+                       aside: bool = False) -> None:
+    """Refuse an output folder whose name, or a path the run would write under it, is longer than the file
+    system allows -- before anything is written (the write would fail hours later otherwise)."""
+    name_max, path_max = _limits(path)
+    full = os.path.abspath(path)
+    wide = {"<pid>": "9" * 7, "<step>": "9" * max(6, len(str(max_steps)))}
+    names = [part for part in full.split(os.sep) if part]
+    if aside:  # --overwrite moves the folder to <dir>.previous-<time>
+        names.append(os.path.basename(os.path.normpath(full)) + ".previous-YYYYmmdd-HHMMSS-NN")
+    for name in names:
+        if len(name.encode("utf-8", "surrogateescape")) > name_max:
+            what = "with --overwrite the moved-aside name " if name.endswith("-NN") else "the name "
+            raise R2RUserError(
+                f"{key} {path}: {what}{name[:50]!r}... is {len(name.encode('utf-8', 'surrogateescape'))} bytes, longer "
+                f"than the {name_max} the file system allows; choose a shorter {key}. Nothing was written.")
+    for rel in written:
+        for token, value in wide.items():
+            rel = rel.replace(token, value)
+        longest = os.path.join(full, rel)
+        if len(longest.encode("utf-8", "surrogateescape")) > path_max:
+            raise R2RUserError(
+                f"{key} {path}: the run writes paths such as {rel} under it, {len(longest)} characters in all, longer "
+                f"than the {path_max} the file system allows; choose a {key} with a shorter path. Nothing was written.")
 
 
 def input_paths(cfg) -> list[tuple[str, str]]:
@@ -247,6 +298,9 @@ def plan_run(cfg, opts: RunOptions, num_processes: int, log) -> RunPlan:
     folder it created is removed again (still empty: nothing was written)."""
     check_options(opts)
     _check_creatable(cfg.output.dir, "output.dir")
+    check_name_lengths(cfg.output.dir, "output.dir", max_steps=cfg.train.max_steps)
+    if cfg.output.release:
+        check_name_lengths(cfg.output.release, "output.release", _WRITTEN_UNDER_RELEASE)
     plan = RunPlan(mode="fresh", lock=OutputLock(cfg.output.dir, create=True))
     try:
         check_paths(cfg)
@@ -292,7 +346,12 @@ def _plan(plan: RunPlan, cfg, opts: RunOptions, num_processes: int, log) -> None
         if _inside(os.getcwd(), out):
             raise R2RUserError(f"--overwrite would move the output folder {out} aside, but it holds the current "
                                "directory; choose another --output-dir")
+        check_name_lengths(out, "output.dir", (), aside=True)
         plan.mode = "overwrite"
+    from .config import STAGE_COMPONENT_DIR
+    from .release import check_release
+
+    plan.release_aside = check_release(cfg.output.release, STAGE_COMPONENT_DIR[cfg.stage], opts.overwrite)
     # the data: listed and scanned before any model loads
     train_records, _ = list_sources(cfg.data.train)
     val_records, _ = list_sources(cfg.data.val) if cfg.data.val else ([], [])

@@ -30,6 +30,7 @@ from .config import STAGE_COMPONENT_DIR, TrainingConfig
 from .data import EpochPlan, build_dataset, iterate_batches
 from .pictures import draw_loss_curve
 from .preflight import RunOptions, check_options, commit, plan_run
+from .release import assemble_release
 from .speed import compile_network, make_adamw, plan_speed, probe_device, set_optimizer_mode, tf32_enabled
 from .stages import build_stage, enable_gradient_checkpointing
 from .validation import ValidationMixin
@@ -59,6 +60,7 @@ class Trainer(ValidationMixin):
         else:
             self.dist = accelerator
         self._run_plan = None  # main process: holds the output folder's lock until close()
+        self.committed = False  # the output folder holds this run (written to) from _commit() on
         try:
             self._preflight()  # the lock first, then every check; no model yet
             self.acc = accelerator if accelerator is not None else self._make_accelerator()
@@ -131,6 +133,7 @@ class Trainer(ValidationMixin):
                 raise
 
         self._on_main_then_share(write, [None])
+        self.committed = True
 
     # ------------------------------------------------------------------ setup
     def setup(self):
@@ -401,7 +404,8 @@ class Trainer(ValidationMixin):
                 out["component_dir"] = comp_dir
                 if cfg.output.release:
                     out["release_dir"] = cfg.output.release
-                    ckpt.assemble_release(cfg.output.release, cfg.init.release, comp_dir, rel)
+                    assemble_release(cfg.output.release, cfg.init.release, comp_dir, rel,
+                                     move_aside=self._run_plan.release_aside)
                 data = {
                     "train": [vars(s) for s in cfg.data.train], "val": [vars(s) for s in cfg.data.val],
                     "train_items": len(self.train_ds), "resolution": cfg.data.resolution,
@@ -433,6 +437,10 @@ def run_training(cfg: TrainingConfig, *, resume: str | None = None, stop_after: 
         result = trainer.train()
         trainer.acc.wait_for_everyone()
         trainer.acc.end_training()
+    except OSError as exc:  # full disk, name too long, ... while the run writes: what was written is kept
+        if not trainer.committed:
+            raise
+        raise ckpt.write_failure(exc, trainer.out) from exc
     finally:
         trainer.close()
     return result
