@@ -70,22 +70,22 @@ def write_error(exc: OSError, path, what: str = "file") -> OSError:
     code = exc.errno
     if code in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
         why = "no space left on the disk" if code == errno.ENOSPC else "the disk quota is used up"
-        text = (f"Could not write the {what} {path}: {why} that holds {folder}. Nothing was half-written "
+        text = (f"Cannot write the {what} {path}: {why} that holds {folder}. Nothing was half-written "
                 "(no partial file stays and the earlier files are intact). Free some space (or choose a folder "
                 "on another disk), then run the same command again.")
     elif code == errno.ENAMETOOLONG:
         longest = max((p for p in path.parts), key=lambda p: len(p.encode("utf-8", "surrogateescape")))
-        text = (f"Could not write the {what} {path}: the name {longest[:60]!r}"
+        text = (f"Cannot write the {what} {path}: the name {longest[:60]!r}"
                 f"{'...' if len(longest) > 60 else ''} ({len(longest.encode('utf-8', 'surrogateescape'))} bytes) "
                 f"or the whole path ({len(str(path))} characters) is longer than the file system allows in "
-                f"{folder} (at most {_name_max(folder) if folder.is_dir() else 255} bytes per name). Use a "
+                f"{folder} (at most {_name_max(folder) if os.path.isdir(folder) else 255} bytes per name). Use a "
                 "shorter output name or folder (shorter --out / --subset / name prefix, or shorter source "
                 "file names). Nothing was written.")
     elif code == errno.EROFS:
-        text = (f"Could not write the {what} {path}: {folder} is on a read-only file system. Choose a folder "
+        text = (f"Cannot write the {what} {path}: {folder} is on a read-only file system. Choose a folder "
                 "you can write to. Nothing was written.")
     elif code in (errno.EACCES, errno.EPERM):
-        text = (f"Could not write the {what} {path}: permission denied in {folder}. Fix the folder's "
+        text = (f"Cannot write the {what} {path}: permission denied in {folder}. Fix the folder's "
                 "permissions or choose another folder. Nothing was written.")
     else:
         return exc
@@ -191,11 +191,12 @@ def _identity(path) -> tuple | None:
     return st.st_dev, st.st_ino
 
 
-def _too_long(path: Path, what: str) -> None:
+def check_name_length(path, what: str = "output file") -> None:
     """Refuse a name longer than the file system takes, before any work (the write would fail after it)."""
+    path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
     probe = folder
-    while not probe.is_dir() and probe != probe.parent:
+    while not os.path.isdir(probe) and probe != probe.parent:
         probe = probe.parent
     limit = _name_max(probe)
     for part in path.parts:
@@ -206,9 +207,9 @@ def _too_long(path: Path, what: str) -> None:
 def check_writable_dir(folder, what: str = "output folder", create: bool = True) -> Path:
     """``folder`` exists (or is created when ``create``) and a file can be written in it."""
     folder = Path(folder)
+    check_name_length(folder / "x", what)
     if folder.exists() and not folder.is_dir():
         raise R2RUserError(f"The {what} {folder} is a file, not a folder; give a folder path.")
-    _too_long(folder / "x", what)
     if not folder.exists():
         if not create:
             raise R2RUserError(f"The {what} {folder} does not exist; create it first or give an existing folder.")
@@ -272,6 +273,7 @@ def check_output_file(path, *, inputs: Iterable = (), overwrite: bool = False,
     a parent folder that cannot be created or written.
     """
     path = Path(path)
+    check_name_length(path, what)
     real, ident = os.path.realpath(path), _identity(path)
     for item in inputs:
         if item is None:
@@ -294,7 +296,6 @@ def check_output_file(path, *, inputs: Iterable = (), overwrite: bool = False,
             raise R2RUserError(f"The {what} {path} already exists and is not an earlier result of this command; "
                                f"r2r does not replace it unless asked. Choose another name, or {overwrite_hint} "
                                "to replace it.")
-    _too_long(path, what)
     check_writable_dir(path.parent if str(path.parent) else Path("."), what=f"folder of the {what}")
     return path
 

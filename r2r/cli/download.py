@@ -44,7 +44,17 @@ def run(args) -> int:
     if not args.to:
         raise R2RUserError("download needs --to DIR (where to put the weights) or --check DIR (verify a folder).")
     print(f"downloading {args.repo} into {args.to} (only the files R2R needs) ...", file=sys.stderr)
-    root = download_release(args.to, args.repo, revision=args.revision, cache_prompt=not args.no_prompt_cache)
+    try:
+        root = download_release(args.to, args.repo, revision=args.revision, cache_prompt=not args.no_prompt_cache)
+    except OSError as exc:  # a full disk or over-long path during the download: say which folder, what to do
+        from pathlib import Path
+
+        from ..fileio import write_error
+
+        err = write_error(exc, Path(exc.filename or Path(args.to) / "?"), "downloaded file")
+        if err is exc:
+            raise
+        raise err from None
     ok = _print_rows(check_release(root))
     print(f"R2R weights ready in {root}" if ok else f"downloaded into {root}, but some components do not match")
     return 0 if ok else 1

@@ -1,6 +1,7 @@
 """``python -m r2r infer-dataset``: harmonize a whole dataset split with R2RPipeline.
 
-Batched, resumable (existing outputs are skipped, every file is written atomically) and
+Batched, resumable (existing outputs are skipped, never replaced; every file is written atomically,
+a full disk stops the run with the images written so far complete) and
 multi-GPU with accelerate: ``accelerate launch -m r2r infer-dataset ...`` splits the file list by
 process index (item i goes to process i mod N). Outputs are PNGs named after the composite
 (``<out>/<composite stem>.png``), the layout ``python -m r2r evaluate`` reads.
@@ -75,10 +76,11 @@ def check_args(args) -> None:
 
 
 def check_outputs(out_dir: str, samples) -> dict:
-    """output path -> composite for every sample; refuses two samples with one output file and an
-    output file that is one of the inputs, and checks that ``out_dir`` can be written."""
+    """output path -> composite for every sample; refuses two samples with one output file, an output file
+    that is one of the inputs and a name longer than the file system takes, and checks that ``out_dir``
+    can be written. Existing outputs are never replaced (they are skipped: the run resumes)."""
     from ..errors import R2RUserError
-    from ..fileio import check_writable_dir
+    from ..fileio import check_name_length, check_writable_dir
 
     inputs = {os.path.realpath(p) for s in samples for p in (s.composite, s.mask, s.real)}
     outputs: dict[str, object] = {}
@@ -94,6 +96,8 @@ def check_outputs(out_dir: str, samples) -> dict:
                                "the dataset's image folders")
         outputs[key] = s.composite
     check_writable_dir(out_dir, what="output folder (--out)")
+    for key in outputs:
+        check_name_length(key, "output image")
     return outputs
 
 
@@ -113,7 +117,7 @@ def run(args) -> int:
 
     from ..dataset.layouts import read_split
     from ..devices import resolve_dtype
-    from ..fileio import read_image, read_mask, write_image
+    from ..fileio import OutputWriteError, read_image, read_mask, write_image
     from ..pipeline import R2RPipeline
 
     check_args(args)
@@ -168,7 +172,11 @@ def run(args) -> int:
                     x = torch.nn.functional.interpolate(x[None], size=(args.output_size,) * 2, mode="bilinear",
                                                         antialias=True, align_corners=False)[0].clamp(0, 1)
                 arr = (x * 255.0).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-                write_image(output_path(args.out, s.composite), arr)
+                try:
+                    write_image(output_path(args.out, s.composite), arr)
+                except OutputWriteError as exc:  # disk full...: the images written so far stay; rerun resumes
+                    raise OutputWriteError(f"infer-dataset stopped: {exc} The {done + skipped} image(s) already in "
+                                           f"{args.out} are complete; run the same command again to resume.") from exc
                 done += 1
                 bar.update(1)
     bar.close()

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..blending.diagnostics import check_filter
 from ..errors import R2RUserError
+from ..fileio import check_name_length
 from .layouts import check_folder
 from .writer import check_subset_name
 
@@ -258,6 +259,7 @@ def validate_config(cfg: MakeConfig) -> None:
     masks = check_folder(cfg.masks, "--masks", "pass the folder of masks with --masks").resolve()
     if not str(cfg.out).strip():
         bad("--out is empty; pass the dataset folder to write")
+    check_name_length(Path(cfg.out) / "x", "output folder (--out)")
     out = Path(cfg.out).resolve()
     if out.exists() and not out.is_dir():
         bad(f"--out {cfg.out} is a file, not a folder; pass a folder (it is created if missing)")
@@ -269,3 +271,4 @@ def validate_config(cfg: MakeConfig) -> None:
             bad(f"the source folder {d} is inside the subset folder {out / cfg.subset} that make-dataset writes; "
                 "its files could be overwritten. Choose another --out or --subset")
     check_subset_name(cfg.subset)
+    check_name_length(Path(cfg.out) / f"manifest-{cfg.subset}.json", "--subset name")

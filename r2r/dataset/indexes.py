@@ -10,8 +10,9 @@ The rules (issue 22):
   and dropped;
 * lines are appended in one ``O_APPEND`` write each, jsonl then txt, under the root's lock; if the txt
   append fails (disk full) the jsonl append is cut back too, so the pair never disagrees;
-* :func:`repair_indexes` only removes such a crash remnant and appends to one file of a split the names
-  the other lists (a crash between the two appends); it never drops or reorders a line;
+* :func:`repair_indexes` only removes such a crash remnant, appends to a split's txt the names of the
+  last jsonl append it lacks (a crash between the two appends) and creates the missing file of a pair;
+  it never drops or reorders a line;
 * :func:`rebuild_indexes` (the end of ``make-dataset``) merges: every line that is not one of the
   run's own composites stays as written, in its order, with its caption and any other field; the own
   composites follow, sorted, once each (keeping a line someone edited, e.g. a caption added by hand).
@@ -146,8 +147,11 @@ def _write_if_changed(path: Path, lines: list[str]) -> bool:
 
 
 def repair_indexes(root) -> bool:
-    """Undo what a crash can leave (an unterminated last line; a name in a split's jsonl missing from
-    its txt, or the reverse) without dropping or reordering any line. True when a file changed."""
+    """Undo what a crash can leave, without dropping or reordering any line: an unterminated last line
+    in our format (removed); the names of the last jsonl append missing from the txt (a crash between the
+    two appends: appended to the txt); a split listed in only one of its two files (the other is created
+    from it, so the next append cannot hide the listed names). Lists that differ in any other way were
+    made so by someone else and are left as they are. True when a file changed."""
     root = Path(root)
     with locked(root / LOCK_NAME):
         idx = load_indexes(root)
@@ -156,14 +160,18 @@ def repair_indexes(root) -> bool:
             if f is not None and f.remnant is not None:
                 changed |= _write_if_changed(f.path, [raw for _, raw in f.entries])
         for split in SPLITS:
-            listed = {ext: [n for n, _ in (idx[(split, ext)].entries if idx[(split, ext)] else [])] for ext in EXTS}
-            for ext, other in ((".jsonl", ".txt"), (".txt", ".jsonl")):
-                have = set(listed[ext])
-                missing = [n for n in dict.fromkeys(listed[other]) if n not in have]
-                if missing:
-                    text = "".join(_default_line(ext, n) + "\n" for n in missing)
-                    append_bytes(root / f"{split}{ext}", text.encode("utf-8"))
-                    changed = True
+            jf, tf = idx[(split, ".jsonl")], idx[(split, ".txt")]
+            jn, tn = ([n for n, _ in f.entries] if f else [] for f in (jf, tf))
+            if (jf is None) != (tf is None):  # only one of the pair exists: make the other from it
+                ext, names = (".jsonl", tn) if jf is None else (".txt", jn)
+                if names:
+                    changed |= _write_if_changed(root / f"{split}{ext}", [_default_line(ext, n) for n in names])
+                continue
+            have = set(tn)
+            missing = [n for n in dict.fromkeys(jn) if n not in have]
+            if missing and jn[-len(missing):] == missing:
+                append_bytes(root / f"{split}.txt", "".join(f"{n}\n" for n in missing).encode("utf-8"))
+                changed = True
         return changed
 
 

@@ -25,6 +25,7 @@ single run, with any number of workers.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -33,15 +34,23 @@ import time
 from pathlib import Path
 
 from ..errors import R2RUserError
-from ..fileio import OutputWriteError, check_inside, check_writable_dir
+from ..fileio import OutputWriteError, check_inside, check_name_length, check_writable_dir
 from .composites import process_unit
 from .config import MakeConfig, WorkerSettings, WorkUnit, validate_config
 from .generator import check_generator, resolve_generator
-from .indexes import append_index, check_indexes, rebuild_indexes
-from .layouts import SourceItem, find_sources
+from .indexes import LOCK_NAME, append_index, check_indexes, index_paths, rebuild_indexes
+from .layouts import SourceItem, find_sources, sample_from_file_name
 from .naming import assign_names, pick_references, shard_of, split_of
 from .pool import run_pool
-from .records import MakeReport, all_records, check_params, records_dir, write_manifest, write_record
+from .records import (
+    MakeReport,
+    all_records,
+    check_params,
+    is_own_manifest,
+    records_dir,
+    write_manifest,
+    write_record,
+)
 from .writer import SUBDIRS, HarmonizationDatasetWriter, cleanup_temp_files
 
 _log = logging.getLogger("r2r.dataset")
@@ -90,11 +99,18 @@ def check_existing_output(cfg: MakeConfig) -> None:
     out = Path(cfg.out)
     rec_dir = records_dir(out, cfg.subset)
     for p in (out / cfg.subset, *(out / cfg.subset / d for d in SUBDIRS), out / "_records", rec_dir,
-              rec_dir / "items", rec_dir / "errors", rec_dir / "params.json", out / f"manifest-{cfg.subset}.json"):
+              rec_dir / "items", rec_dir / "errors", rec_dir / "params.json", out / f"manifest-{cfg.subset}.json",
+              out / LOCK_NAME, *index_paths(out)):
         check_inside(p, out, "output path")
+    for p in (out / cfg.subset / "composite_images" / "x.jpg", out / f"manifest-{cfg.subset}.json", rec_dir / "items"):
+        check_name_length(p, "output path")
     if not out.is_dir():
         return
     check_indexes(out, "make-dataset wrote anything")
+    manifest = out / f"manifest-{cfg.subset}.json"
+    if os.path.lexists(manifest) and not is_own_manifest(manifest):
+        raise R2RUserError(f"{manifest} exists and was not written by make-dataset; it is never replaced. Move it "
+                           "away, or use another --subset name (or another --out folder). Nothing was written.")
     subset_dir = out / cfg.subset
     if subset_dir.is_dir() and not (rec_dir / "params.json").is_file() and any(
             p.is_file() for d in SUBDIRS if (subset_dir / d).is_dir() for p in (subset_dir / d).iterdir()):
@@ -140,7 +156,13 @@ def make_dataset(cfg: MakeConfig) -> MakeReport:
             write_record(err_path, entry)
             return
         comps = res["composites"]
-        append_index(out, [c["file_name"] for c in comps], res["split"])
+        try:
+            append_index(out, [c["file_name"] for c in comps], res["split"])
+        except OutputWriteError as exc:  # nothing listed (the append was cut back): the item's files go too
+            _discard_item(out, comps)
+            raise OutputWriteError(f"make-dataset stopped: {exc} The {report.done + report.skipped} image(s) "
+                                   f"finished before are intact in {out}; run the same command again to resume "
+                                   "once the problem is fixed.") from exc
         write_record(rec_dir / "items" / f"{name}.json", {k: res[k] for k in ("key", "name", "split", "composites",
                                                                               "rejected")})
         if err_path.exists():
@@ -181,6 +203,18 @@ def make_dataset(cfg: MakeConfig) -> MakeReport:
     if stopped:
         report.errors[-1]["error"] += " (stopped here: --stop-on-error)"
     return report
+
+
+def _discard_item(out: Path, composites: list) -> None:
+    """Remove the files of an item that could not be listed (its composites, masks and real image)."""
+    for c in composites:
+        try:
+            s = sample_from_file_name(out, c["file_name"])
+        except R2RUserError:
+            continue
+        for p in (s.composite, s.mask, s.real):
+            with contextlib.suppress(OSError):
+                p.unlink()
 
 
 def _finish_quietly(cfg: MakeConfig, out: Path, report: MakeReport, n_sources: int, t0: float) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import R2RUserError
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write_text, is_own_report, report_marker
 
 
 @dataclass
@@ -55,6 +55,21 @@ class MakeReport:
             if self.failed > 50:
                 lines.append(f"  ... and {self.failed - 50} more (all listed in {self.manifest})")
         return "\n".join(lines)
+
+
+#: who wrote a manifest (``written_by`` / ``tool``): a later run replaces only a manifest it wrote
+MANIFEST_TOOL = "python -m r2r make-dataset"
+
+
+def is_own_manifest(path) -> bool:
+    """``path`` is a manifest make-dataset wrote (also one from before ``written_by`` existed)."""
+    if is_own_report(path, MANIFEST_TOOL):
+        return True
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("tool") == MANIFEST_TOOL
 
 
 def records_dir(out: Path, subset: str) -> Path:
@@ -148,7 +163,8 @@ def write_manifest(cfg, report: MakeReport, n_sources: int) -> Path:
     comps = [c for it in items for c in it["composites"]]
     params = cfg.params()
     manifest = {
-        "tool": "python -m r2r make-dataset",
+        **report_marker(MANIFEST_TOOL),
+        "tool": MANIFEST_TOOL,
         "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "versions": _versions(),
         "parameters": params,
