@@ -62,19 +62,21 @@ def append_jsonl(path, obj) -> None:
     """Append one JSON line (never rewrites the file); a line cut by a crash is closed first. When the write
     fails (disk full), the file is cut back to its size before: no half line stays."""
     line = (json.dumps(obj, default=_json_default) + "\n").encode("utf-8")
-    with open(path, "ab+") as fh:
-        size = fh.seek(0, os.SEEK_END)
-        if size > 0:
-            fh.seek(-1, os.SEEK_END)
-            if fh.read(1) != b"\n":
-                line = b"\n" + line
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.lseek(fd, 0, os.SEEK_END)
+        if size > 0 and os.pread(fd, 1, size - 1) != b"\n":
+            line = b"\n" + line
+        view = memoryview(line)
         try:
-            fh.write(line)
-            fh.flush()
+            while view:  # unbuffered: a short write is seen and cut back, never left behind
+                view = view[os.write(fd, view):]
         except OSError:
             with contextlib.suppress(OSError):
-                fh.truncate(size)
+                os.ftruncate(fd, size)
             raise
+    finally:
+        os.close(fd)
 
 
 def read_metrics(path) -> list[dict]:
@@ -216,17 +218,19 @@ def read_trainer_state(ckpt_dir: str) -> dict:
             state = json.load(fh)
     except (OSError, ValueError) as exc:
         raise R2RUserError(f"checkpoint {ckpt_dir} is damaged: {STATE_FILE} cannot be read ({exc}); {hint}") from exc
-    if isinstance(state, dict) and state.get("format") not in (None, CHECKPOINT_FORMAT):
+    from .statecheck import validate_trainer_state
+
+    if not isinstance(state, dict):
+        validate_trainer_state(state, path)  # names the file and says what the top level should be
+    if state.get("format") not in (None, CHECKPOINT_FORMAT):
         raise R2RUserError(f"checkpoint {ckpt_dir} has the format {state['format']!r}, which this trainer does not "
                            f"know (it reads {CHECKPOINT_FORMAT!r}); resume it with the r2r version that wrote it")
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+    if state.get("format") != CHECKPOINT_FORMAT:
         raise R2RUserError(
             f"checkpoint {ckpt_dir} was written by an older trainer in accelerate's pickle-based format, which this "
             "trainer does not load (a pickle can run code). Start over with --overwrite (the old run is moved "
             "aside) or train into another --output-dir"
         )
-    from .statecheck import validate_trainer_state
-
     validate_trainer_state(state, path)
     need = [MODEL_FILE, OPTIMIZER_FILE] + ([EMA_FILE] if state.get("ema") else [])
     missing = [n for n in need if not os.path.isfile(os.path.join(ckpt_dir, n))]

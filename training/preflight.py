@@ -148,10 +148,11 @@ def _limits(path: str) -> tuple[int, int]:
         return 255, 4095
 
 
-def check_name_lengths(path: str, key: str, written=_WRITTEN_UNDER_OUTPUT, *, max_steps: int = 0,
-                       aside: bool = False) -> None:
-    """Refuse an output folder whose name, or a path the run would write under it, is longer than the file
-    system allows -- before anything is written (the write would fail hours later otherwise)."""
+def check_name_lengths(path: str, key: str, written=None, *, max_steps: int = 0, aside: bool = False) -> None:
+    """Refuse an output folder whose name, or a path the run would write under it (``written``, default: what
+    goes under output.dir), is longer than the file system allows -- before anything is written (the write
+    would fail hours later otherwise)."""
+    written = _WRITTEN_UNDER_OUTPUT if written is None else written
     name_max, path_max = _limits(path)
     full = os.path.abspath(path)
     wide = {"<pid>": "9" * 7, "<step>": "9" * max(6, len(str(max_steps)))}
@@ -171,7 +172,7 @@ def check_name_lengths(path: str, key: str, written=_WRITTEN_UNDER_OUTPUT, *, ma
         if len(longest.encode("utf-8", "surrogateescape")) > path_max:
             raise R2RUserError(
                 f"{key} {path}: the run writes paths such as {rel} under it, {len(longest)} characters in all, longer "
-                f"than the {path_max} the file system allows; choose a {key} with a shorter path. Nothing was written.")
+                f"than the {path_max} the file system allows; choose a shorter path for {key}. Nothing was written.")
 
 
 def input_paths(cfg) -> list[tuple[str, str]]:
@@ -297,10 +298,10 @@ def plan_run(cfg, opts: RunOptions, num_processes: int, log) -> RunPlan:
     (:class:`OutputLock`); on failure, or by ``plan.release()`` before :func:`commit`, it is let go and a
     folder it created is removed again (still empty: nothing was written)."""
     check_options(opts)
-    _check_creatable(cfg.output.dir, "output.dir")
     check_name_lengths(cfg.output.dir, "output.dir", max_steps=cfg.train.max_steps)
     if cfg.output.release:
         check_name_lengths(cfg.output.release, "output.release", _WRITTEN_UNDER_RELEASE)
+    _check_creatable(cfg.output.dir, "output.dir")
     plan = RunPlan(mode="fresh", lock=OutputLock(cfg.output.dir, create=True))
     try:
         check_paths(cfg)

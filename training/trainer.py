@@ -175,15 +175,16 @@ class Trainer(ValidationMixin):
             self.ema = EMAModel(self._ema_params(), decay=e.decay, update_after_step=e.update_after_step,
                                 use_ema_warmup=e.use_ema_warmup)
             self.ema.to(acc.device)
-        self._commit()
         self.state = {"global_step": 0, "micro_step": 0, "epoch": 0, "batch_in_epoch": 0, "history": [],
                       "val": [], "seed": cfg.seed, "stage": cfg.stage, "skipped_items": 0}
         event = {"event": "start", "step": 0, "seed": cfg.seed}
-        if self.resume_dir:
-            saved = self.saved_state
-            ckpt.load_checkpoint(acc, self.resume_dir, saved, net=self._net(), optimizer=self.optimizer,
+        if self.resume_dir:  # read before the first write: a checkpoint that does not fit leaves the folder as it was
+            ckpt.load_checkpoint(acc, self.resume_dir, self.saved_state, net=self._net(), optimizer=self.optimizer,
                                  lr_scheduler=self.lr_scheduler, ema=self.ema)
             set_optimizer_mode(self.optimizer, fused=self.speed.fused_adamw)
+        self._commit()
+        if self.resume_dir:
+            saved = self.saved_state
             self.state.update({k: saved[k] for k in self.state if k in saved})
             acc.step = self.state["micro_step"]  # accelerate's accumulation counter
             event = {"event": "resume", "step": self.state["global_step"], "checkpoint": self.resume_dir}
