@@ -8,7 +8,8 @@ linked as custom_nodes/ComfyUI-R2R and tiny official-layout weights in models/r2
   only max_side / steps lowered so the CPU run stays short;
 * the workflows saved with the V1 nodes (tests/data/v1_workflows) load and run;
 * the R2R Sampler sends binary latent previews and step progress over the websocket;
-* a mask mistake reaches the user as a readable error;
+* a mask mistake reaches the user as a readable error; a loader name outside models/r2r (absolute, '..')
+  fails validation with the reason;
 * the memory estimates reach ComfyUI's load_models_gpu, also in its LOW_VRAM / NO_VRAM states
   (an in-process ComfyUI executor run, tests/comfy_inprocess.py).
 """
@@ -261,3 +262,20 @@ def test_memory_estimates_reach_comfyui_in_every_vram_state(server, tmp_path):
     # the Clear-VAE's activations at the working resolution dwarf its (tiny) weights
     assert max(c["memory_required"] for c in calls if c["model"] == "ClearVAE") > max(
         c["weights"] for c in calls if c["model"] == "ClearVAE")
+
+
+@pytest.mark.parametrize("name", ["ABSOLUTE", "../../models/r2r/region2region", "region2region/../../x"])
+def test_loader_names_outside_the_models_folders_are_refused_by_the_server(server, name):
+    """Issue 22: a client cannot make the server read weights outside models/r2r (absolute or '..' names);
+    the prompt fails validation with the reason, before any node runs."""
+    if name == "ABSOLUTE":
+        name = os.path.join(server.base, "models", "r2r", "region2region")  # a real release, given by path
+    wf = _load_ui(os.path.join(WF_DIR, "Harmonize a pasted object.json"))
+    prompt = _prompt(server, wf)
+    loader = next(k for k, n in prompt.items() if n["class_type"] == "R2RCheckpointLoader")
+    prompt[loader]["inputs"]["checkpoint"] = name
+    res = server.run(prompt)
+    assert res["validation"] is not None, "the prompt was accepted"
+    errors = res["validation"]["node_errors"][loader]["errors"]
+    details = " ".join(e.get("details", "") for e in errors)
+    assert "is refused" in details and repr(name) in details and "models/r2r" in details, errors

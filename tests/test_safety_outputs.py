@@ -65,10 +65,10 @@ def refused(capsys, *argv, words=(), unchanged=()):
 
 class DiskFull:
     """A full disk under ``folder``: the first ``files_ok`` writes into matching files succeed, every later
-    one writes half of its bytes and raises ENOSPC (atomic writes: through the file objects r2r.fileio opens;
-    index appends: ``os.write``)."""
+    one writes half of its bytes and raises ENOSPC (atomic writes: through the file objects ``fileio`` opens --
+    the node pack has its own copy of r2r; index appends: ``os.write``)."""
 
-    def __init__(self, monkeypatch, folder, files_ok=0, match=lambda path: True):
+    def __init__(self, monkeypatch, folder, files_ok=0, match=lambda path: True, fileio=r2r.fileio):
         self.folder, self.files_ok, self.match, self.hits = os.path.realpath(folder), files_ok, match, 0
         real_open, real_write = builtins.open, os.write
 
@@ -96,7 +96,7 @@ class DiskFull:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             return real_write(fd, data)
 
-        monkeypatch.setattr(r2r.fileio, "open", fake_open, raising=False)
+        monkeypatch.setattr(fileio, "open", fake_open, raising=False)
         monkeypatch.setattr(os, "write", fake_write)
 
 

@@ -25,7 +25,15 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import R2RUserError
-from ..fileio import TEMP_MARKER, atomic_write_bytes, check_inside, read_image, read_mask, write_error
+from ..fileio import (
+    TEMP_MARKER,
+    atomic_write_bytes,
+    check_inside,
+    check_name_length,
+    read_image,
+    read_mask,
+    write_error,
+)
 from .indexes import (
     LOCK_NAME,
     SPLITS,
@@ -178,6 +186,7 @@ class HarmonizationDatasetWriter:
         self.dir = self.root / subset
         self._lock_path = self.root / LOCK_NAME
         self.written: list[Path] = []  # files this writer created or replaced (removed again by add() on failure)
+        check_name_length(self.dir / "composite_images" / "x", "dataset folder")
         confine = self.root if confine_to is None else Path(confine_to)
         for p in [self.root, self.dir, *(self.dir / d for d in SUBDIRS), *index_paths(self.root), self._lock_path]:
             check_inside(p, confine, "dataset path")
