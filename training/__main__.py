@@ -46,8 +46,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _show_decisions() -> None:
+    """The trainer's decisions (``r2r.training`` logger: precision, gradient checkpointing, ...) on stderr."""
+    import logging
+
+    class ToStderr(logging.Handler):
+        def emit(self, record):  # the current sys.stderr at each call (not the one at set-up)
+            print(self.format(record), file=sys.stderr, flush=True)
+
+    logger = logging.getLogger("r2r.training")
+    if not logger.handlers:
+        handler = ToStderr()
+        handler.setFormatter(logging.Formatter("[r2r-train] %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    _show_decisions()
     from .config import load_config
 
     overrides = list(args.overrides)

@@ -209,8 +209,7 @@ class Trainer(ValidationMixin):
             compile_network(module.net)
         self._tf32 = tf32_enabled(plan.tf32).__enter__()
         if acc.is_main_process:
-            plan.log()
-            self._log("device rules: " + ", ".join(f"{k} {v}" for k, v in plan.summary().items()))
+            plan.log()  # logging.getLogger("r2r.training"); python -m training shows it
         return plan
 
     def close(self) -> None:
