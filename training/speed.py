@@ -88,6 +88,17 @@ def choose_precision(setting: str, device_type: str, bf16_supported: bool,
     return "no", f"auto: fp32 on {device_type} (mixed precision pays off on GPUs)"
 
 
+def frozen_weight_dtype(precision: str, device_type: str):
+    """The dtype of the frozen networks (VAE, frozen U-Net): the mixed precision's, fp32 without it; fp32 for
+    fp16 on a CPU (no fp16 convolutions there). Trained networks stay fp32 (autocast computes in 16 bits)."""
+    import torch
+
+    from r2r.devices import resolve_dtype
+
+    dtype = resolve_dtype("fp32" if precision == "no" else precision)
+    return torch.float32 if device_type == "cpu" and dtype == torch.float16 else dtype
+
+
 def activation_bytes(stage: str, batch: int, resolution: int, precision: str) -> int:
     """Bytes the forward pass of one micro-batch keeps for the backward pass (no checkpointing)."""
     per_pixel = ACTIVATION_BYTES_PER_PIXEL[stage][4 if precision == "no" else 2]

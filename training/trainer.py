@@ -22,7 +22,6 @@ import time
 import numpy as np
 import torch
 
-from r2r.devices import resolve_dtype
 from r2r.errors import R2RUserError
 
 from . import checkpoint as ckpt
@@ -31,7 +30,15 @@ from .data import EpochPlan, build_dataset, iterate_batches
 from .pictures import draw_loss_curve
 from .preflight import RunOptions, check_options, commit, plan_run
 from .release import assemble_release
-from .speed import compile_network, make_adamw, plan_speed, probe_device, set_optimizer_mode, tf32_enabled
+from .speed import (
+    compile_network,
+    frozen_weight_dtype,
+    make_adamw,
+    plan_speed,
+    probe_device,
+    set_optimizer_mode,
+    tf32_enabled,
+)
 from .stages import build_stage, enable_gradient_checkpointing
 from .validation import ValidationMixin
 
@@ -139,10 +146,7 @@ class Trainer(ValidationMixin):
     def setup(self):
         cfg, acc = self.cfg, self.acc
         torch.manual_seed(cfg.seed)
-        weight_dtype = resolve_dtype("fp32" if acc.mixed_precision == "no" else acc.mixed_precision)
-        if acc.device.type == "cpu" and weight_dtype == torch.float16:
-            weight_dtype = torch.float32  # fp16 convs are not implemented on CPU; keep frozen parts in fp32
-        self.weight_dtype = weight_dtype
+        self.weight_dtype = weight_dtype = frozen_weight_dtype(acc.mixed_precision, acc.device.type)
         module, self.info = build_stage(cfg, acc.device, weight_dtype)
         need_hint = cfg.stage == "controller"
         bad = frozenset(self.bad_keys)
