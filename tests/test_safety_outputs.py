@@ -456,3 +456,21 @@ def test_infer_dataset_full_disk_keeps_the_finished_images(infer_set, tiny_relea
 def test_infer_dataset_over_long_output_folder(infer_set, tiny_release, tmp_path, capsys):
     refused(capsys, *_infer(infer_set, tmp_path / LONG, tiny_release), unchanged=[tmp_path],
             words=["longer than the file system allows"])
+
+
+# ----------------------------------------------------------------------------- download
+
+
+def test_download_full_disk_names_the_folder(tmp_path, capsys, monkeypatch):
+    """huggingface_hub's own OSError from a full disk becomes the user error (exit 2) with the folder."""
+    import r2r.weights
+
+    target = tmp_path / "weights"
+
+    def full_disk(to, *args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(Path(to) / "clear_vae" / "x.safetensors"))
+
+    monkeypatch.setattr(r2r.weights, "download_release", full_disk)
+    rc, _, err = cli(capsys, "download", "--to", target)
+    assert rc == 2 and "no space left on the disk" in err and str(target / "clear_vae") in err
+    assert "Free some space" in err
