@@ -250,6 +250,7 @@ def test_shipped_configs_parse():
     for stage in ("clear_vae", "unet", "controller"):
         c = load_config(root / f"{stage}.yaml", stage=stage)
         assert c.stage == stage and c.data.resolution in (256, 512)
+        assert (c.train.mixed_precision, c.train.gradient_checkpointing, c.train.compile) == ("auto", "auto", False)
     assert load_config(root / "clear_vae.yaml", stage="clear_vae").loss.cr_weight == 0.3
 
 

@@ -19,8 +19,8 @@ H200 = DeviceFacts("cuda", "NVIDIA H200", free_bytes=139 * GIB, total_bytes=141 
 CARD_8GB = DeviceFacts("cuda", "8 GB card", free_bytes=6 * GIB, total_bytes=8 * GIB, bf16=True)
 T4 = DeviceFacts("cuda", "Tesla T4", free_bytes=14 * GIB, total_bytes=15 * GIB, bf16=False)
 CPU = DeviceFacts("cpu", "CPU", free_bytes=20 * GIB, bf16=True)
-CONTROLLER_PARAMS = 361_000_000  # the full-size Harmony Controller's trained parameters (about)
-UNET_PARAMS = 860_000_000
+CONTROLLER_PARAMS = 414_328_656  # the full-size Harmony Controller's trained parameters (conv_in frozen)
+UNET_PARAMS = 859_535_364
 
 
 # ------------------------------------------------------------------------------------ rules
