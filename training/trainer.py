@@ -415,9 +415,10 @@ class Trainer(ValidationMixin):
                     "train_items": len(self.train_ds), "resolution": cfg.data.resolution,
                     "bad_items_left_out": len(self.bad_keys), "unreadable_items_replaced": self.state["skipped_items"],
                 }
+                info = {**self.info, "ema": bool(self.ema is not None and cfg.train.ema.use_for_output),
+                        "speed": self.speed.summary()}
                 meta = dict(stage=cfg.stage, config=cfg.to_dict(), data=data, steps=self.state["global_step"],
-                            metrics=metrics, info={**self.info, "ema": bool(self.ema is not None and cfg.train.ema.use_for_output)},
-                            component=rel)
+                            metrics=metrics, info=info, component=rel)
                 ckpt.write_metadata(os.path.join(self.out, ckpt.METADATA_FILE), **meta)
                 if cfg.output.release:
                     ckpt.write_metadata(os.path.join(cfg.output.release, ckpt.METADATA_FILE), **meta)
