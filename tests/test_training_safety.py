@@ -403,3 +403,15 @@ def test_damaged_release_marker_is_refused(damage, dataset, tiny_release, tmp_pa
     code, err = run_cli(capsys, "clear_vae", "--config", cfg, *args)
     assert code == 2 and str(meta) in err and ("cannot be read" in err or "field 'stage'" in err)
     assert tree_hash(release) == before and model_loads == []
+
+
+@pytest.mark.parametrize("name,content", [("data_check.json", "my own notes\n"), ("bad_files.txt", "keep me\n")])
+def test_a_users_file_with_a_bookkeeping_name_is_not_overwritten(name, content, dataset, tiny_release, tmp_path,  # noqa: F811
+                                                                  capsys, model_loads):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / name).write_text(content)
+    cfg = _config(tmp_path, dataset, tiny_release, out)
+    code, err = run_cli(capsys, "clear_vae", "--config", cfg)
+    assert code == 2 and "already holds a run" in err and name in err and "--overwrite" in err
+    assert (out / name).read_text() == content and model_loads == []

@@ -229,12 +229,33 @@ def _inside(child: str, parent: str) -> bool:
 NOT_A_RUN = ("data_check.json", BAD_FILES, LOCK_FILE)
 
 
+def _own_bookkeeping(path: str, name: str) -> bool:
+    """``data_check.json`` / ``bad_files.txt`` / the lock file as the trainer writes them (a file of the same
+    name that is something else counts as the user's: the folder is then in use and is not overwritten)."""
+    from .scan import CACHE_FORMAT
+
+    try:
+        if not os.path.isfile(path) or os.path.getsize(path) > (1 << 30):
+            return False
+        if name == "data_check.json":
+            with open(path, encoding="utf-8") as fh:
+                data = json.load(fh)
+            return isinstance(data, dict) and data.get("format") == CACHE_FORMAT
+        if name == BAD_FILES:
+            with open(path, encoding="utf-8") as fh:
+                return all("\t" in line for line in fh if line.strip())
+    except (OSError, ValueError):
+        return False
+    return name == LOCK_FILE
+
+
 def _used(out: str) -> list[str]:
     """The entries of the output folder that belong to a run (empty: a new run may start here)."""
     try:
-        return sorted(n for n in os.listdir(out) if n not in NOT_A_RUN)
+        names = os.listdir(out)
     except (FileNotFoundError, NotADirectoryError):
         return []
+    return sorted(n for n in names if not (n in NOT_A_RUN and _own_bookkeeping(os.path.join(out, n), n)))
 
 
 def _describe(entries: list[str]) -> str:
