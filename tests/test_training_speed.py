@@ -224,3 +224,21 @@ def test_auto_precision_resumes_with_the_checkpoints_precision(tiny_release, tmp
     assert config_differences(saved, cfg, 1, {}) == []  # auto continues a bf16 run in bf16
     cfg.train.mixed_precision = "fp16"
     assert config_differences(saved, cfg, 1, {}) == ["train.mixed_precision: was 'bf16', now 'fp16'"]
+
+
+def test_out_of_memory_is_a_user_error_with_the_estimate(tiny_release, tmp_path, monkeypatch, capsys, single_thread):  # noqa: F811
+    from test_bad_inputs_training import run_cli
+    from test_training import make_tiny_dataset, write_config
+
+    import training.stages as stages
+
+    def oom(self, batch, generator):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(stages.DiffusionStageModule, "forward", oom)
+    data = make_tiny_dataset(tmp_path / "data", n_train=4, n_test=0)
+    cfg = tiny_config("unet", data, tmp_path / "out", release=tiny_release, train={"max_steps": 1})
+    cfg["data"]["val"] = []
+    code, err = run_cli(capsys, "unet", "--config", write_config(tmp_path / "c.yaml", cfg))
+    assert code == 2 and "ran out of memory at step 0" in err and "Lower train.batch_size" in err
+    assert "gradient_checkpointing: true" in err and "GiB beyond the weights" in err

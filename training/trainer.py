@@ -42,6 +42,9 @@ from .speed import (
 from .stages import build_stage, enable_gradient_checkpointing
 from .validation import ValidationMixin
 
+#: torch >= 2.5 names it torch.OutOfMemoryError (a CUDA one is also a torch.cuda.OutOfMemoryError)
+_OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+
 
 def _step_seed(seed: int, a: int, b: int, salt: int = 3) -> int:
     return int(np.random.default_rng([int(seed), int(a), int(b), salt]).integers(2**62))
@@ -315,7 +318,7 @@ class Trainer(ValidationMixin):
                     self.save_checkpoint()
                 if last:
                     break
-        except torch.OutOfMemoryError as exc:
+        except _OUT_OF_MEMORY as exc:
             raise self._out_of_memory(exc) from exc
         finally:
             if bar is not None:
