@@ -23,6 +23,19 @@ CONTROLLER_PARAMS = 414_328_656  # the full-size Harmony Controller's trained pa
 UNET_PARAMS = 859_535_364
 
 
+@pytest.fixture
+def training_log(caplog):
+    """caplog on the ``r2r.training`` logger itself (python -m training, run in-process by other tests, stops
+    its propagation to the root logger, where caplog listens)."""
+    logger = logging.getLogger("r2r.training")
+    old_level = logger.level
+    logger.addHandler(caplog.handler)
+    logger.setLevel(logging.INFO)
+    yield caplog
+    logger.removeHandler(caplog.handler)
+    logger.setLevel(old_level)
+
+
 # ------------------------------------------------------------------------------------ rules
 @pytest.mark.parametrize("setting,facts,resumed,expected", [
     ("auto", H200, None, "bf16"),
@@ -91,7 +104,7 @@ def test_optimizer_tf32_loader_and_compile_rules():
     assert speed.choose_compile(False, "cuda")[0] is False and speed.choose_compile(True, "cuda")[0] is True
 
 
-def test_plan_speed_combines_and_logs_the_rules(caplog, tmp_path):
+def test_plan_speed_combines_and_logs_the_rules(training_log, tmp_path):
     from training.config import TrainConfig
 
     train = TrainConfig(batch_size=4, gradient_checkpointing="auto", compile=False)
@@ -102,9 +115,8 @@ def test_plan_speed_combines_and_logs_the_rules(caplog, tmp_path):
     summary = plan.summary()
     assert summary["free_gib"] == 139.0 and 5 < summary["estimate_gib"] < 15
     assert json.loads(json.dumps(summary)) == summary
-    with caplog.at_level(logging.INFO, logger="r2r.training"):
-        plan.log()
-    text = caplog.text
+    plan.log()
+    text = training_log.text
     assert "gradient_checkpointing: False (auto:" in text and "fused_adamw: True (CUDA" in text
     assert "precision: bf16 (auto: test)" in text and "pin_memory" in text
 
@@ -183,7 +195,7 @@ def test_one_loader_across_epochs_equals_the_per_epoch_order(tmp_path, single_th
 # ------------------------------------------------------------------------------------ in a run
 @pytest.mark.parametrize("free,expected", [(1, True), (10**15, False)])
 def test_a_run_applies_the_rules_and_keeps_the_checkpoint_format(free, expected, tiny_release, tmp_path, monkeypatch,
-                                                                 single_thread, caplog):  # noqa: F811
+                                                                 single_thread, training_log):  # noqa: F811
     import training.trainer as tr
 
     monkeypatch.setattr(tr, "probe_device", lambda device: DeviceFacts("cpu", "simulated", free_bytes=free))
@@ -196,15 +208,14 @@ def test_a_run_applies_the_rules_and_keeps_the_checkpoint_format(free, expected,
     cfg["log"]["checkpoint_every"] = 1
     trainer = tr.Trainer(load_cfg(cfg, tmp_path))
     try:
-        with caplog.at_level(logging.INFO, logger="r2r.training"):
-            trainer.setup()
+        trainer.setup()
         assert trainer._net().is_gradient_checkpointing is expected
         assert trainer.precision == "no" and trainer.cfg.train.mixed_precision == "no"  # auto on a CPU
         trainer.train()
     finally:
         trainer.close()
         reset_accelerate()
-    assert f"gradient_checkpointing: {expected} (auto:" in caplog.text
+    assert f"gradient_checkpointing: {expected} (auto:" in training_log.text
     start = json.loads((tmp_path / "out" / "metrics.jsonl").read_text().splitlines()[0])
     assert start["event"] == "start" and start["speed"]["gradient_checkpointing"] is expected
     state = json.loads((tmp_path / "out" / "checkpoints" / "checkpoint-000001" / "trainer_state.json").read_text())

@@ -60,6 +60,7 @@ def _show_decisions() -> None:
         handler.setFormatter(logging.Formatter("[r2r-train] %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
+        logger.propagate = False  # shown here once (not again by handlers an embedding program set on "r2r")
 
 
 def main(argv=None) -> int:
