@@ -42,8 +42,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for _path in (ROOT, ROOT / "tests"):  # tests/official_flow.py: the official call, the oracle of the tests
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 from r2r.params import PLACEMENTS  # noqa: E402
 from r2r.pipeline.model_sources import PhaseLoadedModels  # noqa: E402
@@ -72,7 +73,7 @@ def make_random_weights(folder: Path, seed: int = 0) -> Path:
         ensure_prompt_cache(folder)
         return folder
     print(f"[bench] building full-size random weights in {folder} (once) ...", flush=True)
-    torch.manual_seed(seed)
+    torch.manual_seed(seed)  # random weights, not sampling noise
     src = OFFICIAL_CONFIGS / "stable-diffusion-inpainting"
     for sub in ("tokenizer", "scheduler"):
         shutil.copytree(src / sub, sd / sub, dirs_exist_ok=True)
@@ -200,83 +201,40 @@ def _inputs(size: int, device):
 
 # ----------------------------------------------------------------------------- official flow
 def run_official(args, prepared, device, dtype, clock):
-    """Re-statement of the official StableDiffusionHarmonyPipeline call (ref a.3)."""
+    """The official StableDiffusionHarmonyPipeline call (tests/official_flow.py, the same oracle the tests
+    check the stages against), every network resident; loading reported, not counted."""
     import torch
-    from diffusers import EulerAncestralDiscreteScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from official_flow import load_official
+    from official_flow import run_official as official_call
 
-    from r2r.models import ClearVAE, HarmonyController
-
-    w = Path(args.weights)
-    sd = w / "stable-diffusion-inpainting"
-    kw = {"torch_dtype": dtype}
     with clock.stage("load"):
-        tokenizer = CLIPTokenizer.from_pretrained(sd / "tokenizer")
-        text_encoder = CLIPTextModel.from_pretrained(sd / "text_encoder", **kw).to(device)
-        unet = UNet2DConditionModel.from_pretrained(sd / "unet", **kw).to(device)
-        controller = HarmonyController.from_pretrained(sd / "controlnet", **kw).to(device)
-        vae = ClearVAE.from_pretrained(w / "clear_vae", **kw).to(device)
-        for m in (text_encoder, unet, controller, vae):
-            m.eval()
-        scheduler = EulerAncestralDiscreteScheduler.from_config(
-            EulerAncestralDiscreteScheduler.load_config(sd / "scheduler"))
+        nets = load_official(args.weights, device=device, dtype=dtype)
     load_time = clock.t["load"]
     clock.untimed_cpu += clock.cpu["load"]  # official: loading happens once per process, not per call
     clock.t["load"] = clock.cpu["load"] = 0.0
-
     t0 = time.perf_counter()
     with torch.no_grad():
-        gen = torch.Generator(device=device).manual_seed(args.seed)
-        with clock.stage("text"):
-            ids = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length,
-                            truncation=True, return_tensors="pt").input_ids.to(device)
-            text = text_encoder(ids)[0].to(dtype)
-        scheduler.set_timesteps(args.steps, device=device)
-        image = prepared.composite_pm1.to(dtype)
-        b, _, h, w_ = image.shape
-        latents = torch.randn((b, 4, h // 8, w_ // 8), generator=gen, device=device, dtype=dtype)
-        latents = latents.float() * scheduler.init_noise_sigma
-        with clock.stage("encode"):
-            z_comp = vae.encode(image).latent_dist.sample(generator=gen) * vae.config.scaling_factor
-        mask = torch.nn.functional.interpolate(prepared.mask.to(dtype), size=(h // 8, w_ // 8))
-        hint = prepared.hint.to(dtype)
-        for t in scheduler.timesteps:
-            x_in = scheduler.scale_model_input(latents, t).to(dtype)
-            with clock.stage("controller"):
-                down, mid = controller(hint, t, text, mask)
-            with clock.stage("unet"):
-                eps = unet(torch.cat([x_in, mask, z_comp], 1), t, encoder_hidden_states=text,
-                           down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
-            latents = scheduler.step(eps.float(), t, latents, generator=gen).prev_sample
-        with clock.stage("decode"):
-            # decode_with_cond: encode the composite AGAIN for the skips, draw the unused posterior
-            posterior, skips = vae.encode_with_skips(image)
-            posterior.sample(generator=gen)
-            out = vae.decode_with_skips(latents.to(dtype) / vae.config.scaling_factor, skips)
-            del skips
-        out = (out.float() / 2 + 0.5).clamp(0, 1)
+        out, _ = official_call(nets, prepared.composite_pm1, prepared.hint, prepared.mask, args.seed, args.steps,
+                               generator_device=device, clock=clock)
     return out, time.perf_counter() - t0, load_time
 
 
 # ----------------------------------------------------------------------------- our flow
 def _run_stages(pipe, prepared, args, device, clock):
-    """The pipeline's stages (encode -> residuals -> denoise -> decode), each timed by ``clock``."""
+    """The pipeline's stages (plan -> encode -> residuals -> sample -> decode), each timed by ``clock``.
+    The seed draws on the compute device, as the official code's does (``noise_device="device"``)."""
     import torch
 
-    from r2r.pipeline import sampling
-
     with torch.inference_mode():
-        scheduler = pipe.make_scheduler()
-        timesteps = sampling.set_timesteps(scheduler, args.steps, device=device)
-        # the official code seeds a generator on the compute device; so do we, for the same noise
-        gen = torch.Generator(device=device).manual_seed(args.seed)
+        plan = pipe.plan(args.steps)
         with clock.stage("encode"):
             encoded = pipe.encode(prepared, skips=args.skips)
         with clock.stage("controller"):
-            residuals = pipe.residuals(prepared, timesteps, 1.0, args.residuals,
+            residuals = pipe.residuals(prepared, plan, 1.0, placement=args.residuals,
                                        timestep_batch=args.timestep_batch or None)
         with clock.stage("unet"):
-            latents = pipe.denoise(prepared, encoded, residuals, gen, args.steps, scheduler, free_residuals=True)
+            latents = pipe.sample(prepared, encoded, residuals, plan, args.seed, noise_device="device",
+                                  free_residuals=True)
         del residuals
         with clock.stage("decode"):
             return pipe.decode(latents, encoded, prepared)
@@ -319,8 +277,8 @@ def run_resident(args, prepared, device, dtype, clock):
     comp, mask = _raw_inputs(args.size)
     clock.sync()
     t1, c1 = time.perf_counter(), time.process_time()
-    pipe(comp, mask, num_inference_steps=args.steps, generator=torch.Generator(device=device).manual_seed(args.seed),
-         max_side=args.size, skips=args.skips, residuals=args.residuals, timestep_batch=args.timestep_batch or None)
+    pipe(comp, mask, num_inference_steps=args.steps, generator=args.seed, noise_device="device", max_side=args.size,
+         skips=args.skips, residuals=args.residuals, timestep_batch=args.timestep_batch or None)
     clock.sync()
     clock.end_to_end_s = time.perf_counter() - t1
     clock.untimed_cpu += time.process_time() - c1

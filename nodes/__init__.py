@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from comfy_api.v0_0_2 import ComfyExtension
 
-from . import _host, data, examples, harmonize, loaders
+from . import _host, chain, data, examples, harmonize, loaders
 
 try:
     # the KSampler path (R2R Conditioning ...) lives in its own module; a pack without it still loads
@@ -19,7 +19,7 @@ except ModuleNotFoundError as exc:
         raise
     KSAMPLER_NODES = []
 
-NODE_CLASSES = [*loaders.NODES, *examples.NODES, *harmonize.NODES, *KSAMPLER_NODES, *data.NODES]
+NODE_CLASSES = [*loaders.NODES, *examples.NODES, *chain.NODES, *harmonize.NODES, *KSAMPLER_NODES, *data.NODES]
 
 
 class R2RExtension(ComfyExtension):

@@ -117,6 +117,32 @@ def intermediate_device():
     return torch.device("cpu")
 
 
+def free_device_memory(device) -> int | None:
+    """Free memory on the compute device for what waits between stages: ComfyUI's own figure inside
+    ComfyUI (what its model management plans with), ``torch.cuda.mem_get_info`` elsewhere; None on a CPU."""
+    if getattr(device, "type", "cpu") == "cpu":
+        return None
+    if in_comfyui():
+        import comfy.model_management as mm
+
+        return int(mm.get_free_memory(device))
+    from ..r2r.pipeline.model_sources import cuda_free_memory
+
+    return cuda_free_memory(device)
+
+
+def show_text(text: str, node_id=None) -> None:
+    """A short text on the node in ComfyUI's frontend (as core's Get Image Size shows its result), and a
+    warning in the log (ComfyUI's console)."""
+    import logging
+
+    logging.getLogger("r2r.nodes").warning(text)
+    server = sys.modules.get("server")  # ComfyUI's server module; absent when ComfyUI runs without its server
+    instance = getattr(getattr(server, "PromptServer", None), "instance", None)
+    if in_comfyui() and node_id is not None and instance is not None:
+        instance.send_progress_text(text, str(node_id))
+
+
 def auto_dtype():
     """fp16 on CUDA (as the official release runs), fp32 elsewhere."""
     import torch
@@ -195,6 +221,18 @@ class ManagedModel:
                 if self.model.device != device:
                     self.model.to(device)
             return self.model
+
+    def ensure_loaded(self, memory_required: int | None = None):
+        """The model on the compute device without asking ComfyUI to free memory when it is there already
+        (inside sampling, where ComfyUI loaded it with the U-Net); loaded whole through :meth:`load` when
+        ComfyUI left it partly offloaded (diffusers modules cannot run partly offloaded)."""
+        import torch
+
+        device = torch.device(self.patcher().load_device) if in_comfyui() else compute_device()
+        for p in self.model.parameters():
+            if p.device.type != device.type or (device.index is not None and p.device.index != device.index):
+                return self.load(memory_required)
+        return self.model
 
     @property
     def dtype(self):
@@ -280,4 +318,26 @@ class Progress:
 
     def __exit__(self, *exc):
         self.close()
+        return False
+
+
+class LazyProgress:
+    """A :class:`Progress` made at its first step (``step(i, total)``), so a phase that turns out to have
+    nothing to do shows no bar."""
+
+    def __init__(self, desc: str):
+        self.desc = desc
+        self.bar: Progress | None = None
+
+    def step(self, i: int, total: int) -> None:
+        if self.bar is None:
+            self.bar = Progress(total, desc=self.desc)
+        self.bar.update(1)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.close()
         return False

@@ -17,15 +17,16 @@ import dataclasses
 from comfy_api.v0_0_2 import io
 
 from ..r2r.errors import R2RUserError
-from ..r2r.params import DEFAULT_FULLRES_MODE, DEFAULT_RESIZE_MODE, FULLRES_MODES, RESIZE_MODES, check_choice
+from ..r2r.params import AUTO_MAX_SIDE, PARAMS, check, check_choice
 from ._types import R2R_CLEAR_VAE, R2R_CONTROLLER, R2R_MODEL
 
 R2RModelType = io.Custom(R2R_MODEL)
 R2RClearVAEType = io.Custom(R2R_CLEAR_VAE)
 R2RControllerType = io.Custom(R2R_CONTROLLER)
 
+#: the seed widget's maximum (from the parameter table)
+SEED_MAX = int(PARAMS["seed"].maximum)
 _SCHEMA_HAS_ALIASES = "search_aliases" in {f.name for f in dataclasses.fields(io.Schema)}
-SEED_MAX = 0xFFFFFFFFFFFFFFFF
 
 
 class R2RNode(io.ComfyNode):
@@ -68,9 +69,9 @@ INVERT_TIP = ("Flip the mask (1 - mask). R2R needs the object white (1). Load Im
               "part of a cut-out PNG.")
 LEGACY_TIP = ("Not needed any more: the composite and mask come with the LATENT from Clear-VAE Encode. "
               "Kept (and ignored) so that older workflows still load.")
-MAX_SIDE_TIP = ("Working resolution: the longer side the model runs at (a multiple of 64). The official release "
-                "runs at 1024; 512 is about 4x faster and uses less memory. The result comes back at the "
-                "original size.")
+MAX_SIDE_TIP = ("Working resolution: the longer side the model runs at (a multiple of 64). 0 = automatic: 1024 "
+                "(what the release was trained at) on a GPU, 512 on a CPU (about 4x faster there). The result "
+                "comes back at the original size.")
 RESIZE_TIP = ("How the picture becomes the working canvas: fit = scale the long side to max_side and round both "
               "sides to multiples of 64 (<= 3% stretch, undone afterwards); pad = keep the exact aspect ratio, "
               "padded; square = squash to max_side x max_side like the official code.")
@@ -84,7 +85,29 @@ REFERENCE_TIP = ("Optional region (white = 1) whose colours and light the object
                  "whole background. Not affected by invert_mask.")
 
 
-# ----------------------------------------------------------------------------- shared inputs
+# ----------------------------------------------------------------------------- inputs from the parameter table
+
+
+def param_input(name: str, input_name: str | None = None, *, tooltip: str | None = None, optional: bool = False,
+                default=None, **extra):
+    """The V3 input for the entry ``name`` of ``r2r.params.PARAMS``: its type, default, range and help."""
+    p = PARAMS[name]
+    kw = {"default": p.default if default is None else default, "tooltip": tooltip or p.help, "optional": optional}
+    kw.update(extra)
+    input_name = input_name or name
+    if p.choices is not None:
+        return io.Combo.Input(input_name, options=list(p.choices), **kw)
+    if p.kind is bool:
+        return io.Boolean.Input(input_name, **kw)
+    low = p.minimum if p.special is None else min(p.minimum, p.special[0])
+    if p.kind is int:
+        return io.Int.Input(input_name, min=int(low), max=int(p.maximum), step=int(p.step or 1), **kw)
+    return io.Float.Input(input_name, min=float(low), max=float(p.maximum), step=float(p.step or 0.01), **kw)
+
+
+def check_param(name: str, value, node: str, input_name: str | None = None):
+    """A widget value checked against the table (API callers and direct calls skip the frontend's limits)."""
+    return check(name, value, f"R2R {node}: '{input_name or name}'")
 
 
 def clear_vae_in():
@@ -103,31 +126,47 @@ def invert_in(tooltip=INVERT_TIP, optional=False):
     return io.Boolean.Input("invert_mask", default=False, tooltip=tooltip, optional=optional)
 
 
-def max_side_in():
-    return io.Int.Input("max_side", default=1024, min=64, max=4096, step=64, tooltip=MAX_SIDE_TIP)
+REFERENCE_IMAGE_TIP = ("Optional: another photo whose colours and light the object should take (any size; "
+                       "stretched to the working canvas, only its region's average statistics matter).")
+REFERENCE_IMAGE_MASK_TIP = ("Optional: the part of reference_image to take the colours from (white = use; default: "
+                            "the whole photo). Same size as reference_image.")
+
+
+def reference_inputs():
+    """The optional colour-source inputs: a region of this picture, or another photo (and its region)."""
+    return [mask_in("reference_mask", tooltip=REFERENCE_TIP, optional=True),
+            image_in("reference_image", tooltip=REFERENCE_IMAGE_TIP, optional=True),
+            mask_in("reference_image_mask", tooltip=REFERENCE_IMAGE_MASK_TIP, optional=True)]
+
+
+def max_side_in(default=AUTO_MAX_SIDE):
+    return param_input("max_side", default=default, tooltip=MAX_SIDE_TIP)
 
 
 def resize_in():
-    return io.Combo.Input("resize_mode", options=list(RESIZE_MODES), default=DEFAULT_RESIZE_MODE, tooltip=RESIZE_TIP)
+    return param_input("resize_mode", tooltip=RESIZE_TIP)
 
 
-def seed_in(tooltip="Random seed (a CPU generator, so a seed gives the same picture on every device)."):
-    return io.Int.Input("seed", default=0, min=0, max=SEED_MAX, step=1, control_after_generate=True, tooltip=tooltip)
+def seed_in(tooltip="Random seed (drawn on the CPU by default, so a seed gives the same picture on every device)."):
+    return param_input("seed", tooltip=tooltip, control_after_generate=True)
 
 
 def steps_in():
-    return io.Int.Input("steps", default=10, min=1, max=200, step=1,
-                        tooltip="Denoising steps. The release was tuned for 10.")
+    return param_input("steps")
 
 
-def sampler_in(names, default):
-    return io.Combo.Input("sampler", options=list(names), default=default,
-                          tooltip="Scheduler. euler_ancestral is the official one; the others are diffusers "
-                                  "schedulers on the same noise schedule.")
+def sampler_in():
+    return param_input("scheduler", "sampler",
+                       tooltip="Scheduler. euler_ancestral is the official one; the others are diffusers "
+                               "schedulers on the same noise schedule.")
 
 
-def strength_in(default=1.0, maximum=2.0, tooltip=STRENGTH_TIP):
-    return io.Float.Input("strength", default=default, min=0.0, max=maximum, step=0.05, tooltip=tooltip)
+def strength_in(tooltip=STRENGTH_TIP):
+    return param_input("strength", tooltip=tooltip)
+
+
+def noise_device_in():
+    return param_input("noise_device", optional=True)
 
 
 def paste_back_in(optional=False):
@@ -137,11 +176,8 @@ def paste_back_in(optional=False):
 
 
 def feather_in(optional=False):
-    return io.Int.Input("feather", default=-1, min=-1, max=256, step=1, optional=optional,
-                        tooltip="Width in original pixels of the soft edge outside the mask for the paste-back. "
-                                "-1 = automatic (one latent cell), 0 = hard edge.")
+    return param_input("feather", optional=optional)
 
 
 def fullres_in(optional=False):
-    return io.Combo.Input("fullres_mode", options=list(FULLRES_MODES), default=DEFAULT_FULLRES_MODE,
-                          tooltip=FULLRES_TIP, optional=optional)
+    return param_input("fullres_mode", tooltip=FULLRES_TIP, optional=optional)

@@ -5,20 +5,27 @@
 * ``R2R_CLEAR_VAE``  -> :class:`ManagedModel` around ``r2r.models.ClearVAE``
 * ``R2R_CONTROLLER`` -> :class:`ManagedModel` around ``r2r.models.HarmonyController``
 * ``LATENT``         -> ``{"samples": unscaled latent, "r2r": R2RLatentState}`` (Clear-VAE Encode,
-  R2R Sampler, KSampler on the R2R path)
+  R2R Sampler, R2R Conditioning, KSampler on the R2R path)
 
 They are passed by reference and cached by ComfyUI while their inputs do not change; nodes treat
-them as read-only and return modified copies. The ``cache`` dicts are the exception: they hold
+them as read-only and return modified copies. The residual caches are the exception: they hold
 results that depend only on what the object already fixes (the controller residuals for a given
-composite, steps and scheduler), so re-running the graph with a new seed reuses them.
+composite, reference and strength, by timestep), so re-running the graph with a new seed reuses them.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ._host import ManagedModel
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..r2r.imaging import Prepared
+    from ..r2r.pipeline import EncodedComposite, Reference, ResidualCache
 
 R2R_MODEL = "R2R_MODEL"
 R2R_CLEAR_VAE = "R2R_CLEAR_VAE"
@@ -32,24 +39,37 @@ LATENT_KEY = "r2r"
 class R2RLatentState:
     """What Clear-VAE Encode read and computed, carried to the sampler and to Decode.
 
-    ``prepared`` is :class:`r2r.imaging.Prepared` on the CPU (the composite, mask and hint at the
-    working resolution, the latent mask, the original composite and mask for the paste-back).
-    The composite's Clear-VAE posterior (mean and log-variance, unscaled, float32 on the CPU) lets the
-    sampler draw its sample in the official random-number order. ``skips``: the encoder skips kept
-    in host RAM for Decode, or None when Decode encodes the composite again (see nodes/flow.py).
+    ``prepared``: the composite, mask and hint at the working resolution, the latent mask, the
+    original composite and mask for the paste-back (on the CPU). ``encoded``: the composite's
+    Clear-VAE posterior and, where the placement rule kept them, its encoder skips. ``key``: the
+    fingerprint of the composite, mask and working settings that every consumer checks (a LATENT
+    from one composite never decodes with another's state). ``sampled``: the fingerprint of the
+    latent R2R Sampler produced with this state (None before sampling).
     """
 
-    prepared: object
-    posterior_mean: object  # [B,4,h,w] float32
-    posterior_logvar: object  # [B,4,h,w] float32
-    posterior_dtype: object  # the Clear-VAE's torch dtype (the sample is drawn in it)
-    scaling_factor: float
-    key: str  # content fingerprint of composite + mask + working settings
-    skips: list | None = None
+    prepared: Prepared
+    encoded: EncodedComposite
+    key: str
+    sampled: str | None = None
+    origin: str = "R2R Clear-VAE Encode"
 
     @property
     def batch_size(self) -> int:
-        return int(self.posterior_mean.shape[0])
+        return self.encoded.batch_size
+
+    @property
+    def latent_shape(self) -> list[int]:
+        return list(self.encoded.mean.shape)
+
+    def describe(self) -> str:
+        h, w = self.prepared.geometry.original_size
+        return f"a {w}x{h} composite (batch {self.batch_size}, id {self.key[:8]})"
+
+    def expand(self, batch: int) -> R2RLatentState:
+        """The state of ``batch`` items: a batch-1 state repeated, or the state tiled for several seeds."""
+        if batch == self.batch_size:
+            return self
+        return dataclasses.replace(self, prepared=self.prepared.expand(batch), encoded=self.encoded.expand(batch))
 
 
 @dataclass(frozen=True)
@@ -58,33 +78,30 @@ class ControlSettings:
 
     controller: ManagedModel
     strength: float
-    #: [B,1,H,W] reference-region mask at its own size (None: the whole background)
-    reference_mask: object = None
-    #: controller residuals already computed, keyed by what they depend on (see nodes/flow.py)
-    cache: dict = field(default_factory=dict, compare=False, repr=False)
+    #: where MACA's colour statistics come from (None: the whole background); a mask region is kept at
+    #: its own size and brought to the composite's when the LATENT is known
+    reference: Reference | None = None
+    #: controller residuals already computed (r2r.pipeline.ResidualCache), reused for a new seed
+    cache: ResidualCache = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self):
+        if self.cache is None:
+            from ..r2r.pipeline import ResidualCache
+
+            object.__setattr__(self, "cache", ResidualCache())
+
+    @property
+    def reference_mask(self) -> torch.Tensor | None:
+        return None if self.reference is None else self.reference.mask
 
 
 @dataclass(frozen=True)
 class R2RModel:
     unet: ManagedModel
     scheduler_config: dict
-    prompt_embeds: object  # [1,77,768] tensor
+    prompt_embeds: torch.Tensor  # [1,77,768]
     source: str
     control: ControlSettings | None = None
 
     def with_control(self, control: ControlSettings | None) -> R2RModel:
         return dataclasses.replace(self, control=control)
-
-
-def tensor_fingerprint(*tensors) -> str:
-    """A content hash of tensors (shape + values), to key caches and detect changed inputs."""
-    import hashlib
-
-    import torch
-
-    digest = hashlib.blake2b(digest_size=16)
-    for x in tensors:
-        data = x.detach().to("cpu", torch.float32).contiguous()
-        digest.update(str(tuple(data.shape)).encode())
-        digest.update(data.numpy().tobytes())
-    return digest.hexdigest()

@@ -1,10 +1,9 @@
-"""The Harmony Controller (with MACA) as a core ComfyUI control object.
+"""The Harmony Controller (with MACA) as a core ComfyUI control object, and the KSampler path's checks.
 
 :func:`control_class` returns a ``comfy.controlnet.ControlBase`` subclass (built on first use, so
 the pack imports without ComfyUI). An instance rides in CONDITIONING under ``"control"`` like a
 ControlNet: at every model call ComfyUI asks it for ``get_control(x_noisy, sigma, cond,
-batched_number, ...)``; it runs the R2R controller on the hint (it never looks at the noisy
-latent) and returns ComfyUI's control dict for the SD1.5 U-Net:
+batched_number, ...)``; it returns ComfyUI's control dict for the SD1.5 U-Net:
 
 * ``"output"``: the 12 down residuals in the controller's order. The U-Net pops this list from the
   end, one per skip connection, so residual ``i`` is added to stored skip feature ``i``; that is
@@ -12,9 +11,17 @@ latent) and returns ComfyUI's control dict for the SD1.5 U-Net:
 * ``"middle"``: ``[mid residual]``, added to the middle block's output
   (``mid_block_additional_residual``).
 
-The timestep the controller sees is ``model_sampling.timestep(sigma)``, the same one ComfyUI gives
-the U-Net. ``strength`` scales every residual (applied by ComfyUI's ``control_merge``, as for a
-ControlNet); controls chain with ``previous_controlnet`` like ControlNets do.
+The residuals come from the pipeline's residual stage (``R2RPipeline.residuals``) for the timestep
+``model_sampling.timestep(sigma)`` — the one ComfyUI gives the U-Net — and are memoised by timestep
+in a :class:`r2r.pipeline.ResidualCache` that lives as long as R2R Conditioning's output: the
+controller never sees the noisy latent, so a new seed, or another sampler visiting the same
+timesteps, runs no controller; cond and uncond share one computation. The strength is applied by
+the residual stage; controls chain with ``previous_controlnet`` like ControlNets do.
+
+:func:`add_pairing_check` puts an OUTER_SAMPLE wrapper on the MODEL of R2R Model for KSampler: before
+sampling it refuses a LATENT that is not R2R Conditioning's, a conditioning made for another
+composite than the LATENT, and ``denoise`` < 1; after sampling it records which composite the
+samples belong to (Clear-VAE Decode checks it, nodes/_checks.py).
 """
 
 from __future__ import annotations
@@ -22,6 +29,11 @@ from __future__ import annotations
 import functools
 
 from ..r2r.errors import R2RUserError
+
+#: the cond key that names the composite a conditioning was made for (checked against KSampler's latent)
+COND_KEY = "r2r_composite"
+#: the attribute R2R Conditioning puts on its LATENT's samples tensor (KSampler hands that tensor on)
+LATENT_TAG = "_r2r_composite"
 
 
 def _batch_to(t, total: int, batched_number: int):
@@ -35,38 +47,44 @@ def _batch_to(t, total: int, batched_number: int):
 
 
 def controller_memory_bytes(controller, batch: int, latent_hw, dtype) -> int:
-    """Device memory one controller call needs besides its weights (r2r.pipeline.memory's estimates: the
-    activations and the 13 residuals it returns), for a cond + uncond batch (``2 * batch``)."""
+    """Device memory one controller call needs besides its weights (r2r.pipeline.memory's estimates:
+    the activations and the 13 residuals it returns) for ``batch`` images."""
     from ..r2r.pipeline import memory
 
-    b = 2 * int(batch)
     hw = tuple(int(v) for v in latent_hw)
-    return (memory.controller_activation_bytes(b, hw, dtype)
-            + memory.residual_bytes_per_step(controller.model.config, b, hw, dtype))
+    return (memory.controller_activation_bytes(int(batch), hw, dtype)
+            + memory.residual_bytes_per_step(controller.model.config, int(batch), hw, dtype))
 
 
 @functools.cache
 def control_class():
     """``R2RHarmonyControl``, a ``comfy.controlnet.ControlBase`` subclass."""
     import comfy.controlnet
-    import torch
+
+    from ..r2r.pipeline import ResidualCache
 
     class R2RHarmonyControl(comfy.controlnet.ControlBase):
-        """The R2R Harmony Controller for one prepared composite (hint, latent masks)."""
+        """The R2R Harmony Controller for one prepared composite (and its reference)."""
 
-        def __init__(self, controller, hint, latent_mask, reference_mask=None, strength=1.0):
+        def __init__(self, pipe, prepared, reference=None, strength=1.0, cache=None):
             super().__init__()
-            self.controller = controller  # nodes._host.ManagedModel around r2r.models.HarmonyController
-            self.hint = hint  # [B,7,H,W] at the working resolution, on the intermediate device
-            self.latent_mask = latent_mask  # [B,1,H/8,W/8], nearest-downsampled
-            self.reference_mask = reference_mask  # [B,1,H/8,W/8] or None (the whole background)
-            self.strength = float(strength)
+            self.pipe = pipe  # R2RPipeline over ComfyModels with the controller
+            self.prepared = prepared  # r2r.imaging.Prepared (host)
+            self.reference = reference  # r2r.pipeline.PreparedReference or None
+            self.r2r_strength = float(strength)  # applied by the residual stage (ComfyUI's own strength stays 1)
+            self.cache = cache if cache is not None else ResidualCache()
             self.model_sampling_current = None
-            self._inputs = None  # (key, hint, mask, reference) on the controller's device and dtype
-            self._loaded = False
+
+        @property
+        def composite_key(self) -> str:
+            return self.prepared.key
+
+        @property
+        def managed(self):
+            return self.pipe.models._managed["controller"]
 
         def copy(self):
-            c = R2RHarmonyControl(self.controller, self.hint, self.latent_mask, self.reference_mask, self.strength)
+            c = R2RHarmonyControl(self.pipe, self.prepared, self.reference, self.r2r_strength, self.cache)
             self.copy_to(c)
             return c
 
@@ -76,63 +94,94 @@ def control_class():
 
         def cleanup(self):
             self.model_sampling_current = None
-            self._inputs = None
-            self._loaded = False
             super().cleanup()
 
         def get_models(self):
             # loaded by ComfyUI together with the U-Net (and counted in its memory plan)
-            return super().get_models() + [self.controller.patcher()]
+            return super().get_models() + [self.managed.patcher()]
 
         def inference_memory_requirements(self, dtype):
-            b = self.hint.shape[0]
-            own = controller_memory_bytes(self.controller, b, self.latent_mask.shape[-2:], self.controller.dtype)
+            own = controller_memory_bytes(self.managed, self.prepared.batch_size, self.prepared.latent_size,
+                                          self.managed.dtype)
             return super().inference_memory_requirements(dtype) + own
-
-        def _ensure_resident(self):
-            """ComfyUI may have loaded the controller only partly (low VRAM); diffusers modules cannot
-            run partly offloaded, so then load it whole (through ComfyUI, accounted)."""
-            device = torch.device(self.controller.patcher().load_device)
-            for p in self.controller.model.parameters():
-                if p.device.type != device.type or (device.index is not None and p.device.index != device.index):
-                    self.controller.load(controller_memory_bytes(self.controller, self.hint.shape[0],
-                                                                 self.latent_mask.shape[-2:], self.controller.dtype))
-                    return
-
-        def _model_inputs(self, device, dtype, total, batched_number):
-            key = (device, dtype, total, batched_number)
-            if self._inputs is None or self._inputs[0] != key:
-                ref = self.reference_mask
-                self._inputs = (
-                    key,
-                    _batch_to(self.hint, total, batched_number).to(device=device, dtype=dtype),
-                    _batch_to(self.latent_mask, total, batched_number).to(device=device, dtype=dtype),
-                    None if ref is None else _batch_to(ref, total, batched_number).to(device=device, dtype=dtype),
-                )
-            return self._inputs[1:]
 
         def get_control(self, x_noisy, t, cond, batched_number, transformer_options):
             control_prev = None
             if self.previous_controlnet is not None:
                 control_prev = self.previous_controlnet.get_control(x_noisy, t, cond, batched_number,
                                                                     transformer_options)
-            if tuple(x_noisy.shape[-2:]) != tuple(self.latent_mask.shape[-2:]):
+            if tuple(x_noisy.shape[-2:]) != tuple(self.prepared.latent_size):
                 raise R2RUserError(
                     f"R2R Conditioning: KSampler's latent is {list(x_noisy.shape[-2:])} but the Harmony Controller "
-                    f"was prepared for {list(self.latent_mask.shape[-2:])}. Give KSampler the LATENT of R2R "
+                    f"was prepared for {list(self.prepared.latent_size)}. Give KSampler the LATENT of R2R "
                     "Conditioning, without latent upscaling or cropping in between."
                 )
-            if not self._loaded:
-                self._ensure_resident()
-                self._loaded = True
-            ctrl = self.controller.model
-            device, dtype = next(ctrl.parameters()).device, ctrl.dtype
-            hint, mask, ref = self._model_inputs(device, dtype, x_noisy.shape[0], batched_number)
-            context = cond.get("crossattn_controlnet", cond["c_crossattn"])
-            timestep = self.model_sampling_current.timestep(t).to(device)
-            down, mid = ctrl(hint, timestep, context.to(device=device, dtype=dtype), mask, reference_mask=ref)
-            out_device = x_noisy.device
-            control = {"input": [], "middle": [mid.to(out_device)], "output": [d.to(out_device) for d in down]}
+            timestep = float(self.model_sampling_current.timestep(t).reshape(-1)[0])
+            residuals = self.pipe.residuals(self.prepared, [timestep], self.r2r_strength, self.reference,
+                                            cache=self.cache)
+            down, mid = residuals(0, timestep)
+            out_device, total = x_noisy.device, x_noisy.shape[0]
+
+            def out(r):  # a copy: control_merge scales in place, and the cache keeps the originals
+                return _batch_to(r, total, batched_number).to(out_device, copy=True)
+
+            control = {"input": [], "middle": [out(mid)], "output": [out(d) for d in down]}
             return self.control_merge(control, control_prev, output_dtype=None)
 
     return R2RHarmonyControl
+
+
+def r2r_composites(conds) -> set:
+    """The composite keys the R2R conditionings among ``conds`` (the guider's cond lists) were made for."""
+    keys = set()
+    for items in (conds or {}).values():
+        for c in items or ():
+            if isinstance(c, dict) and c.get(COND_KEY):
+                keys.add(c[COND_KEY])
+    return keys
+
+
+def check_pairing(guider, latent_image, sigmas) -> set:
+    """Refuse, before any step runs, a KSampler whose conditioning and LATENT do not belong together."""
+    composites = r2r_composites(getattr(guider, "conds", None) or getattr(guider, "original_conds", None))
+    if not composites:
+        return composites
+    tag = getattr(latent_image, LATENT_TAG, None)
+    if tag is None:
+        raise R2RUserError(
+            "R2R KSampler path: KSampler's latent_image is not the LATENT of R2R Conditioning. Connect R2R "
+            "Conditioning's 'latent' output to KSampler's latent_image (R2R starts from pure noise; a latent from "
+            "Clear-VAE Encode or Empty Latent Image would be mixed into it).")
+    if tag not in composites:
+        raise R2RUserError(
+            "R2R KSampler path: KSampler's positive/negative conditioning was made for another composite than its "
+            f"latent_image (conditioning: composite id {sorted(composites)[0][:8]}, latent: composite id "
+            f"{tag[:8]}). Connect the 'positive', 'negative' and 'latent' outputs of the same R2R Conditioning.")
+    model_sampling = guider.model_patcher.get_model_object("model_sampling")
+    first, top = float(sigmas.reshape(-1)[0]), float(model_sampling.sigma_max)
+    if first < top * 0.999:
+        raise R2RUserError(
+            f"R2R KSampler path: sampling starts at sigma {first:.3g}, below the model's {top:.3g} (KSampler denoise "
+            "< 1, or KSampler (Advanced) start_at_step > 0). R2R starts from pure noise: set denoise to 1.0 "
+            "(start_at_step 0); for a weaker harmonization lower R2R Conditioning's strength.")
+    return composites
+
+
+def _pairing_wrapper(executor, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None,
+                     disable_pbar=False, seed=None):
+    from ..r2r.imaging import fingerprint
+    from . import _checks
+
+    composites = check_pairing(executor.class_obj, latent_image, sigmas)
+    out = executor(noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed)
+    if len(composites) == 1:
+        _checks.remember_sampled(fingerprint(out), next(iter(composites)))
+    return out
+
+
+def add_pairing_check(patcher):
+    """The MODEL with the pairing check as an OUTER_SAMPLE wrapper (see the module docstring)."""
+    import comfy.patcher_extension
+
+    patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, "r2r_pairing", _pairing_wrapper)
+    return patcher

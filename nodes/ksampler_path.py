@@ -18,53 +18,52 @@ The composite latent is, by default, the Clear-VAE posterior SAMPLE that R2R Sam
 for ``composite_seed`` (its generator draws the initial noise first, then this sample): with the
 same seed as KSampler and the ``euler`` sampler (scheduler ``normal``), KSampler gives R2R Sampler's
 ``euler`` result. ``composite_latent = mean`` uses the posterior mean instead (deterministic).
+
+The KSampler path keeps ComfyUI's own noise (KSampler's seed and noise device); ``noise_device`` of
+R2R Sampler does not apply here.
+
+Mixed-up graphs are refused before sampling: the conditioning names its composite (``r2r_composite``)
+and R2R Conditioning's LATENT tensor carries the same name; the MODEL of R2R Model for KSampler checks
+that they agree, that KSampler got R2R Conditioning's LATENT, and that ``denoise`` is 1.0
+(nodes/harmony_control.py). ``denoise`` < 1 is refused: R2R starts from pure noise, and KSampler's
+img2img would start from the LATENT's zeros (use ``strength`` for a weaker change).
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 from comfy_api.v0_0_2 import io
 
 from ..r2r.errors import R2RUserError
-from . import _convert, flow
-from ._schema import SEED_MAX, R2RControllerType, R2RModelType, R2RNode, choice, mask_in, strength_in
+from ..r2r.pipeline.sampling import SD15_LATENT_SCALE
+from . import _checks, flow
+from ._schema import (
+    SEED_MAX,
+    R2RControllerType,
+    R2RModelType,
+    R2RNode,
+    check_param,
+    choice,
+    reference_inputs,
+    strength_in,
+)
 from ._types import LATENT_KEY
+from .harmony_control import COND_KEY, LATENT_TAG
 
 COMPOSITE_LATENTS = ("sample", "mean")
 
-REFERENCE_TIP = ("Optional region (white = 1) whose colours and light the object should take, instead of the "
-                 "whole background (same size or aspect ratio as the composite).")
 
-
-def composite_latent(state, how: str = "sample", seed: int = 0, noise_dtype=None):
-    """The composite's UNSCALED latent ``[B,4,h,w]`` for the U-Net's concat input (float32, CPU).
-
-    ``"sample"`` draws as R2R Sampler does for ``seed``: a CPU generator seeded with ``seed`` draws
-    the initial noise (in ``noise_dtype``, the U-Net's; discarded here: KSampler draws its own, the
-    same numbers for the same seed) and then the posterior sample in the Clear-VAE's dtype.
-    ``"mean"``: the posterior mean.
-    """
-    import torch
-    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
-
-    mean = state.posterior_mean.detach().to("cpu", torch.float32)
-    if how == "mean":
-        return mean
-    generator = torch.Generator("cpu").manual_seed(int(seed) & 0xFFFFFFFFFFFFFFFF)
-    torch.randn(mean.shape, generator=generator, dtype=noise_dtype or torch.float32)  # R2R Sampler's first draw
-    params = torch.cat([mean, state.posterior_logvar.detach().to("cpu", torch.float32)], dim=1)
-    posterior = DiagonalGaussianDistribution(params.to(state.posterior_dtype))
-    return posterior.sample(generator=generator).to(torch.float32)
-
-
-def composite_latent_for(state, how: str, seed: int, noise_dtype=None):
-    """:func:`composite_latent`, rescaled when the Clear-VAE's scaling factor is not SD1.5's 0.18215
-    (ComfyUI scales the concat latent with SD1.5's factor)."""
-    z = composite_latent(state, how, seed, noise_dtype)
-    factor = float(state.scaling_factor) / 0.18215
+def composite_latent_for(pipe, state, how: str, seed: int):
+    """The composite's UNSCALED latent for the concat input (drawn by the pipeline's stage as R2R Sampler
+    draws it for ``seed``), rescaled when the Clear-VAE's scaling factor is not SD1.5's (ComfyUI scales
+    the concat latent with SD1.5's factor)."""
+    z = pipe.composite_latent(state.encoded, int(seed), how)
+    factor = float(state.encoded.scaling_factor) / SD15_LATENT_SCALE
     return z if factor == 1.0 else z * factor
 
 
-def build_conditioning(prompt_embeds, concat_latent, latent_mask, control=None):
+def build_conditioning(prompt_embeds, concat_latent, latent_mask, control=None, composite_key=None):
     """ComfyUI CONDITIONING ``[[cross_attn, extras]]`` for the R2R U-Net.
 
     ``concat_latent``: the UNSCALED composite latent (ComfyUI scales it with the SD1.5 latent
@@ -74,28 +73,12 @@ def build_conditioning(prompt_embeds, concat_latent, latent_mask, control=None):
     import torch
 
     extras = {"concat_latent_image": concat_latent, "concat_mask": latent_mask.to(torch.float32)}
+    if composite_key is not None:
+        extras[COND_KEY] = composite_key
     if control is not None:
         extras["control"] = control
         extras["control_apply_to_uncond"] = False  # negative carries the same control itself
     return [[prompt_embeds.detach().to("cpu", torch.float32), extras]]
-
-
-def _reference_latent(reference_mask, state, node: str):
-    """A MASK at (or with the aspect ratio of) the composite's size -> the latent grid, like the mask."""
-    from ..r2r import imaging
-
-    geometry = state.prepared.geometry
-    ref = _convert.mask_to_b1hw(reference_mask, tuple(geometry.original_size), name="reference_mask",
-                                allow_empty=True, node=node)
-    batch = state.batch_size
-    if ref.shape[0] not in (1, batch):
-        raise R2RUserError(f"R2R {node}: reference_mask has {ref.shape[0]} masks but the LATENT holds {batch} "
-                           "images; give one reference mask, or one per image.")
-    try:
-        ref_lat = imaging.reference_latent_mask(ref, geometry)
-    except R2RUserError as exc:
-        raise R2RUserError(f"R2R {node}: {exc}") from None
-    return ref_lat.expand(batch, -1, -1, -1).contiguous()
 
 
 class R2RUNetToModel(R2RNode):
@@ -119,11 +102,10 @@ class R2RUNetToModel(R2RNode):
     @classmethod
     def execute(cls, model):
         from .comfy_unet import comfy_model
+        from .harmony_control import add_pairing_check
 
-        if model is None or not hasattr(model, "unet"):
-            raise R2RUserError("R2R Model for KSampler: 'model' must be an R2R_MODEL from the R2R Checkpoint Loader "
-                               "or the R2R U-Net Loader.")
-        return io.NodeOutput(comfy_model(model.unet))
+        _checks.check_kind(model, "R2R_MODEL", "model", "Model for KSampler")
+        return io.NodeOutput(add_pairing_check(comfy_model(model.unet)))
 
 
 class R2RConditioning(R2RNode):
@@ -154,7 +136,7 @@ class R2RConditioning(R2RNode):
                 io.Combo.Input("composite_latent", options=list(COMPOSITE_LATENTS), default="sample",
                                tooltip="sample = a Clear-VAE posterior sample drawn as R2R Sampler draws it "
                                        "(official); mean = the posterior mean (deterministic)."),
-                mask_in("reference_mask", tooltip=REFERENCE_TIP, optional=True),
+                *reference_inputs(),
             ],
             outputs=[
                 io.Conditioning.Output(display_name="positive", tooltip="Connect to KSampler's positive."),
@@ -167,34 +149,38 @@ class R2RConditioning(R2RNode):
 
     @classmethod
     def execute(cls, model, latent, controller=None, strength=1.0, composite_seed=0, composite_latent="sample",
-                reference_mask=None):
+                reference_mask=None, reference_image=None, reference_image_mask=None):
         import torch
 
         from .harmony_control import control_class
 
         node = "Conditioning"
-        _convert.check_number(strength, "strength", node, 0.0, 2.0)
-        _convert.check_number(composite_seed, "composite_seed", node, 0, SEED_MAX, integer=True)
+        check_param("strength", strength, node)
+        check_param("seed", composite_seed, node, "composite_seed")
         choice(composite_latent, COMPOSITE_LATENTS, "composite_latent", node)
-        if model is None or not hasattr(model, "prompt_embeds"):
-            raise R2RUserError(f"R2R {node}: 'model' must be an R2R_MODEL from the R2R Checkpoint Loader or the "
-                               "R2R U-Net Loader.")
-        if controller is not None and not hasattr(controller, "load"):
-            raise R2RUserError(f"R2R {node}: 'controller' must be an R2R_CONTROLLER from the R2R Checkpoint "
-                               "Loader or the R2R Controller Loader.")
-        state = flow.r2r_state(latent, node)
-        latent_mask = state.prepared.latent_mask.detach().to("cpu", torch.float32)
-        ref = None if reference_mask is None else _reference_latent(reference_mask, state, node)
-        control = None
+        _checks.check_kind(model, "R2R_MODEL", "model", node)
         if controller is not None:
-            control = control_class()(controller, state.prepared.hint.detach().to("cpu", torch.float32),
-                                      latent_mask, ref, strength)
-        concat = composite_latent_for(state, composite_latent, composite_seed, model.unet.dtype)
-        positive = build_conditioning(model.prompt_embeds, concat, latent_mask, control)
-        negative = build_conditioning(model.prompt_embeds, concat, latent_mask, control)
-        out_latent = {"samples": torch.zeros_like(state.posterior_mean, dtype=torch.float32, device="cpu"),
-                      LATENT_KEY: latent[LATENT_KEY]}
-        return io.NodeOutput(positive, negative, out_latent)
+            _checks.check_kind(controller, "R2R_CONTROLLER", "controller", node)
+        state = _checks.latent_state(latent, node)
+        reference = flow.make_reference(reference_mask, reference_image, reference_image_mask, node)
+        pipe = flow.pipeline(unet=model.unet, controller=controller, scheduler_config=model.scheduler_config,
+                             prompt_embeds=model.prompt_embeds, in_sampler=True)
+        prepared_ref = pipe.prepare_reference(flow.reference_for(reference, state, node), state.prepared)
+        if prepared_ref is not None and prepared_ref.batch_size not in (1, state.batch_size):
+            raise R2RUserError(f"R2R {node}: {prepared_ref.batch_size} references for a LATENT of {state.batch_size} "
+                               "image(s); give one reference, or one per image (R2R Sampler also takes several "
+                               "references for one composite).")
+        control = None
+        if controller is not None and float(strength) > 0:
+            control = control_class()(pipe, state.prepared, prepared_ref, float(strength))
+        concat = composite_latent_for(pipe, state, composite_latent, composite_seed)
+        latent_mask = state.prepared.latent_mask.detach().to("cpu", torch.float32)
+        positive = build_conditioning(model.prompt_embeds, concat, latent_mask, control, state.key)
+        negative = build_conditioning(model.prompt_embeds, concat, latent_mask, control, state.key)
+        samples = torch.zeros(state.latent_shape, dtype=torch.float32, device="cpu")
+        setattr(samples, LATENT_TAG, state.key)  # KSampler hands this tensor to the sampler: checked there
+        out_state = dataclasses.replace(state, origin="R2R Conditioning")
+        return io.NodeOutput(positive, negative, {"samples": samples, LATENT_KEY: out_state})
 
 
 NODES = [R2RUNetToModel, R2RConditioning]

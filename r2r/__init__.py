@@ -23,6 +23,7 @@ _LAZY = {
     "MACA": ".models",
     "AdaptiveFilters": ".models",
     "R2RUserError": ".errors",
+    "Reference": ".pipeline",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

@@ -65,3 +65,44 @@ def resolve_dtype(dtype, device=None):
         if key in DTYPE_NAMES:
             return getattr(torch, DTYPE_NAMES[key])
     raise R2RUserError(f"Unsupported dtype {dtype!r}; expected one of fp32, bf16, fp16, auto (or a torch float dtype).")
+
+
+def wide_float(device):
+    """The widest float the device computes in: float64, except on Apple's MPS (no float64 there: float32).
+    For accumulations that want the extra precision (Poisson solver dot products)."""
+    import torch
+
+    return torch.float32 if torch.device(device).type == "mps" else torch.float64
+
+
+def auto_max_side(device) -> int:
+    """The working resolution that fits the machine: 1024 (what the model was trained at) on an
+    accelerator, 512 on a CPU (about 4x faster there)."""
+    import logging
+
+    side = 512 if resolve_device(device).type == "cpu" else 1024
+    logging.getLogger(__name__).info("max_side auto: %d on %s", side, resolve_device(device).type)
+    return side
+
+
+def resolve_max_side(max_side, device) -> int:
+    """``max_side`` checked (:mod:`r2r.params`); 0 (auto) -> :func:`auto_max_side`."""
+    from .params import AUTO_MAX_SIDE, check
+
+    value = check("max_side", max_side, "max_side")
+    return auto_max_side(device) if value == AUTO_MAX_SIDE else value
+
+
+def warn_if_slow_dtype(dtype, device) -> bool:
+    """Log a warning when a half dtype is chosen on a CPU (it runs several times slower than fp32 there).
+    Returns whether it warned."""
+    import logging
+
+    import torch
+
+    if resolve_device(device).type == "cpu" and dtype in (torch.float16, torch.bfloat16):
+        logging.getLogger(__name__).warning(
+            "%s on the CPU runs several times slower than float32 (CPUs have no fast half-precision kernels); "
+            "use fp32 (or auto) for speed.", str(dtype).removeprefix("torch."))
+        return True
+    return False

@@ -49,6 +49,8 @@ harmony = pack_module("nodes.harmony_control")
 host = pack_module("nodes._host")
 imaging = pack_module("r2r.imaging")
 sampling = pack_module("r2r.pipeline.sampling")
+flow = pack_module("nodes.flow")
+PreparedReference = pack_module("r2r.pipeline").PreparedReference
 R2RUserError = pack_module("r2r.errors").R2RUserError
 
 
@@ -107,9 +109,18 @@ def _exact_r2r(parts, prepared, z_comp, seed, steps, strength, ref_lat, sampler=
                             steps)
 
 
+def _control(parts, managed, prepared, ref_lat, strength):
+    """The KSampler path's control object over the pipeline's residual stage (as R2R Conditioning makes it)."""
+    _, _, embeds, sched_cfg = parts
+    pipe = flow.pipeline(unet=managed[0], controller=managed[1], scheduler_config=sched_cfg, prompt_embeds=embeds,
+                         in_sampler=True)
+    reference = None if ref_lat is None else PreparedReference(ref_lat, None, "test-region")
+    return harmony.control_class()(pipe, prepared, reference, strength)
+
+
 def _conditioning(parts, managed, prepared, z_comp, strength, ref_lat):
     _, _, embeds, _ = parts
-    control = harmony.control_class()(managed[1], prepared.hint, prepared.latent_mask, ref_lat, strength)
+    control = _control(parts, managed, prepared, ref_lat, strength)
     pos = ksp.build_conditioning(embeds, z_comp, prepared.latent_mask, control)
     neg = ksp.build_conditioning(embeds, z_comp, prepared.latent_mask, control)
     return pos, neg
@@ -153,7 +164,7 @@ def test_residual_order_matches_diffusers_unet(parts, managed):
     unet, controller, embeds, _ = parts
     prepared = _prepared(h=64, w=128)
     model = comfy_unet.comfy_model(managed[0])
-    control = harmony.control_class()(managed[1], prepared.hint, prepared.latent_mask, None, 1.0)
+    control = _control(parts, managed, prepared, None, 1.0)
     ms = model.get_model_object("model_sampling")
     control.pre_run(model.model, lambda p: ms.percent_to_sigma(p))
     sigma = ms.sigmas[500:501].clone()
@@ -187,7 +198,9 @@ def test_control_is_loaded_and_counted_by_comfy(parts, managed):
     assert memory == own > 0
     control = pos[0][1]["control"]
     twin = control.copy()
-    assert (twin.strength, twin.controller, twin.reference_mask) == (0.5, control.controller, control.reference_mask)
+    assert (twin.r2r_strength, twin.managed, twin.reference, twin.cache) == (0.5, control.managed, control.reference,
+                                                                              control.cache)
+    assert twin.strength == 1.0  # ComfyUI's own scaling stays off: the residual stage applies the strength
 
 
 def test_initial_noise_follows_diffusers_linspace(managed):
@@ -316,13 +329,12 @@ def test_nodes_ksampler_equals_r2r_sampler_and_decodes(r2r_socket_objects):
     ref = torch.zeros_like(mask)
     ref[:, :, -40:] = 1
     seed, steps, strength = 1234, 10, 0.8
-    controlled = flow.attach_controller(model, controller, strength,
-                                        pack_module("nodes._convert").mask_to_b1hw(ref, None, allow_empty=True))
+    controlled = flow.attach_controller(model, controller, strength, flow.make_reference(ref))
     exact = flow.sample(controlled, latent, seed, steps, "euler")
 
     (mdl,) = ksp.R2RUNetToModel.execute(model).result
     pos, neg, lat = ksp.R2RConditioning.execute(model, latent, controller, strength, seed, "sample", ref).result
-    assert torch.count_nonzero(lat["samples"]) == 0 and lat["r2r"] is latent["r2r"]
+    assert torch.count_nonzero(lat["samples"]) == 0 and lat["r2r"].key == latent["r2r"].key
     out = _ksampler(mdl, pos, neg, None, seed, steps, latent=lat)
     scale = exact["samples"].abs().max()
     assert (out["samples"] - exact["samples"]).abs().max() <= 1e-4 * scale
@@ -334,9 +346,9 @@ def test_nodes_ksampler_equals_r2r_sampler_and_decodes(r2r_socket_objects):
 
     # the posterior mean instead of the sample: a different (deterministic) composite latent
     pos_m, _, _ = ksp.R2RConditioning.execute(model, latent, controller, strength, seed, "mean", ref).result
-    state = latent["r2r"]
-    assert torch.equal(pos_m[0][1]["concat_latent_image"], state.posterior_mean)
-    assert not torch.equal(pos[0][1]["concat_latent_image"], state.posterior_mean)
+    mean = latent["r2r"].encoded.mean
+    assert torch.equal(pos_m[0][1]["concat_latent_image"], mean)
+    assert not torch.equal(pos[0][1]["concat_latent_image"], mean)
 
 
 def test_conditioning_without_controller_and_bad_inputs(r2r_socket_objects):
@@ -362,11 +374,13 @@ def test_conditioning_without_controller_and_bad_inputs(r2r_socket_objects):
     with pytest.raises(R2RUserError, match="must be an R2R_MODEL"):
         ksp.R2RUNetToModel.execute(None)
 
-    # KSampler given another latent size than the conditioning was made for
+    # KSampler given another latent than R2R Conditioning's (here: of another size)
     pos, neg, lat = ksp.R2RConditioning.execute(model, latent, controller).result
     (mdl,) = ksp.R2RUNetToModel.execute(model).result
-    with pytest.raises(R2RUserError, match="without latent upscaling"):
+    with pytest.raises(R2RUserError, match="not the LATENT of R2R Conditioning"):
         _ksampler(mdl, pos, neg, (1, 4, 16, 16), 0, 1)
+    with pytest.raises(R2RUserError, match="without latent upscaling"):  # the control's own check, without the wrapper
+        _ksampler(comfy_unet.comfy_model(model.unet), pos, neg, (1, 4, 16, 16), 0, 1)
 
 
 def test_registration_list():

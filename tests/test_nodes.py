@@ -70,7 +70,8 @@ def test_registry_ids_categories_tooltips():
         assert info["display_name"].startswith("R2R ")
         assert info["category"] == "R2R" or info["category"].startswith("R2R/")
         assert len(info["description"]) > 40
-        assert info["search_aliases"] and all(isinstance(a, str) and a for a in info["search_aliases"])
+        assert all(isinstance(a, str) and a for a in info["search_aliases"])
+        assert info["search_aliases"] or info["deprecated"], node_id  # deprecated nodes are hidden from search
         for section in ("required", "optional"):
             for name, (typ, opts) in info["input"].get(section, {}).items():
                 assert opts.get("tooltip"), f"{node_id}.{name} has no tooltip"
@@ -90,7 +91,7 @@ def test_extension_entry_point_and_comfy_free_root():
     """The pack root has only the V3 entry point (no NODE_CLASS_MAPPINGS, which would hide it) and
     importing it loads neither ComfyUI nor torch; the entry point lists every node module's classes."""
     assert not hasattr(pack, "NODE_CLASS_MAPPINGS") and callable(pack.comfy_entrypoint)
-    expected = {c.GET_SCHEMA().node_id for mod in ("loaders", "examples", "harmonize", "data")
+    expected = {c.GET_SCHEMA().node_id for mod in ("loaders", "examples", "chain", "harmonize", "data")
                 for c in pack_module(f"nodes.{mod}").NODES}
     assert expected <= set(NODES)
     assert {"R2RExampleImage", "R2RHarmonize", "R2RClearVAEDecode"} <= set(NODES)
@@ -205,7 +206,7 @@ def test_graph_equals_harmonize_node_and_pipeline(loaded, tiny_components):
     image, mask = _scene(b=2)
     latent, sampled, out = _graph(loaded, image, mask)
     assert latent["samples"].shape == (2, 4, 8, 16)  # 80x112 at max_side 128 -> 64x128 working
-    assert sampled["samples"].shape == (2, 4, 8, 16) and sampled["r2r"] is latent["r2r"]
+    assert sampled["samples"].shape == (2, 4, 8, 16) and sampled["r2r"].key == latent["r2r"].key
     assert out.shape == image.shape and out.dtype == torch.float32
     assert 0.0 <= float(out.min()) and float(out.max()) <= 1.0
     # background outside the feather band is the original, bit for bit
@@ -272,7 +273,8 @@ def test_sampler_progress_and_interrupt(loaded, monkeypatch):
     monkeypatch.setattr(host.Progress, "update", spy)
     with pytest.raises(InterruptedError):
         run("R2RSampler", cmodel, latent, 0, 5, "euler_ancestral")
-    assert len(seen) == 7 and seen[0] == 10  # 5 controller steps + 5 denoising steps
+    # the controller phase counts on its own (5), then the bar counts the 5 denoising steps; interrupted in step 2
+    assert seen == [5] * 7
     # the denoising steps send the predicted clean latent for ComfyUI's preview
     assert previews and all(p == tuple(latent["samples"].shape) for p in previews)
     host.request_interrupt(False)
@@ -317,15 +319,18 @@ def test_diffusion_node_errors(loaded):
 
 def test_legacy_inputs_are_ignored(loaded):
     """V1-era graphs wired image/mask/invert_mask into Controller Apply and Decode: still accepted, and
-    the result is the one of the LATENT (masks are read once, by Encode)."""
+    the result is the one of the LATENT (masks are read once, by Encode). A different picture wired into
+    Decode's old 'image' input is refused (it would otherwise be silently ignored)."""
     model, vae, ctrl = loaded
     image, mask = _scene()
     latent, sampled, out = _graph(loaded, image, mask, seed=5, max_side=64)
     (cm,) = run("R2RMACAControllerApply", model, ctrl, 1.0, torch.flip(image, [2]), 1 - mask, True)
     (s2,) = run("R2RSampler", cm, latent, 5, 2, "euler_ancestral")
     assert torch.equal(s2["samples"], sampled["samples"])
-    (out2,) = run("R2RClearVAEDecode", vae, s2, torch.flip(image, [2]), 1 - mask, True, True, -1, "upsample")
+    (out2,) = run("R2RClearVAEDecode", vae, s2, image, 1 - mask, True, True, -1, "upsample")
     assert torch.equal(out2, out)
+    with pytest.raises(R2RUserError, match="not the composite this LATENT carries"):
+        run("R2RClearVAEDecode", vae, s2, torch.flip(image, [2]), mask, False, True, -1, "upsample")
     info = NODES["R2RClearVAEDecode"].GET_NODE_INFO_V1()
     assert "LATENT from Clear-VAE Encode" in info["input"]["optional"]["invert_mask"][1]["tooltip"]
 

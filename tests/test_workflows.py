@@ -60,7 +60,8 @@ def _our_spec(cls):
         for name in info["input_order"].get(section, []):
             typ, opts = info["input"][section][name]
             if typ in WIDGET_TYPES and not opts.get("forceInput"):
-                widgets.append((name, opts["options"] if typ == "COMBO" else typ, opts))
+                widgets.append((name, opts["options"] if typ == "COMBO" else typ, {**opts, "_optional": section ==
+                                                                                   "optional"}))
                 if typ == "INT" and (opts.get("control_after_generate") or name in ("seed", "noise_seed")):
                     widgets.append((name + ":control", "CONTROL", {}))
             else:
@@ -121,7 +122,9 @@ def check_workflow(path):
         assert node.get("mode", 0) == 0, f"{t} is muted/bypassed in {filename}"
         widgets, sockets, outputs, required = _spec(t)
         values = node.get("widgets_values") or []
-        assert len(values) == len(widgets), f"{filename}: {t} has {len(values)} widget values, expected {len(widgets)}"
+        # a workflow saved before optional widgets were added at the end loads them with their defaults
+        assert len(values) <= len(widgets) and all(w[2].get("_optional") for w in widgets[len(values):]), \
+            f"{filename}: {t} has {len(values)} widget values, expected {len(widgets)}"
         for (name, typ, opts), value in zip(widgets, values):
             _check_value(t, name, typ, opts, value)
         linked = {i["name"]: i for i in node.get("inputs", []) if i.get("link") is not None}

@@ -88,29 +88,57 @@ def _transfer_params(mean_f, std_f, mean_r, std_r):
     return ratio, mean_r - mean_f * ratio  # lab' = lab * ratio + shift
 
 
-def harmonize_statistics(composite, mask, strength=1.0, reference_mask=None):
-    """Match the foreground's Lab statistics to the background's (or ``reference_mask``'s).
+def _reference_photo(reference_image, reference_image_mask, reference_mask):
+    """Another photo (HxWx3) and its region (default: the whole photo) -> (image, weights), checked."""
+    if reference_image_mask is not None and reference_image is None:
+        raise R2RUserError("reference_image_mask needs the photo it belongs to: pass reference_image= too.")
+    if reference_image is None:
+        return None, None
+    if reference_mask is not None:
+        raise R2RUserError("Give either reference_mask (a region of the composite) or reference_image (another "
+                           "photo), not both.")
+    ref = image_hwc(reference_image, "reference_image", rgb=True, unit_range=True)
+    if ref.shape[0] < 8 or ref.shape[1] < 8:
+        raise R2RUserError(f"The reference_image must be at least 8x8 pixels; got {ref.shape[1]}x{ref.shape[0]}.")
+    w = np.ones(ref.shape[:2], np.float32) if reference_image_mask is None else \
+        mask_weights_hw(reference_image_mask, ref.shape[:2], "reference_image_mask")
+    return ref, w
+
+
+def harmonize_statistics(composite, mask, strength=1.0, reference_mask=None, reference_image=None,
+                         reference_image_mask=None):
+    """Match the foreground's Lab statistics to the background's (or ``reference_mask``'s, or another
+    photo's).
 
     composite: HxWx3 RGB, uint8 or float in [0, 1] (returned in the same dtype).
     mask: HxW foreground (bool, 0..255 uint8 or 0..1 float; soft values blend).
     strength: 0 = unchanged .. 1 = full transfer. reference_mask: HxW region whose
-    statistics the foreground takes (default: the background, 1 - mask).
+    statistics the foreground takes (default: the background, 1 - mask). reference_image:
+    another photo (any size) whose statistics the foreground takes, over ``reference_image_mask``
+    (its region; default the whole photo).
     Torch ``[B,3,H,W]`` tensors are routed to :func:`harmonize_statistics_torch`.
     """
     if is_torch(composite):
-        return harmonize_statistics_torch(composite, mask, strength, reference_mask)
+        return harmonize_statistics_torch(composite, mask, strength, reference_mask, reference_image,
+                                          reference_image_mask)
     import cv2
 
     s = _check_strength(strength)
     img = image_hwc(composite, "composite", rgb=True, unit_range=True)
     m = mask_weights_hw(mask, img.shape[:2], "mask")
-    ref_w = (1.0 - m) if reference_mask is None else mask_weights_hw(reference_mask, img.shape[:2], "reference_mask")
-    _check_regions(np.array([m.sum()]), np.array([ref_w.sum()]), reference_mask is not None)
+    photo, photo_w = _reference_photo(reference_image, reference_image_mask, reference_mask)
+    if photo is not None:
+        ref_img, ref_w = photo, photo_w
+    else:
+        ref_img = img
+        ref_w = (1.0 - m) if reference_mask is None else mask_weights_hw(reference_mask, img.shape[:2],
+                                                                         "reference_mask")
+    _check_regions(np.array([m.sum()]), np.array([ref_w.sum()]), reference_mask is not None or photo is not None)
     if s == 0.0:
         return img.copy()
     f = img
     mean_f, std_f = _region_stats(f, m)
-    mean_r, std_r = _region_stats(f, ref_w)
+    mean_r, std_r = _region_stats(ref_img, ref_w)
     ratio, shift = _transfer_params(mean_f, std_f, mean_r, std_r)
     # lab + s * (lab * ratio + shift - lab), applied on the foreground's bounding box only
     gain = (1.0 + s * (ratio - 1.0)).astype(np.float32)
@@ -153,6 +181,10 @@ def _srgb_to_lab_torch(x):
     return torch.cat([L, a, b], dim=1)
 
 
+_XYZ_TO_RGB = np.linalg.inv(np.array([[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169],
+                                      [0.019334, 0.119193, 0.950227]], np.float64)).astype(np.float32)
+
+
 def _lab_to_srgb_torch(lab):
     import torch
 
@@ -163,16 +195,20 @@ def _lab_to_srgb_torch(lab):
     d = 6.0 / 29.0
     xyz = torch.where(f > d, f**3, 3 * d * d * (f - 4.0 / 29.0))
     xyz = xyz * lab.new_tensor([0.950456, 1.0, 1.088754]).view(1, 3, 1, 1)
-    Minv = torch.linalg.inv(lab.new_tensor([[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169],
-                                            [0.019334, 0.119193, 0.950227]]).double()).to(lab.dtype)
+    Minv = lab.new_tensor(_XYZ_TO_RGB)  # inverted on the host (no float64 on the device: MPS has none)
     lin = torch.einsum("ij,bjhw->bihw", Minv, xyz).clamp(0.0, 1.0)
     return torch.where(lin <= 0.0031308, lin * 12.92, 1.055 * lin.clamp_min(1e-12) ** (1 / 2.4) - 0.055)
 
 
-def harmonize_statistics_torch(composite, mask, strength=1.0, reference_mask=None):
+def harmonize_statistics_torch(composite, mask, strength=1.0, reference_mask=None, reference_image=None,
+                               reference_image_mask=None):
     """Torch variant: composite ``[B,3,H,W]`` float in [0,1], mask ``[B,1,H,W]`` / ``[B,H,W]``
-    (soft), optional reference_mask of the same shape; statistics per batch item."""
+    (soft), optional reference_mask of the same shape, or a reference photo ``[R,3,H',W']`` (R = 1 or B;
+    one composite with R photos gives R results) with its optional region; statistics per batch item."""
     import torch
+
+    if reference_image is not None or reference_image_mask is not None:
+        return _torch_with_photo(composite, mask, strength, reference_mask, reference_image, reference_image_mask)
 
     s = _check_strength(strength)
     if not torch.is_tensor(composite) or composite.ndim != 4:
@@ -189,15 +225,52 @@ def harmonize_statistics_torch(composite, mask, strength=1.0, reference_mask=Non
         return composite.clone()
     x = composite.float().clamp(0.0, 1.0)
     lab = _srgb_to_lab_torch(x)
+    mean_f, std_f = _stats_torch(lab, m)
+    mean_r, std_r = _stats_torch(lab, w)
+    return _apply_torch(composite, x, lab, m, s, mean_f, std_f, mean_r, std_r)
 
-    def stats(weight):
-        tot = weight.sum(dim=(2, 3), keepdim=True)
-        mean = (lab * weight).sum(dim=(2, 3), keepdim=True) / tot
-        var = (((lab - mean) ** 2) * weight).sum(dim=(2, 3), keepdim=True) / tot
-        return mean, var.clamp_min(0).sqrt()
 
-    mean_f, std_f = stats(m)
-    mean_r, std_r = stats(w)
+def _stats_torch(lab, weight):
+    tot = weight.sum(dim=(2, 3), keepdim=True)
+    mean = (lab * weight).sum(dim=(2, 3), keepdim=True) / tot
+    var = (((lab - mean) ** 2) * weight).sum(dim=(2, 3), keepdim=True) / tot
+    return mean, var.clamp_min(0).sqrt()
+
+
+def _torch_with_photo(composite, mask, strength, reference_mask, reference_image, reference_image_mask):
+    import torch
+
+    s = _check_strength(strength)
+    if reference_mask is not None:
+        raise R2RUserError("Give either reference_mask (a region of the composite) or reference_image (another "
+                           "photo), not both.")
+    if reference_image is None:
+        raise R2RUserError("reference_image_mask needs the photo it belongs to: pass reference_image= too.")
+    image_bchw(composite, "composite", channels=3, unit_range=True)
+    image_bchw(reference_image, "reference_image", channels=3, unit_range=True)
+    B, R = composite.shape[0], reference_image.shape[0]
+    if R not in (1, B) and B != 1:
+        raise R2RUserError(f"Got {R} reference images for {B} composites; give one, one per composite, or one "
+                           "composite with several references.")
+    n = max(B, R)
+    photo = reference_image.to(composite.device).float().clamp(0.0, 1.0)
+    pw = torch.ones_like(photo[:, :1]) if reference_image_mask is None else mask_weights_b1hw(
+        reference_image_mask, R, photo.shape[-2:], "reference_image_mask", device=composite.device)
+    comp = composite.expand(n, *composite.shape[1:]) if B == 1 else composite
+    m = mask_weights_b1hw(mask, B, composite.shape[-2:], "mask", device=composite.device).expand(n, -1, -1, -1)
+    _check_regions(m.sum(dim=(1, 2, 3)), pw.sum(dim=(1, 2, 3)), True)
+    if s == 0.0:
+        return comp.clone()
+    x = comp.float().clamp(0.0, 1.0)
+    lab = _srgb_to_lab_torch(x)
+    mean_f, std_f = _stats_torch(lab, m)
+    mean_r, std_r = _stats_torch(_srgb_to_lab_torch(photo), pw)
+    return _apply_torch(comp, x, lab, m, s, mean_f, std_f, mean_r.expand_as(mean_f), std_r.expand_as(std_f))
+
+
+def _apply_torch(composite, x, lab, m, s, mean_f, std_f, mean_r, std_r):
+    import torch
+
     lo, hi = STD_RATIO_LIMITS
     ratio = (std_r / std_f.clamp_min(_EPS)).clamp(lo, hi)
     new = lab + s * (lab * ratio + (mean_r - mean_f * ratio) - lab)

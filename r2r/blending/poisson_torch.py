@@ -9,6 +9,7 @@ other devices through the solver below (FFT-based DST-I, the shared PCG on devic
 
 from __future__ import annotations
 
+from ..devices import wide_float
 from ..errors import R2RUserError
 from . import poisson_stencils as stencils
 from .inputs import image_bchw, mask_weights_b1hw
@@ -86,7 +87,8 @@ def _window_mask(mask_hw, win: SolveWindow):
 
 
 def _channel_dot(a, b):
-    return (a.double() * b.double()).sum(dim=(1, 2), keepdim=True)
+    wide = wide_float(a.device)
+    return (a.to(wide) * b.to(wide)).sum(dim=(1, 2), keepdim=True)
 
 
 def _ratio_or_zero(num, den, like):

@@ -34,15 +34,20 @@ DEBUG_HELP = f"on an unexpected error, print the full traceback (also: {DEBUG_EN
 EXIT_OK, EXIT_BUG, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
+VERBOSE_HELP = "also show the decisions r2r takes (placements, banding, automatic sizes) on stderr"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m r2r", description="R2R image harmonization tools.")
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(_module=module_name)
         # also accepted after the command; SUPPRESS keeps the top-level value when it is not given here
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
+        p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
         try:
             module = import_module(module_name, __name__)
         except ModuleNotFoundError as exc:  # a command whose module is not installed yet
@@ -91,8 +96,37 @@ def _dispatch(argv) -> int:
     if getattr(args, "_missing", None):
         raise R2RUserError(f"The command {args.command!r} is not available in this build ({args._missing}); "
                            "reinstall the package or pick another command (python -m r2r --help).")
+    _show_log(getattr(args, "verbose", False))
     module = import_module(args._module, __name__)
     return int(module.run(args) or 0)
+
+
+def _show_log(verbose: bool) -> None:
+    """The ``r2r`` logger's warnings (and with ``--verbose`` its decisions) on stderr, once."""
+    import logging
+
+    log = logging.getLogger("r2r")
+    log.setLevel(logging.INFO if verbose else logging.WARNING)
+    if not any(isinstance(h, _StderrHandler) for h in log.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        log.addHandler(handler)
+
+
+def _stderr_handler_class():
+    import logging
+
+    class StderrHandler(logging.StreamHandler):
+        """Writes to whatever ``sys.stderr`` is when a record comes (it may be replaced between runs)."""
+
+        def emit(self, record):
+            self.stream = sys.stderr
+            super().emit(record)
+
+    return StderrHandler
+
+
+_StderrHandler = _stderr_handler_class()
 
 
 def _unexpected_message(exc: BaseException, debug: bool) -> str:

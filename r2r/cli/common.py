@@ -1,129 +1,75 @@
-"""``python -m r2r harmonize``: harmonize one composite image.
-
-    python -m r2r harmonize --composite comp.jpg --mask mask.png --out result.png \
-        [--weights models/r2r/region2region | 1243asdad/region2region] [--steps 10] [--seed 0] \
-        [--max-side 1024] [--dtype auto|fp32|bf16|fp16] [--device auto|cpu|cuda[:N]|mps] [--no-paste-back] \
-        [--feather -1|0|PX] [--method r2r|statistics] [--strength S]
+"""What the image commands share (``harmonize``, ``demo``, ``harmonize-video``): the model options made
+from the parameter table (:mod:`r2r.params`), their checks, device/dtype, reading inputs, checking and
+writing outputs, loading the pipeline.
 
 Weights are looked up in ``--weights``, then ``$R2R_WEIGHTS``, then ``./models/r2r/region2region``.
-``--method statistics`` needs no weights (the Lab-statistics harmonizer of ``r2r.blending``).
-
 Every argument is checked before any model loads (:func:`check_model_args`, :func:`read_inputs`,
 :func:`check_out_file`); a problem is an :class:`~r2r.errors.R2RUserError` (exit code 2, no
-traceback). The result is written atomically; if writing fails after the work (disk full, folder
-removed), :func:`save_result` keeps it in a fallback file under the temp folder and names it.
+traceback). Results are written atomically; if writing fails after the work (disk full, folder
+removed), :func:`save_result` keeps the result in a fallback file under the temp folder and names it.
 Heavy imports (torch, the models) happen inside the functions.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import re
-import sys
 from contextlib import contextmanager
 from pathlib import Path
 
 from ..devices import DTYPE_CHOICES
 from ..errors import R2RUserError
-from ..fileio import IMAGE_EXTENSIONS
-from ..params import (
-    DEFAULT_FULLRES_MODE,
-    DEFAULT_RESIZE_MODE,
-    DEFAULT_SCHEDULER,
-    FULLRES_MODES,
-    RESIZE_MODES,
-    SCHEDULER_NAMES,
-)
+from ..params import AUTO_MAX_SIDE, add_cli_argument, check
 
 DEFAULT_WEIGHTS_DIR = Path("models") / "r2r" / "region2region"
 WEIGHTS_ENV = "R2R_WEIGHTS"
-MAX_STEPS = 1000
-MAX_SEED = 2**64 - 1
-#: the largest working resolution offered (as the nodes' max_side input); the model was trained at 1024
-MAX_SIDE_LIMIT = 4096
 #: --feather value meaning "automatic" (one latent cell); the pipeline's feather=None
 FEATHER_AUTO = -1
-#: the pipeline's upper limit for the controller's conditioning scale
-MAX_R2R_STRENGTH = 10.0
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
-def add_arguments(parser) -> None:
-    parser.add_argument("--composite", required=True, metavar="IMAGE", help="the composite image (RGB; any size)")
-    parser.add_argument("--mask", required=True, metavar="IMAGE",
-                        help="foreground mask, white = the pasted object (greyscale; RGBA: the alpha channel)")
-    parser.add_argument("--out", required=True, metavar="IMAGE",
-                        help=f"output file ({', '.join(IMAGE_EXTENSIONS)}); an existing file is replaced, an input "
-                             "never; missing folders are created")
-    add_model_arguments(parser)
-    parser.add_argument("--no-paste-back", action="store_true",
-                        help="return the model's whole image (default: the original background is pasted back)")
-    parser.add_argument("--feather", type=int, default=FEATHER_AUTO, metavar="PX",
-                        help="paste-back band outside the mask in original pixels: -1 = automatic (one latent "
-                             "cell, default), 0 = hard edge (the mask itself), N = N pixels")
-    parser.add_argument("--method", choices=("r2r", "statistics"), default="r2r",
-                        help="r2r = the diffusion model (needs weights); statistics = weight-free Lab colour matching")
-    parser.add_argument("--strength", type=float, default=1.0,
-                        help=f"r2r: the Harmony Controller's conditioning scale, 0..{MAX_R2R_STRENGTH:g} (1 = as trained, "
-                             "default; 0 = no controller); statistics: 0 = unchanged .. 1 = full transfer (default)")
-
-
 def add_model_arguments(parser) -> None:
-    """Options shared with ``python -m r2r demo``."""
+    """Options shared by the image commands (``harmonize``, ``demo``, ``harmonize-video``), from r2r.params."""
     parser.add_argument("--weights", default=None, metavar="PATH_OR_REPO",
                         help=f"release folder (hub layout) or hub repo id; default ${WEIGHTS_ENV} or ./{DEFAULT_WEIGHTS_DIR}")
-    parser.add_argument("--steps", type=int, default=10, help=f"denoising steps, 1..{MAX_STEPS} (official: 10)")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="random seed, 0..2^64-1 (CPU generator: same result on any device)")
-    parser.add_argument("--max-side", type=int, default=1024,
-                        help=f"working resolution: longer side, a multiple of 64 from 64 to {MAX_SIDE_LIMIT} (default 1024)")
-    parser.add_argument("--resize-mode", choices=RESIZE_MODES, default=DEFAULT_RESIZE_MODE,
-                        help="fit = keep aspect (default), pad = exact aspect + padding, square = official squash")
+    add_cli_argument(parser, "steps")
+    add_cli_argument(parser, "seed")
+    add_cli_argument(parser, "noise_device")
+    add_cli_argument(parser, "max_side", default=1024,
+                     help=f"working resolution: the longer side the model runs at ({AUTO_MAX_SIDE} = automatic: "
+                          "1024 on a GPU, 512 on a CPU)")
+    add_cli_argument(parser, "resize_mode", help="fit = keep aspect, pad = exact aspect + padding, square = official "
+                                                 "squash")
     parser.add_argument("--low-memory", action="store_true",
-                        help="keep only one network in memory at a time (each is loaded for its phase; the "
-                             "composite's skips wait in a temp file): about half the peak memory, for big images "
-                             "or small machines")
-    parser.add_argument("--fullres-mode", choices=FULLRES_MODES, default=DEFAULT_FULLRES_MODE,
-                        help="how the result reaches the original resolution: color_transform carries the harmonization "
-                             "as a colour transform that keeps every original detail; upsample resizes the "
-                             "working-resolution result; auto (default) = color_transform for images larger than "
-                             "the working resolution")
-    parser.add_argument("--scheduler", choices=SCHEDULER_NAMES, default=DEFAULT_SCHEDULER,
-                        help="sampler (euler_ancestral is the official one)")
+                        help="keep only one network in memory at a time (each is loaded for its phase and dropped "
+                             "after it; the composite is encoded again for decoding): about half the peak memory, for "
+                             "big images or small machines")
+    add_cli_argument(parser, "fullres_mode", help="how the result reaches the original resolution: color_transform "
+                                                  "carries the harmonization as a colour transform that keeps every "
+                                                  "original detail; upsample resizes the working-resolution result; "
+                                                  "auto = color_transform for images larger than the working size")
+    add_cli_argument(parser, "scheduler")
     parser.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
                         help="model dtype (auto: fp16 on CUDA, fp32 on CPU; fp16/bf16 on a CPU run slower than fp32)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
 
 
-# ----------------------------------------------------------------------------- checks before work
-
-
-def _check_int(option: str, value, low: int, high: int, fix: str) -> int:
-    if not (low <= value <= high):
-        raise R2RUserError(f"{option} must be an integer from {low} to {high}; got {value}. {fix}")
-    return value
-
-
 def check_model_args(args) -> None:
-    """Check the numeric options shared by ``harmonize`` and ``demo`` (cheap; no torch)."""
-    _check_int("--steps", args.steps, 1, MAX_STEPS, "The official setting is 10 (more steps are slower, rarely better).")
-    _check_int("--seed", args.seed, 0, MAX_SEED, "Use a non-negative seed, e.g. --seed 0.")
-    if not (64 <= args.max_side <= MAX_SIDE_LIMIT) or args.max_side % 64:
-        nearest = min(MAX_SIDE_LIMIT, max(64, round(args.max_side / 64) * 64))
-        raise R2RUserError(f"--max-side must be a multiple of 64 from 64 to {MAX_SIDE_LIMIT} (e.g. 512, 768 or 1024; "
-                           f"the model was trained at 1024); got {args.max_side}. Try --max-side {nearest}; larger "
-                           "originals keep their full resolution anyway (--fullres-mode).")
+    """Check the options shared by the image commands against the parameter table (cheap; no torch)."""
+    check("steps", args.steps, "--steps")
+    check("seed", args.seed, "--seed")
+    check("max_side", args.max_side, "--max-side")
+    check("noise_device", args.noise_device, "--noise-device")
 
 
 def device_and_dtype(args):
-    """``--device`` / ``--dtype`` -> ``(torch.device, torch.dtype)``; prints a one-line note when fp16/bf16
-    is asked for on a CPU (it works, but slower than fp32)."""
+    """``--device`` / ``--dtype`` -> ``(torch.device, torch.dtype)``; a logged warning when fp16/bf16 is asked
+    for on a CPU (it works, but slower than fp32)."""
+    from ..devices import warn_if_slow_dtype
+
     device, dtype = resolve_device_dtype(args.device, args.dtype)
-    if device.type == "cpu" and args.dtype in ("fp16", "bf16"):
-        print(f"note: --dtype {args.dtype} on the CPU runs slower than fp32 (CPUs have no fast half-precision "
-              "kernels); use --dtype auto or fp32 for speed.", file=sys.stderr)
+    warn_if_slow_dtype(dtype, device)
     return device, dtype
 
 
@@ -150,15 +96,11 @@ def resolve_device_dtype(device_arg: str, dtype_arg: str):
 
 
 def check_feather_strength(args) -> None:
-    if args.feather < FEATHER_AUTO:
-        raise R2RUserError(f"--feather must be -1 (automatic: one latent cell), 0 (hard edge) or a positive number "
-                           f"of pixels; got {args.feather}.")
-    if args.method == "statistics" and not (math.isfinite(args.strength) and 0.0 <= args.strength <= 1.0):
-        raise R2RUserError(f"--strength of --method statistics must be a number from 0 (unchanged) to 1 (full "
-                           f"transfer); got {args.strength}.")
-    if args.method == "r2r" and not (math.isfinite(args.strength) and 0.0 <= args.strength <= MAX_R2R_STRENGTH):
-        raise R2RUserError(f"--strength of --method r2r (the controller's conditioning scale) must be a number from 0 "
-                           f"to {MAX_R2R_STRENGTH:g}; got {args.strength}. 1 is the strength the model was trained with.")
+    check("feather", args.feather, "--feather")
+    if args.method == "statistics":
+        check("statistics_strength", args.strength, "--strength of --method statistics")
+    else:
+        check("strength", args.strength, "--strength of --method r2r (the controller's conditioning scale)")
 
 
 def feather_for_pipeline(feather: int):
@@ -173,12 +115,34 @@ def read_inputs(composite_path, mask_path):
     return _read(read_image, composite_path, "--composite"), _read(read_mask, mask_path, "--mask")
 
 
-def check_inputs(composite, mask, max_side: int, resize_mode: str) -> None:
-    """The pipeline's own input checks (matching sizes, at least 64 px, an empty / full / too small mask),
-    run before any model loads."""
-    from ..imaging import prepare
+def read_reference(photo_path, region_path):
+    """``--reference PHOTO [--reference-mask MASK]`` -> an ``r2r.pipeline.Reference`` or None."""
+    from ..errors import R2RUserError
+    from ..fileio import read_image, read_mask
 
-    prepare(composite, mask, max_side=max_side, resize_mode=resize_mode)
+    if photo_path is None:
+        if region_path is not None:
+            raise R2RUserError("--reference-mask needs the photo it belongs to: add --reference PHOTO.")
+        return None
+    from ..pipeline.reference import Reference
+
+    photo = _read(read_image, photo_path, "--reference")
+    region = None if region_path is None else _read(read_mask, region_path, "--reference-mask")
+    return Reference(image=photo, image_mask=region)
+
+
+def check_inputs(composite, mask, max_side: int, resize_mode: str, reference=None) -> None:
+    """The pipeline's own input checks (matching sizes, at least 64 px, an empty / full / too small mask,
+    the reference photo and its region), run before any model loads."""
+    from ..imaging import prepare
+    from ..pipeline.reference import prepare_reference
+
+    prepared = prepare(composite, mask, max_side=max_side, resize_mode=resize_mode)
+    if reference is not None:
+        try:
+            prepare_reference(reference, prepared)
+        except R2RUserError as exc:
+            raise R2RUserError(f"--reference: {exc}") from None
 
 
 def _read(reader, path, option: str):
@@ -191,7 +155,7 @@ def _read(reader, path, option: str):
 def check_out_file(path, inputs, option: str = "--out") -> Path:
     """The output file can be written (folder creatable and writable, an image extension, not an input,
     not a read-only file) -- checked before the work that produces it."""
-    from ..fileio import check_output_file
+    from ..fileio import IMAGE_EXTENSIONS, check_output_file
 
     path = Path(path)
     check_output_file(path, inputs=inputs, overwrite=True, extensions=IMAGE_EXTENSIONS, what=f"{option} file")
@@ -261,6 +225,14 @@ def load_pipeline(args, device, dtype):
                                        scheduler=args.scheduler)
 
 
+def call_options(args, paste_back: bool = True, feather=None, strength: float = 1.0) -> dict:
+    """The pipeline call's keyword arguments from the shared options (``R2RPipeline.__call__`` and
+    ``harmonize_low_memory``)."""
+    return dict(num_inference_steps=args.steps, generator=args.seed, noise_device=args.noise_device,
+                max_side=args.max_side, resize_mode=args.resize_mode, paste_back=paste_back, feather=feather,
+                strength=strength, fullres_mode=args.fullres_mode, scheduler=args.scheduler)
+
+
 @contextmanager
 def _step_bar(steps: int, desc: str):
     """A tqdm bar over denoising steps; yields the pipeline's ``callback(step, total)``."""
@@ -274,57 +246,22 @@ def _step_bar(steps: int, desc: str):
         yield progress
 
 
-def harmonize_with_pipeline(pipe, composite, mask, args, paste_back=True, feather=None, strength=1.0, desc="R2R"):
-    """Run the pipeline on one image with a tqdm bar; returns ``HxWx3 uint8``."""
+def harmonize_with_pipeline(pipe, composite, mask, args, paste_back=True, feather=None, strength=1.0, desc="R2R",
+                            **extra):
+    """Run the pipeline on one image with a tqdm bar; returns ``HxWx3 uint8`` (``extra``: more call options,
+    e.g. ``reference=``)."""
     with _step_bar(args.steps, desc) as progress:
-        out = pipe(composite, mask, num_inference_steps=args.steps, generator=args.seed, max_side=args.max_side,
-                   resize_mode=args.resize_mode, paste_back=paste_back, feather=feather, strength=strength,
-                   callback=progress, fullres_mode=args.fullres_mode)
+        out = pipe(composite, mask, callback=progress, **call_options(args, paste_back, feather, strength), **extra)
     return out.to_numpy()[0]
 
 
-def harmonize_low_memory_cli(composite, mask, args, device, dtype):
+def harmonize_low_memory_cli(composite, mask, args, device, dtype, **extra):
     """The low-memory flow (one network resident at a time) with a tqdm bar; returns (``HxWx3 uint8``, source)."""
     from ..pipeline import harmonize_low_memory
 
     source = resolve_weights(args.weights)
     with _step_bar(args.steps, "R2R (low memory)") as progress:
-        out = harmonize_low_memory(source, composite, mask, torch_dtype=dtype, device=device,
-                                   num_inference_steps=args.steps, generator=args.seed, max_side=args.max_side,
-                                   resize_mode=args.resize_mode, paste_back=not args.no_paste_back,
-                                   feather=feather_for_pipeline(args.feather), strength=args.strength,
-                                   fullres_mode=args.fullres_mode, scheduler=args.scheduler, callback=progress)
+        out = harmonize_low_memory(source, composite, mask, torch_dtype=dtype, device=device, callback=progress,
+                                   **call_options(args, not args.no_paste_back, feather_for_pipeline(args.feather),
+                                                  args.strength), **extra)
     return out.to_numpy()[0], source
-
-
-def run(args) -> int:
-    from ..errors import R2RWeightsNotFound
-
-    # every check before any model loads: numbers and choices, the inputs, the output destination
-    check_model_args(args)
-    check_feather_strength(args)
-    composite, mask = read_inputs(args.composite, args.mask)
-    device, dtype = device_and_dtype(args) if args.method == "r2r" else (None, None)
-    check_inputs(composite, mask, args.max_side, args.resize_mode)
-    out_path = check_out_file(args.out, inputs=(args.composite, args.mask))
-
-    if args.method == "statistics":
-        from ..blending import harmonize_statistics
-
-        result = harmonize_statistics(composite, mask, strength=args.strength)
-        save_result(out_path, result)
-        print(f"wrote {out_path} (weight-free statistics harmonizer)")
-        return 0
-    try:
-        if args.low_memory:
-            result, source = harmonize_low_memory_cli(composite, mask, args, device, dtype)
-        else:
-            pipe = load_pipeline(args, device, dtype)
-            source = pipe.source
-            result = harmonize_with_pipeline(pipe, composite, mask, args, paste_back=not args.no_paste_back,
-                                             feather=feather_for_pipeline(args.feather), strength=args.strength)
-    except R2RWeightsNotFound as exc:
-        raise R2RWeightsNotFound(weights_hint(exc)) from exc
-    save_result(out_path, result)
-    print(f"wrote {out_path} (R2R, {args.steps} steps, seed {args.seed}, weights {source})")
-    return 0

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import R2RUserError
-from .harmonize import add_model_arguments
+from .common import add_model_arguments
 
 EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "assets" / "examples"
 SHEET_HEIGHT = 256
@@ -87,9 +87,10 @@ def contact_sheet(rows, method_label: str):
 
 
 def run(args) -> int:
+    from ..devices import resolve_max_side
     from ..errors import R2RWeightsNotFound
     from ..fileio import check_writable_dir
-    from .harmonize import (
+    from .common import (
         check_inputs,
         check_model_args,
         check_out_file,
@@ -108,6 +109,7 @@ def run(args) -> int:
     inputs = [path for _, comp, mask in examples for path in (comp, mask)]
     loaded = [(name, *read_inputs(comp, mask)) for name, comp, mask in examples]
     device, dtype = device_and_dtype(args) if args.method != "statistics" else (None, None)
+    args.max_side = resolve_max_side(args.max_side, device or "cpu")
     for _, composite, mask in loaded:
         check_inputs(composite, mask, args.max_side, args.resize_mode)
     out_dir = check_writable_dir(args.out, what="--out folder")

@@ -119,6 +119,7 @@ def run(args) -> int:
     from ..devices import resolve_dtype
     from ..fileio import OutputWriteError, read_image, read_mask, write_image
     from ..pipeline import R2RPipeline
+    from ..pipeline.noise import SharedSeed
 
     check_args(args)
     # several processes without CUDA (torchrun on CPU): gloo
@@ -163,8 +164,9 @@ def run(args) -> int:
             comp = torch.from_numpy(np.stack([c for _, c, _ in items])).permute(0, 3, 1, 2).float() / 255.0
             mask = torch.from_numpy(np.stack([m >= 128 for _, _, m in items]))
             mask = mask.float()[:, None] if mask.ndim == 3 else mask.float()
-            gens = [torch.Generator().manual_seed(args.seed) for _ in items]
-            out = pipe(comp, mask, num_inference_steps=args.steps, generator=gens, max_side=args.max_side,
+            # every image its own generator with the same seed: a picture's result does not depend on its batch
+            out = pipe(comp, mask, num_inference_steps=args.steps, generator=SharedSeed(args.seed),
+                       max_side=args.max_side,
                        resize_mode=args.resize_mode, paste_back=not args.no_paste_back)
             for (s, _, _), img in zip(items, out.images):
                 x = img.detach().float().clamp(0, 1)

@@ -49,8 +49,15 @@ from .geometry import (
     resize,
     to_working,
 )
-from .inputs import broadcast_batch, to_image_tensor, to_mask_tensor
-from .preparation import CANNY_AT, Prepared, prepare, reference_latent_mask
+from .inputs import batch_repeater, broadcast_batch, fingerprint, to_image_tensor, to_mask_tensor
+from .preparation import (
+    CANNY_AT,
+    Prepared,
+    PreparedPhoto,
+    prepare,
+    prepare_reference_photo,
+    reference_latent_mask,
+)
 
 __all__ = [
     "CANNY_AT",
@@ -58,12 +65,16 @@ __all__ = [
     "MIN_SIDE",
     "MULTIPLE",
     "Prepared",
+    "PreparedPhoto",
+    "batch_repeater",
     "broadcast_batch",
     "check_max_side",
     "compute_geometry",
+    "fingerprint",
     "from_working",
     "latent_mask_from",
     "prepare",
+    "prepare_reference_photo",
     "reference_latent_mask",
     "resize",
     "to_image_tensor",

@@ -201,3 +201,29 @@ def broadcast_batch(**named):
                  for t in named.values())
 
 
+
+
+def batch_repeater(have: int, want: int, what: str):
+    """``t -> t`` brought from batch ``have`` to ``want``: expanded from 1, tiled from a divisor."""
+    if have == 1:
+        return lambda t: t.expand(want, *t.shape[1:])
+    if want % have == 0:
+        return lambda t: t.repeat(want // have, *([1] * (t.ndim - 1)))
+    raise R2RUserError(f"Cannot use {have} {what} for a batch of {want}; expected one, or one per batch item.")
+
+
+def fingerprint(*tensors) -> str:
+    """A content hash of tensors (shape + values): keys caches and tells two inputs apart."""
+    import hashlib
+
+    import torch
+
+    digest = hashlib.blake2b(digest_size=16)
+    for x in tensors:
+        if x is None:
+            digest.update(b"none")
+            continue
+        data = x.detach().to("cpu", torch.float32).contiguous()
+        digest.update(str(tuple(data.shape)).encode())
+        digest.update(data.numpy().tobytes())
+    return digest.hexdigest()

@@ -14,7 +14,7 @@ Method used here -- operator-level tiling with exact global GroupNorm:
   the skip filters' 15x15 Gaussian + 3x3 kernels), with the same zero/reflect padding the untiled
   layer applies at the image border;
 * every GroupNorm is split in two passes: per-band channel statistics merged exactly over all
-  bands (parallel-variance formula in float64), then each band is normalised (+ SiLU) on the fly,
+  bands (parallel-variance formula in float32), then each band is normalised (+ SiLU) on the fly,
   right before the convolution that consumes it, so the normalised/activated tensors never exist
   at full size;
 * the decoder filters each skip band by band as it is consumed (the filtered skips are never
@@ -36,9 +36,12 @@ and as the out-of-memory fallback).
 
 from __future__ import annotations
 
+import logging
 import os
 
 from ..errors import R2RUserError
+
+log = logging.getLogger(__name__)
 
 # default memory budget for the untiled Clear-VAE (bytes); R2R_VAE_MEMORY_BUDGET_MB overrides
 DEFAULT_BUDGET_BYTES = 6 * 1024**3
@@ -69,23 +72,23 @@ def _gn_scale_shift(x, gn, rows: int):
     """Global GroupNorm statistics of ``x`` -> per-channel (scale, shift) so that
     ``gn(x) == x * scale + shift``.
 
-    Band by band: per-channel mean/variance of each band (``torch.var_mean`` in the working
-    precision, no copy of the band), merged exactly in float64 with the parallel-variance formula
-    ``var = mean_i(var_i + (mean_i - mean)^2)`` (no cancellation), then channels -> groups.
+    Band by band: per-channel mean/variance of each band (``torch.var_mean`` in float32, no copy of
+    the band), merged in float32 with the parallel-variance formula ``var = mean_i(var_i + (mean_i -
+    mean)^2)`` (no cancellation), then channels -> groups. No float64 anywhere (Apple's MPS has none).
     """
     torch = _torch()
     b, c = x.shape[:2]
     g = gn.num_groups
     if c % g:
         raise R2RUserError(f"GroupNorm with {g} groups cannot normalise {c} channels; check the VAE config.")
-    acc = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+    acc = torch.float32
     means, vars_, counts = [], [], []
     for r0, r1 in _bands(x.shape[2], rows):
         v, m = torch.var_mean(x[:, :, r0:r1].to(acc), dim=(2, 3), correction=0)
-        means.append(m.double())
-        vars_.append(v.double())
+        means.append(m)
+        vars_.append(v)
         counts.append(float(r1 - r0))
-    n = torch.tensor(counts, dtype=torch.float64, device=x.device)[:, None, None] / sum(counts)
+    n = torch.tensor(counts, dtype=acc, device=x.device)[:, None, None] / sum(counts)
     m_i = torch.stack(means)  # [bands, B, C]
     v_i = torch.stack(vars_)
     mean_c = (n * m_i).sum(0)
@@ -95,8 +98,8 @@ def _gn_scale_shift(x, gn, rows: int):
     var_g = (var_c.view(b, g, c // g) + (mean_cg - mean_g) ** 2).mean(-1, keepdim=True)
     rstd_c = torch.rsqrt(var_g + gn.eps).expand(b, g, c // g).reshape(b, c)
     mean_gc = mean_g.expand(b, g, c // g).reshape(b, c)
-    w = gn.weight.double() if gn.weight is not None else torch.ones(c, dtype=torch.float64, device=x.device)
-    bias = gn.bias.double() if gn.bias is not None else torch.zeros(c, dtype=torch.float64, device=x.device)
+    w = gn.weight.to(acc) if gn.weight is not None else torch.ones(c, dtype=acc, device=x.device)
+    bias = gn.bias.to(acc) if gn.bias is not None else torch.zeros(c, dtype=acc, device=x.device)
     scale = rstd_c * w[None]
     shift = bias[None] - mean_gc * scale
     return (scale.to(x.dtype)[:, :, None, None], shift.to(x.dtype)[:, :, None, None])
@@ -457,6 +460,7 @@ def encode_with_skips_auto(vae, x_pm1, *, tiled: bool | None = None, budget_byte
         tiled = should_tile(h, w, batch=b, dtype=x_pm1.dtype, budget_bytes=budget_bytes, which="encode",
                             block_out_channels=tuple(vae.config.block_out_channels))
     if tiled:
+        log.info("Clear-VAE encode %dx%d in bands (above the memory budget)", w, h)
         return tiled_encode_with_skips(vae, x_pm1)
     try:
         with torch.no_grad():
@@ -464,6 +468,7 @@ def encode_with_skips_auto(vae, x_pm1, *, tiled: bool | None = None, budget_byte
     except (RuntimeError, MemoryError) as e:
         if not _is_oom(e):
             raise
+    log.warning("Clear-VAE encode %dx%d ran out of memory; running it again in bands (same result)", w, h)
     _empty_cache(x_pm1.device)
     return tiled_encode_with_skips(vae, x_pm1)
 
@@ -483,5 +488,8 @@ def decode_with_skips_auto(vae, z, skips, *, tiled: bool | None = None, budget_b
         except (RuntimeError, MemoryError) as e:
             if not _is_oom(e):
                 raise
+        log.warning("Clear-VAE decode %dx%d ran out of memory; running it again in bands (same result)", w * 8, h * 8)
         _empty_cache(z.device)
+    else:
+        log.info("Clear-VAE decode %dx%d in bands (above the memory budget)", w * 8, h * 8)
     return tiled_decode_with_skips(vae, z, skips, consume_skips=consume_skips)

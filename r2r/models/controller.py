@@ -126,6 +126,7 @@ class HarmonyController(ControlNetModel):
         conditioning_scale: float = 1.0,
         reference_mask: torch.Tensor | None = None,
         cross_attention_kwargs: dict | None = None,
+        reference_hint: torch.Tensor | None = None,
     ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
         """Residuals for the U-Net.
 
@@ -136,19 +137,25 @@ class HarmonyController(ControlNetModel):
             mask: ``[B,1,H/8,W/8]`` latent-resolution foreground mask.
             conditioning_scale: multiplies every residual (1.0 = official).
             reference_mask: optional ``[B,1,H/8,W/8]`` region whose statistics replace the
-                background's inside MACA (None = official behaviour).
+                background's inside MACA (None = official behaviour). With ``reference_hint``: the
+                region of the reference photo (``[R,1,H/8,W/8]``).
+            reference_hint: optional ``[R,7,H,W]`` hint of a reference photo on the same grid
+                (:func:`r2r.imaging.prepare_reference_photo`), ``R`` = 1 or B. The photo runs through
+                the down path beside the composite (MACA on it as on any composite, its "object" being
+                everything outside its region), and at every MACA block the composite's background
+                statistic comes from the photo's features over its region (:class:`~r2r.models.MACA`).
+                Costs one more item in the down path; the mid block and residuals are the composite's.
 
         Returns:
             (tuple of 12 down residuals, mid residual).
         """
         hint, mask, reference_mask, encoder_hidden_states = self._check_inputs(
-            hint, mask, reference_mask, encoder_hidden_states
+            hint, mask, reference_mask, encoder_hidden_states, reference_hint
         )
         b = hint.shape[0]
         dtype = self.dtype
         hint = hint.to(dtype)
         encoder_hidden_states = encoder_hidden_states.to(dtype)
-
         timesteps = timestep
         if not torch.is_tensor(timesteps):
             timesteps = torch.tensor([float(timesteps)], dtype=torch.float32, device=hint.device)
@@ -160,11 +167,17 @@ class HarmonyController(ControlNetModel):
                 f"hint), got shape {tuple(timesteps.shape)}."
             )
         timesteps = timesteps.to(hint.device).expand(b)
+        n_ref = 0
+        if reference_hint is not None:  # the photo rides in the same batch, after the composites
+            n_ref = reference_hint.shape[0]
+            hint = torch.cat([hint, reference_hint.to(hint.device, dtype)])
+            mask = torch.cat([mask, 1 - reference_mask])
+            timesteps = torch.cat([timesteps, timesteps[:n_ref]])
+            encoder_hidden_states = torch.cat([encoder_hidden_states, encoder_hidden_states[:n_ref]])
         emb = self.time_embedding(self.time_proj(timesteps).to(dtype), None)
-
         # the official controller ignores the noisy latent: the hint embedding alone starts the path
         sample = self.controlnet_cond_embedding(hint)
-        down_res = (sample,)
+        down_res = (sample[:b],)
         for k, block in enumerate(self.down_blocks):
             if getattr(block, "has_cross_attention", False):
                 sample, res = block(
@@ -178,9 +191,13 @@ class HarmonyController(ControlNetModel):
             size = sample.shape[-2:]
             m_k = F.interpolate(mask, size=size)  # nearest, top-left sampling (as the official code)
             r_k = None if reference_mask is None else F.interpolate(reference_mask, size=size)
-            sample = self.PCCAs[k](sample, m_k, r_k)
-            down_res += tuple(res[:-1]) + (sample,)
-
+            if n_ref:
+                photo = self.PCCAs[k](sample[b:], m_k[b:])
+                sample = torch.cat([self.PCCAs[k](sample[:b], m_k[:b], r_k, reference_features=sample[b:]), photo])
+            else:
+                sample = self.PCCAs[k](sample, m_k, r_k)
+            down_res += tuple(r[:b] for r in res[:-1]) + (sample[:b],)
+        sample, emb, encoder_hidden_states = sample[:b], emb[:b], encoder_hidden_states[:b]
         if self.mid_block is not None:
             if getattr(self.mid_block, "has_cross_attention", False):
                 sample = self.mid_block(
@@ -188,17 +205,17 @@ class HarmonyController(ControlNetModel):
                 )
             else:
                 sample = self.mid_block(sample, emb)
-
         down = tuple(conv(r) * conditioning_scale for r, conv in zip(down_res, self.controlnet_down_blocks))
         mid = self.controlnet_mid_block(sample) * conditioning_scale
         return down, mid
 
-    def _check_inputs(self, hint, mask, reference_mask, text):
+    def _check_inputs(self, hint, mask, reference_mask, text, reference_hint=None):
         c = self.config.conditioning_channels
         if not torch.is_tensor(hint) or hint.ndim != 4 or hint.shape[1] != c:
             raise R2RUserError(
                 f"Harmony Controller expected a hint [B,{c},H,W] (Canny map, composite, mask), got "
-                f"{tuple(hint.shape) if torch.is_tensor(hint) else type(hint).__name__}; build it with r2r.imaging.hint.make_hint."
+                f"{tuple(hint.shape) if torch.is_tensor(hint) else type(hint).__name__}; build it with "
+                "r2r.imaging.prepare."
             )
         b, _, h, w = hint.shape
         f = 2 ** (len(self.config.block_out_channels) - 1)
@@ -207,8 +224,18 @@ class HarmonyController(ControlNetModel):
                 f"Harmony Controller needs hint sides that are multiples of {8 * f} px, got {h}x{w}; "
                 "resize or pad the image (r2r.imaging.prepare does this)."
             )
+        n_ref = b
+        if reference_hint is not None:
+            if not torch.is_tensor(reference_hint) or tuple(reference_hint.shape[1:]) != (c, h, w) or \
+                    reference_hint.shape[0] not in (1, b):
+                raise R2RUserError(
+                    f"Harmony Controller reference_hint must be [1 or {b},{c},{h},{w}] (the reference photo on the "
+                    f"composite's grid), got {tuple(getattr(reference_hint, 'shape', ()))}.")
+            if reference_mask is None:
+                raise R2RUserError("Harmony Controller: a reference_hint needs its region as reference_mask.")
+            n_ref = reference_hint.shape[0]
         out = []
-        for name, m in (("mask", mask), ("reference_mask", reference_mask)):
+        for name, m, batch in (("mask", mask, b), ("reference_mask", reference_mask, n_ref)):
             if m is None:
                 if name == "mask":
                     raise R2RUserError("Harmony Controller needs the latent-resolution mask [B,1,H/8,W/8], got None.")
@@ -219,9 +246,9 @@ class HarmonyController(ControlNetModel):
                     f"Harmony Controller {name} must be [B,1,{h // 8},{w // 8}] (the hint size / 8), got "
                     f"{tuple(m.shape) if torch.is_tensor(m) else type(m).__name__}."
                 )
-            if m.shape[0] not in (1, b):
-                raise R2RUserError(f"Harmony Controller {name} has batch {m.shape[0]} but the hint has batch {b}.")
-            out.append(m.to(device=hint.device, dtype=self.dtype).expand(b, -1, -1, -1))
+            if m.shape[0] not in (1, batch):
+                raise R2RUserError(f"Harmony Controller {name} has batch {m.shape[0]} but the hint has batch {batch}.")
+            out.append(m.to(device=hint.device, dtype=self.dtype).expand(batch, -1, -1, -1))
         if not torch.is_tensor(text) or text.ndim != 3 or text.shape[-1] != self.config.cross_attention_dim:
             raise R2RUserError(
                 f"Harmony Controller expected text embeddings [B,77,{self.config.cross_attention_dim}], got "

@@ -45,7 +45,8 @@ class MACA(ModelMixin, ConfigMixin):
         nn.init.zeros_(self.mlp[2].bias)
 
     def forward(
-        self, x: torch.Tensor, mask: torch.Tensor, reference_mask: torch.Tensor | None = None
+        self, x: torch.Tensor, mask: torch.Tensor, reference_mask: torch.Tensor | None = None,
+        reference_features: torch.Tensor | None = None,
     ) -> torch.Tensor:
         c = self.config.channels
         if x.ndim != 4 or x.shape[1] != c:
@@ -58,6 +59,9 @@ class MACA(ModelMixin, ConfigMixin):
                     f"MACA {name} must be [B,1,{x.shape[-2]},{x.shape[-1]}] (resized to the feature map), "
                     f"got {tuple(m.shape)}."
                 )
+        if reference_features is not None and (reference_mask is None or reference_features.shape[1:] != x.shape[1:]):
+            raise R2RUserError(f"MACA reference_features must be [B,{c},{x.shape[-2]},{x.shape[-1]}] with a "
+                               f"reference_mask; got {tuple(reference_features.shape)}.")
         m = mask.to(x.dtype)
         fg = m * x
         bg = (1 - m) * x
@@ -66,8 +70,9 @@ class MACA(ModelMixin, ConfigMixin):
             b = self.conv2(bg).mean(dim=(2, 3))
         else:
             r = reference_mask.to(x.dtype)
+            source = x if reference_features is None else reference_features
             area_ratio = (1 - m).flatten(1).sum(1).float() / r.flatten(1).sum(1).float().clamp_min(1.0)
-            b = self.conv2(r * x).mean(dim=(2, 3)) * area_ratio.to(x.dtype)[:, None]
+            b = self.conv2(r * source).mean(dim=(2, 3)) * area_ratio.to(x.dtype)[:, None]
         gamma, beta = self.mlp(torch.cat([a, b], dim=1)).chunk(2, dim=1)
         gamma = gamma[:, :, None, None]
         beta = beta[:, :, None, None]

@@ -18,19 +18,37 @@ Placement (``placement`` = ``"auto" | "device" | "host" | "recompute"``, see
 * ``host``: keep it in CPU RAM and move each piece to the device when used;
 * ``recompute``: do not keep it (residuals: the controller runs inside the denoising loop; skips:
   the composite is encoded again for decoding, as the official code does);
-* ``auto``: on the CPU, ``device`` (the device *is* host RAM) unless it would take more than a
-  quarter of the available RAM, then ``recompute``; on an accelerator, ``device`` when it takes at
-  most 10 % of the free device memory, else ``host`` when it takes at most a quarter of the
-  available RAM, else ``recompute``.
+* ``auto``: on the CPU, ``device`` (the device *is* host RAM) unless it would take more than
+  :data:`HOST_SHARE` (a quarter) of the available RAM, then ``recompute``; on an accelerator,
+  ``device`` when it takes at most :data:`DEVICE_SHARE` (10 %) of the free device memory the model
+  source reports (ComfyUI's own figure inside ComfyUI), else ``host`` when it takes at most a
+  quarter of the available RAM, else ``recompute``. Every choice is logged (logger ``r2r.pipeline.memory``).
+
+Batched seeds (:func:`seeds_per_forward`) and the Clear-VAE band budget (:func:`vae_budget_bytes`)
+are sized from the same free-memory figure.
 """
 
 from __future__ import annotations
 
+import logging
+
 from ..params import PLACEMENTS, check_choice
 
+log = logging.getLogger(__name__)
+
 MIB = 1024 * 1024
+#: auto placement: keep on the accelerator what takes at most this share of its free memory
 DEVICE_SHARE = 0.10
+#: ... else in host RAM what takes at most this share of the available RAM (else recompute)
 HOST_SHARE = 0.25
+#: batched seeds: their U-Net activations may take this share of the free memory
+SEED_BATCH_SHARE = 0.5
+#: a Clear-VAE pass on an accelerator may take this share of the free memory before it is banded
+VAE_SHARE = 0.6
+#: the smallest Clear-VAE budget (below it the bands would be too thin to be efficient)
+MIN_VAE_BUDGET = 256 * MIB
+#: what each placement means, for the log
+PLACEMENT_WORDS = {"device": "the compute device", "host": "host RAM", "recompute": "nothing (recomputed)"}
 
 
 def dtype_size(dtype) -> int:
@@ -87,15 +105,6 @@ def vae_activation_bytes(working_hw, batch: int, dtype, vae_config, which: str) 
     return int(est[which])
 
 
-def _free_device_bytes(device) -> int | None:
-    import torch
-
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
-    return None
-
-
 def available_host_bytes() -> int:
     try:
         import psutil
@@ -107,17 +116,48 @@ def available_host_bytes() -> int:
         return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
 
 
-def choose_placement(requested: str, nbytes: int, device, what: str) -> str:
-    """Where ``nbytes`` of ``what`` (residuals / skips) should wait: see the module docstring."""
+def choose_placement(requested: str, nbytes: int, device, what: str, free_device_bytes: int | None = None) -> str:
+    """Where ``nbytes`` of ``what`` (residuals / skips) should wait: see the module docstring.
+
+    ``free_device_bytes``: the model source's free-memory figure for the compute device (ComfyUI's
+    own estimate inside ComfyUI; ``torch.cuda.mem_get_info`` elsewhere); None on the CPU."""
     check_choice(requested, PLACEMENTS, f"{what} placement")
     if requested != "auto":
-        return requested
-    host = available_host_bytes()
-    if device.type == "cpu":
-        return "device" if nbytes <= HOST_SHARE * host else "recompute"
-    free = _free_device_bytes(device)
-    if free is not None and nbytes <= DEVICE_SHARE * free:
-        return "device"
-    if nbytes <= HOST_SHARE * host:
-        return "host"
-    return "recompute"
+        chosen, why = requested, "requested"
+    else:
+        host = available_host_bytes()
+        if device.type == "cpu":
+            chosen = "device" if nbytes <= HOST_SHARE * host else "recompute"
+            why = f"{_mib(nbytes)} vs {HOST_SHARE:.0%} of {_mib(host)} available RAM"
+        elif free_device_bytes is not None and nbytes <= DEVICE_SHARE * free_device_bytes:
+            chosen, why = "device", f"{_mib(nbytes)} <= {DEVICE_SHARE:.0%} of {_mib(free_device_bytes)} free"
+        elif nbytes <= HOST_SHARE * host:
+            chosen, why = "host", f"{_mib(nbytes)} > {DEVICE_SHARE:.0%} of the free device memory"
+        else:
+            chosen, why = "recompute", f"{_mib(nbytes)} fits neither the device nor {HOST_SHARE:.0%} of the RAM"
+    log.info("%s: %s wait on %s (%s)", what, _mib(nbytes), PLACEMENT_WORDS[chosen], why)
+    return chosen
+
+
+def seeds_per_forward(n_seeds: int, bytes_per_seed: int, device, free_device_bytes: int | None) -> int:
+    """How many seeds of one composite go through one batched U-Net forward: as many as fit in
+    :data:`SEED_BATCH_SHARE` of the free device memory (of the available RAM on the CPU), at least 1."""
+    budget = available_host_bytes() if device.type == "cpu" or free_device_bytes is None else free_device_bytes
+    fit = int(SEED_BATCH_SHARE * budget // max(1, bytes_per_seed))
+    n = max(1, min(int(n_seeds), fit))
+    if n < n_seeds:
+        log.info("seeds: %d per U-Net forward (%s each, budget %s)", n, _mib(bytes_per_seed), _mib(budget))
+    return n
+
+
+def vae_budget_bytes(free_device_bytes: int | None, default: int) -> int:
+    """The activation budget of one Clear-VAE pass: above it the pass runs in bands
+    (:mod:`r2r.imaging.tiling`). On an accelerator, :data:`VAE_SHARE` of the free memory the model
+    source reports (never more than ``default``); on the CPU, ``default``."""
+    if free_device_bytes is None:
+        return default
+    return int(max(MIN_VAE_BUDGET, min(default, VAE_SHARE * free_device_bytes)))
+
+
+def _mib(n: int) -> str:
+    return f"{n / MIB:.0f} MiB"

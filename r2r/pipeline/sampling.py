@@ -21,9 +21,13 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 from ..errors import R2RUserError
-from ..params import DEFAULT_SCHEDULER, SCHEDULER_NAMES
+from ..params import DEFAULT_SCHEDULER, SCHEDULER_NAMES, check
+
+#: the SD 1.5 latent scale (Clear-VAE config's ``scaling_factor``; ComfyUI's SD15 latent format)
+SD15_LATENT_SCALE = 0.18215
 
 # name -> (diffusers class name, extra config overrides, description)
 SCHEDULERS = {
@@ -69,12 +73,47 @@ def make_scheduler(scheduler_config: dict, name: str = DEFAULT_SCHEDULER):
 
 def set_timesteps(scheduler, num_inference_steps: int, device=None):
     """``scheduler.set_timesteps`` with a clear error for bad step counts; returns the timesteps."""
-    if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or not (
-        1 <= num_inference_steps <= 1000
-    ):
-        raise R2RUserError(f"num_inference_steps must be an integer from 1 to 1000 (official: 10); got {num_inference_steps!r}.")
+    check("steps", num_inference_steps, "num_inference_steps")
     scheduler.set_timesteps(num_inference_steps, device=device)
     return scheduler.timesteps
+
+
+@dataclass(frozen=True)
+class SamplingPlan:
+    """The scheduler and its timesteps for one number of steps: what the residual stage computes
+    for and what :meth:`R2RPipeline.sample` runs (:meth:`R2RPipeline.plan` makes it).
+
+    ``timesteps`` are plain floats (one per model evaluation: Heun's are ``2N - 1``), so a plan
+    is device-independent and can key caches; :meth:`scheduler` gives each run a fresh scheduler
+    (schedulers keep per-run state)."""
+
+    scheduler_name: str
+    steps: int
+    timesteps: tuple[float, ...]
+    scheduler_config: dict = field(compare=False, repr=False)
+
+    @classmethod
+    def make(cls, scheduler_config: dict, steps: int = 10, scheduler_name: str = DEFAULT_SCHEDULER) -> SamplingPlan:
+        steps = check("steps", steps, "num_inference_steps")
+        check("scheduler", scheduler_name, "scheduler")
+        sched = make_scheduler(scheduler_config, scheduler_name)
+        timesteps = set_timesteps(sched, steps)
+        return cls(scheduler_name, steps, tuple(float(t) for t in timesteps), dict(scheduler_config))
+
+    def scheduler(self, device=None):
+        """A fresh scheduler with this plan's timesteps set (on ``device``)."""
+        sched = make_scheduler(self.scheduler_config, self.scheduler_name)
+        set_timesteps(sched, self.steps, device=device)
+        return sched
+
+    @property
+    def evaluations(self) -> int:
+        """Model evaluations per run (= residual entries)."""
+        return len(self.timesteps)
+
+
+def _to_batch(t, batch: int):
+    return t if t.shape[0] == batch else t.expand(batch, *t.shape[1:])
 
 
 def _expand_embeds(prompt_embeds, batch: int):
@@ -88,14 +127,15 @@ def _expand_embeds(prompt_embeds, batch: int):
 
 
 def controller_residuals(controller, hint, latent_mask, timesteps, prompt_embeds, *, conditioning_scale: float = 1.0,
-                         reference_mask=None, timestep_batch: int = 1,
+                         reference_mask=None, reference_hint=None, timestep_batch: int = 1,
                          callback: Callable[[int, int], None] | None = None, store_device=None):
     """Harmony Controller residuals for every timestep: a list of ``(down_residuals, mid_residual)``.
 
     Exact: the controller ignores the noisy latent, so evaluating it before the loop
     gives the same numbers as evaluating it inside. ``conditioning_scale`` scales the
     residuals (the nodes' "strength"); ``reference_mask`` ``[B,1,h,w]`` (latent size) is the
-    region whose statistics steer MACA (see :class:`r2r.models.MACA`). ``timestep_batch`` > 1
+    region whose statistics steer MACA — of the composite, or of the reference photo whose hint
+    is ``reference_hint`` (see :class:`r2r.models.HarmonyController`). ``timestep_batch`` > 1
     evaluates that many timesteps in one forward (hint, masks and text are repeated) —
     faster on a GPU with memory to spare. ``store_device`` (e.g. ``"cpu"``) keeps the results
     there until the U-Net needs them. Inputs must already be in the controller's
@@ -103,12 +143,12 @@ def controller_residuals(controller, hint, latent_mask, timesteps, prompt_embeds
     """
     import torch
 
-    if isinstance(timestep_batch, bool) or not isinstance(timestep_batch, int) or timestep_batch < 1:
-        raise R2RUserError(f"timestep_batch must be an integer >= 1; got {timestep_batch!r}.")
+    check("timestep_batch", timestep_batch, "timestep_batch")
     batch = hint.shape[0]
     embeds = _expand_embeds(prompt_embeds, batch)
-    if reference_mask is not None and reference_mask.shape[0] != batch:
+    if reference_hint is None and reference_mask is not None and reference_mask.shape[0] != batch:
         reference_mask = reference_mask.expand(batch, *reference_mask.shape[1:])
+    photo = {} if reference_hint is None else {"reference_hint": reference_hint}
     timesteps = list(timesteps)
     results = []
     for start in range(0, len(timesteps), timestep_batch):
@@ -116,14 +156,19 @@ def controller_residuals(controller, hint, latent_mask, timesteps, prompt_embeds
         k = len(chunk)
         if k == 1:
             down, mid = controller(hint, chunk[0], embeds, latent_mask, conditioning_scale=conditioning_scale,
-                                   reference_mask=reference_mask)
+                                   reference_mask=reference_mask, **photo)
             parts = [(tuple(down), mid)]
         else:
             t = torch.stack([torch.as_tensor(c) for c in chunk]).to(hint.device).repeat_interleave(batch)
-            ref = None if reference_mask is None else reference_mask.repeat(k, 1, 1, 1)
+            ref = ref_hint = None
+            if reference_mask is not None:  # a photo is repeated per item too: it must see each item's timestep
+                ref = _to_batch(reference_mask, batch).repeat(k, 1, 1, 1)
+            if reference_hint is not None:
+                ref_hint = _to_batch(reference_hint, batch).repeat(k, 1, 1, 1)
             down, mid = controller(
                 hint.repeat(k, 1, 1, 1), t, embeds.repeat(k, 1, 1), latent_mask.repeat(k, 1, 1, 1),
                 conditioning_scale=conditioning_scale, reference_mask=ref,
+                **({} if ref_hint is None else {"reference_hint": ref_hint}),
             )
             parts = [
                 (tuple(d[j * batch : (j + 1) * batch] for d in down), mid[j * batch : (j + 1) * batch])
@@ -160,17 +205,31 @@ def _randn(shape, generator, device, dtype):
     return randn_tensor(shape, generator=generator, device=device, dtype=dtype)
 
 
-def initial_noise(shape, generator, device, dtype, scheduler):
-    """RNG draw (1): ``N(0, I) * init_noise_sigma``, returned in float32."""
+def draw_start(z_comp, generator, device, unet_dtype, init_noise_sigma: float = 1.0,
+               scaling_factor: float = SD15_LATENT_SCALE, init_latents=None):
+    """RNG draws (1) and (2): ``(initial latents float32, scaled composite latent, noise shape, noise dtype)``.
+
+    ``z_comp`` is the Clear-VAE posterior (its sample is drawn after the initial noise, from the
+    same generator — the official order; returned in the posterior's dtype, times ``scaling_factor``)
+    or an already scaled tensor (returned as is). ``init_latents`` replaces draw (1).
+    """
     import torch
 
-    noise = _randn(shape, generator, device, dtype)
-    return noise.to(torch.float32) * scheduler.init_noise_sigma
+    posterior = z_comp if hasattr(z_comp, "sample") and not isinstance(z_comp, torch.Tensor) else None
+    source = posterior.mean if posterior is not None else z_comp
+    shape, noise_dtype = tuple(source.shape), source.dtype
+    if init_latents is None:
+        latents = _randn(shape, generator, device, unet_dtype).to(torch.float32) * init_noise_sigma
+    else:
+        latents = init_latents.to(device=device, dtype=torch.float32)
+    if posterior is not None:
+        z_comp = posterior.sample(generator=generator) * scaling_factor
+    return latents, z_comp, shape, noise_dtype
 
 
 def denoise(unet, scheduler, z_comp, latent_mask, prompt_embeds, residuals, generator,
             num_inference_steps: int = 10, callback: Callable[[int, int], None] | None = None, *,
-            scaling_factor: float = 0.18215, init_latents=None, draw_decode_noise: bool = True,
+            scaling_factor: float = SD15_LATENT_SCALE, init_latents=None, draw_decode_noise: bool = True,
             free_residuals: bool = False, preview: Callable[[int, object], None] | None = None):
     """Run the R2R denoising loop; returns the final latents (float32, still scaled).
 
@@ -198,17 +257,11 @@ def denoise(unet, scheduler, z_comp, latent_mask, prompt_embeds, residuals, gene
     dtype = unet.dtype
     device = latent_mask.device
     timesteps = set_timesteps(scheduler, num_inference_steps, device=device)
-    posterior = z_comp if hasattr(z_comp, "sample") and not isinstance(z_comp, torch.Tensor) else None
-    if posterior is not None:
-        shape = tuple(posterior.mean.shape)
-        noise_dtype = posterior.mean.dtype
-    else:
-        shape = tuple(z_comp.shape)
-        noise_dtype = z_comp.dtype
-    batch = shape[0]
-    if tuple(latent_mask.shape) != (batch, 1, *shape[2:]):
+    source = z_comp.mean if hasattr(z_comp, "sample") and not isinstance(z_comp, torch.Tensor) else z_comp
+    batch = source.shape[0]
+    if tuple(latent_mask.shape) != (batch, 1, *source.shape[2:]):
         raise R2RUserError(
-            f"The latent mask {tuple(latent_mask.shape)} does not match the composite latent {shape}; "
+            f"The latent mask {tuple(latent_mask.shape)} does not match the composite latent {tuple(source.shape)}; "
             "both must come from the same prepared image."
         )
     if isinstance(residuals, Sequence) and len(residuals) != len(timesteps):
@@ -218,12 +271,8 @@ def denoise(unet, scheduler, z_comp, latent_mask, prompt_embeds, residuals, gene
         )
 
     # (1) initial noise, (2) composite posterior sample
-    if init_latents is None:
-        latents = initial_noise(shape, generator, device, dtype, scheduler)
-    else:
-        latents = init_latents.to(device=device, dtype=torch.float32)
-    if posterior is not None:
-        z_comp = posterior.sample(generator=generator) * scaling_factor
+    latents, z_comp, shape, noise_dtype = draw_start(z_comp, generator, device, dtype, scheduler.init_noise_sigma,
+                                                     scaling_factor, init_latents)
     z_comp = z_comp.to(device=device, dtype=dtype)
     mask_in = latent_mask.to(dtype)
     embeds = _expand_embeds(prompt_embeds.to(device=device, dtype=dtype), batch)
@@ -242,9 +291,9 @@ def denoise(unet, scheduler, z_comp, latent_mask, prompt_embeds, residuals, gene
             down, mid = residuals[i]
             if free_residuals and isinstance(residuals, list):
                 residuals[i] = None
-        if down is not None:
-            down = [d.to(device=device, dtype=dtype) for d in down]
-            mid = mid.to(device=device, dtype=dtype)
+        if down is not None:  # one composite's residuals serve a batch of seeds of it
+            down = [_to_batch(d.to(device=device, dtype=dtype), batch) for d in down]
+            mid = _to_batch(mid.to(device=device, dtype=dtype), batch)
         eps = unet(
             torch.cat([x_in, mask_in, z_comp], dim=1), t, encoder_hidden_states=embeds,
             down_block_additional_residuals=down, mid_block_additional_residual=mid, return_dict=False,

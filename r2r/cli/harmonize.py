@@ -1,0 +1,100 @@
+"""``python -m r2r harmonize``: harmonize one composite image.
+
+    python -m r2r harmonize --composite comp.jpg --mask mask.png --out result.png \\
+        [--weights models/r2r/region2region | 1243asdad/region2region] [--steps 10] [--seed 0] \\
+        [--noise-device cpu|device] [--max-side 1024] [--dtype auto|fp32|bf16|fp16] \\
+        [--device auto|cpu|cuda[:N]|mps] [--no-paste-back] [--feather -1|0|PX] [--method r2r|statistics] \\
+        [--strength S] [--reference PHOTO [--reference-mask MASK]]
+
+``--method statistics`` needs no weights (the Lab-statistics harmonizer of ``r2r.blending``).
+``--reference`` harmonizes toward another photo (its region ``--reference-mask``, default the whole
+photo) instead of the composite's own background. The options shared with the other image commands
+(and every check) live in :mod:`r2r.cli.common`.
+"""
+
+from __future__ import annotations
+
+from ..fileio import IMAGE_EXTENSIONS
+from .common import (
+    FEATHER_AUTO,
+    add_model_arguments,
+    check_feather_strength,
+    check_inputs,
+    check_model_args,
+    check_out_file,
+    device_and_dtype,
+    feather_for_pipeline,
+    harmonize_low_memory_cli,
+    harmonize_with_pipeline,
+    load_pipeline,
+    read_inputs,
+    read_reference,
+    save_result,
+    weights_hint,
+)
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--composite", required=True, metavar="IMAGE", help="the composite image (RGB; any size)")
+    parser.add_argument("--mask", required=True, metavar="IMAGE",
+                        help="foreground mask, white = the pasted object (greyscale; RGBA: the alpha channel)")
+    parser.add_argument("--out", required=True, metavar="IMAGE",
+                        help=f"output file ({', '.join(IMAGE_EXTENSIONS)}); an existing file is replaced, an input "
+                             "never; missing folders are created")
+    add_model_arguments(parser)
+    parser.add_argument("--no-paste-back", action="store_true",
+                        help="return the model's whole image (default: the original background is pasted back)")
+    parser.add_argument("--feather", type=int, default=FEATHER_AUTO, metavar="PX",
+                        help="paste-back band outside the mask in original pixels: -1 = automatic (one latent "
+                             "cell, default), 0 = hard edge (the mask itself), N = N pixels (up to 256)")
+    parser.add_argument("--method", choices=("r2r", "statistics"), default="r2r",
+                        help="r2r = the diffusion model (needs weights); statistics = weight-free Lab colour matching")
+    parser.add_argument("--strength", type=float, default=1.0,
+                        help="r2r: the Harmony Controller's conditioning scale, 0..2 (1 = as trained, default; 0 = no "
+                             "controller); statistics: 0 = unchanged .. 1 = full transfer (default)")
+    parser.add_argument("--reference", default=None, metavar="PHOTO",
+                        help="harmonize toward this other photo (any size) instead of the composite's background")
+    parser.add_argument("--reference-mask", default=None, metavar="MASK",
+                        help="with --reference: the region of that photo to take the colours from (white = use; "
+                             "default: the whole photo)")
+
+
+def run(args) -> int:
+    from ..devices import resolve_max_side
+    from ..errors import R2RWeightsNotFound
+
+    # every check before any model loads: numbers and choices, the inputs, the output destination
+    check_model_args(args)
+    check_feather_strength(args)
+    composite, mask = read_inputs(args.composite, args.mask)
+    reference = read_reference(args.reference, args.reference_mask)
+    device, dtype = device_and_dtype(args) if args.method == "r2r" else (None, None)
+    args.max_side = resolve_max_side(args.max_side, device or "cpu")
+    check_inputs(composite, mask, args.max_side, args.resize_mode, reference)
+    inputs = [p for p in (args.composite, args.mask, args.reference, args.reference_mask) if p]
+    out_path = check_out_file(args.out, inputs=inputs)
+
+    if args.method == "statistics":
+        from ..blending import harmonize_statistics
+
+        kw = {} if reference is None else {"reference_image": reference.image,
+                                           "reference_image_mask": reference.image_mask}
+        result = harmonize_statistics(composite, mask, strength=args.strength, **kw)
+        save_result(out_path, result)
+        print(f"wrote {out_path} (weight-free statistics harmonizer)")
+        return 0
+    extra = {} if reference is None else {"reference": reference}
+    try:
+        if args.low_memory:
+            result, source = harmonize_low_memory_cli(composite, mask, args, device, dtype, **extra)
+        else:
+            pipe = load_pipeline(args, device, dtype)
+            source = pipe.source
+            result = harmonize_with_pipeline(pipe, composite, mask, args, paste_back=not args.no_paste_back,
+                                             feather=feather_for_pipeline(args.feather), strength=args.strength,
+                                             **extra)
+    except R2RWeightsNotFound as exc:
+        raise R2RWeightsNotFound(weights_hint(exc)) from exc
+    save_result(out_path, result)
+    print(f"wrote {out_path} (R2R, {args.steps} steps, seed {args.seed}, weights {source})")
+    return 0
