@@ -37,8 +37,11 @@ test: $(STAMP)
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m r2r demo --out demo_output
 
+# ruff, then mypy over r2r/ and nodes/ as the package ComfyUI imports (see [tool.mypy] in pyproject.toml)
 lint: $(STAMP)
 	$(PY) -m ruff check .
+	@mkdir -p .cache/typecheck && ln -sfn ../.. .cache/typecheck/comfyui_r2r
+	MYPYPATH=.cache/typecheck $(PY) -m mypy -p comfyui_r2r.r2r -p comfyui_r2r.nodes
 
 # pyproject's static dependencies == requirements.txt, .comfyignore, icon, publish workflow.
 validate-packaging: $(STAMP)

@@ -68,7 +68,7 @@ def _config_kind(folder: str) -> str | None:
 def scan() -> dict[str, list[str]]:
     """{"release": [...], "clear_vae": [...], "controller": [...], "unet": [...], "file": [...]} as names
     relative to the models folders (first folder wins on duplicates)."""
-    found = {"release": [], "clear_vae": [], "controller": [], "unet": [], "file": []}
+    found: dict[str, list[str]] = {"release": [], "clear_vae": [], "controller": [], "unet": [], "file": []}
     seen = set()
     for root in _host.model_dirs():
         if not os.path.isdir(root):

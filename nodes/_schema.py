@@ -25,7 +25,7 @@ R2RClearVAEType = io.Custom(R2R_CLEAR_VAE)
 R2RControllerType = io.Custom(R2R_CONTROLLER)
 
 #: the seed widget's maximum (from the parameter table)
-SEED_MAX = int(PARAMS["seed"].maximum)
+SEED_MAX = int(PARAMS["seed"].maximum or 0)
 _SCHEMA_HAS_ALIASES = "search_aliases" in {f.name for f in dataclasses.fields(io.Schema)}
 
 
@@ -99,10 +99,10 @@ def param_input(name: str, input_name: str | None = None, *, tooltip: str | None
         return io.Combo.Input(input_name, options=list(p.choices), **kw)
     if p.kind is bool:
         return io.Boolean.Input(input_name, **kw)
-    low = p.minimum if p.special is None else min(p.minimum, p.special[0])
+    low, high = p.widget_range()
     if p.kind is int:
-        return io.Int.Input(input_name, min=int(low), max=int(p.maximum), step=int(p.step or 1), **kw)
-    return io.Float.Input(input_name, min=float(low), max=float(p.maximum), step=float(p.step or 0.01), **kw)
+        return io.Int.Input(input_name, min=int(low), max=int(high), step=int(p.step or 1), **kw)
+    return io.Float.Input(input_name, min=float(low), max=float(high), step=float(p.step or 0.01), **kw)
 
 
 def check_param(name: str, value, node: str, input_name: str | None = None):

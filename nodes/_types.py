@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 from ._host import ManagedModel
 
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     import torch
 
     from ..r2r.imaging import Prepared
-    from ..r2r.pipeline import EncodedComposite, Reference, ResidualCache
+    from ..r2r.pipeline import EncodedComposite, Reference
 
 R2R_MODEL = "R2R_MODEL"
 R2R_CLEAR_VAE = "R2R_CLEAR_VAE"
@@ -82,7 +82,7 @@ class ControlSettings:
     #: its own size and brought to the composite's when the LATENT is known
     reference: Reference | None = None
     #: controller residuals already computed (r2r.pipeline.ResidualCache), reused for a new seed
-    cache: ResidualCache = field(default=None, compare=False, repr=False)
+    cache: Any = field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
         if self.cache is None:
@@ -92,7 +92,7 @@ class ControlSettings:
 
     @property
     def reference_mask(self) -> torch.Tensor | None:
-        return None if self.reference is None else self.reference.mask
+        return None if self.reference is None else cast("torch.Tensor | None", self.reference.mask)
 
 
 @dataclass(frozen=True)

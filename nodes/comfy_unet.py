@@ -117,7 +117,7 @@ def _patch_initial_noise(patcher) -> None:
     """Start full-denoise sampling from ``noise * sigma_max`` (diffusers' linspace Euler), see module doc."""
     base = type(patcher.get_model_object("model_sampling"))
 
-    class R2RModelSampling(base):
+    class R2RModelSampling(base):  # type: ignore[valid-type,misc]
         def noise_scaling(self, sigma, noise, latent_image, max_denoise=False):
             return super().noise_scaling(sigma, noise, latent_image, max_denoise=False)
 

@@ -20,12 +20,16 @@ Where skips and residuals wait follows r2r.pipeline.memory's rule with ComfyUI's
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING, cast
 
 from ..r2r.devices import resolve_max_side
 from ..r2r.errors import R2RUserError
 from ..r2r.pipeline import Reference
 from . import _checks, _convert, _host
 from ._types import LATENT_KEY, ControlSettings, R2RLatentState
+
+if TYPE_CHECKING:
+    import torch
 
 SKIPS_ENV = "R2R_NODE_SKIPS"
 SKIPS_CHOICES = ("auto", "host", "recompute")
@@ -120,7 +124,8 @@ def reference_for(reference: Reference | None, state: R2RLatentState, node: str)
     if reference is None or reference.mask is None:
         return reference
     size = tuple(state.prepared.geometry.original_size)
-    mask = _convert.mask_to_b1hw(reference.mask[:, 0], size, name="reference_mask", allow_empty=True, node=node)
+    region = cast("torch.Tensor", reference.mask)  # make_reference keeps a [B,1,H,W] tensor
+    mask = _convert.mask_to_b1hw(region[:, 0], size, name="reference_mask", allow_empty=True, node=node)
     return Reference(mask=mask)
 
 

@@ -200,11 +200,11 @@ def load_triplet(pred_path, mask_path, gt_path, resolution: int | None = 256):
     if resolution:
         size = (int(resolution), int(resolution))
         if out.size != size:
-            out = out.resize(size, Image.BILINEAR)
+            out = out.resize(size, Image.Resampling.BILINEAR)
         if gt.size != size:
-            gt = gt.resize(size, Image.BILINEAR)
+            gt = gt.resize(size, Image.Resampling.BILINEAR)
         if mask.size != size:
-            mask = mask.resize(size, Image.NEAREST)  # PIL forces nearest for mode "1" anyway
+            mask = mask.resize(size, Image.Resampling.NEAREST)  # PIL forces nearest for mode "1" anyway
     else:
         if mask.size != gt.size:
             raise R2RUserError(
@@ -212,7 +212,7 @@ def load_triplet(pred_path, mask_path, gt_path, resolution: int | None = 256):
                 f"{gt.size[0]}x{gt.size[1]}; they must match at full resolution"
             )
         if out.size != gt.size:
-            out = out.resize(gt.size, Image.BILINEAR)
+            out = out.resize(gt.size, Image.Resampling.BILINEAR)
     o = np.asarray(out, dtype=np.float32)
     g = np.asarray(gt, dtype=np.float32)
     m = np.asarray(mask, dtype=np.float32)[..., None]
@@ -247,7 +247,7 @@ class EvalReport:
 
 
 def _mean_block(rows: list) -> dict:
-    out = {"n": len(rows)}
+    out: dict[str, float] = {"n": len(rows)}
     for k in METRICS:
         vals = [r[k] for r in rows if not (isinstance(r[k], float) and math.isnan(r[k]))]
         out[k] = float(np.mean(vals)) if vals else math.nan

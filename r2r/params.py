@@ -63,6 +63,13 @@ class Param:
     special: tuple[object, str] | None = None
     fix: str = ""
 
+    def widget_range(self) -> tuple[float, float]:
+        """(lowest, highest) value a widget offers: the range, extended to the special value."""
+        if self.minimum is None or self.maximum is None:
+            raise ValueError(f"parameter {self.name!r} has no numeric range")
+        low = self.minimum if self.special is None else min(self.minimum, float(self.special[0]))  # type: ignore[arg-type]
+        return low, self.maximum
+
     def describe(self) -> str:
         """The accepted values, in words."""
         if self.choices is not None:

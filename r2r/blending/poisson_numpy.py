@@ -8,8 +8,9 @@ that solve.
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -204,7 +205,7 @@ class PoissonSolution:
     mode: str
     mixed: bool
     erode: int
-    info: dict = field(default_factory=dict)
+    info: dict = dataclasses.field(default_factory=dict)
 
 
 def prepare_numpy(target, source, mask, *, unit_range=False):

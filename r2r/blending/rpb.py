@@ -301,7 +301,7 @@ def random_poisson_blend(real, mask, seed=None, *, rng=None, reference=None, ref
     value_range = 255.0 if R.dtype == np.uint8 else 1.0  # the solve's tolerance is relative to it
     scale = 255.0 / value_range  # to the diagnostics' 0..255 scale
 
-    result = None
+    result: tuple | None = None
     for attempt in range(1, max_tries + 1):
         # ---- choose the reference image and region
         if reference is not None:
@@ -370,6 +370,7 @@ def random_poisson_blend(real, mask, seed=None, *, rng=None, reference=None, ref
             break
         if pool_list is None and place != "random" and alpha_lo == alpha_hi:
             break  # nothing random left to redraw
+    assert result is not None  # the loop runs at least once (tries >= 1 is checked up front)
     comp, diag = result
     out_mask = (M.astype(np.uint8) * 255) if R.dtype == np.uint8 else M.astype(np.float32)
     return RPBResult(comp, out_mask, R, diag)

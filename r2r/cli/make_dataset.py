@@ -41,7 +41,7 @@ def _kv(text: str):
 def _gen_args(pairs) -> dict:
     from ..errors import R2RUserError
 
-    out = {}
+    out: dict[str, object] = {}
     for key, value in pairs:
         if key in out:
             raise R2RUserError(f"--gen-arg {key}=... is given twice ({out[key]!r} and {value!r}); keep one")

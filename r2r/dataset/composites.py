@@ -176,7 +176,7 @@ def process_unit(unit: WorkUnit, ws: WorkerSettings, generator=None) -> dict:
     """Make every composite of one source image (runs in a worker). Never raises for bad
     inputs: returns ``{"status": "error", "error": message}`` instead, or ``"fatal"`` when the output
     cannot be written (disk full, ...), which stops the run."""
-    res = {"key": unit.key, "name": unit.name, "image": unit.image, "split": unit.split}
+    res: dict[str, object] = {"key": unit.key, "name": unit.name, "image": unit.image, "split": unit.split}
     try:
         gen = generator or resolve_generator(ws.generator)
         composites, rejected = _make_composites(unit, ws, gen)

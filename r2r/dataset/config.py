@@ -143,7 +143,7 @@ class WorkerSettings:
     def from_config(cls, cfg: MakeConfig, out: Path) -> WorkerSettings:
         return cls(
             out=str(out), subset=cfg.subset, seed=int(cfg.seed), per_image=int(cfg.per_image),
-            alpha=tuple(cfg.alpha) if cfg.alpha is not None else None, filter=cfg.filter(),
+            alpha=(float(cfg.alpha[0]), float(cfg.alpha[1])) if cfg.alpha is not None else None, filter=cfg.filter(),
             max_side=cfg.max_side, image_format=cfg.image_format, jpeg_quality=int(cfg.jpeg_quality),
             mask_type=cfg.mask_type, masks_per_image=int(cfg.masks_per_image),
             label_min_area=float(cfg.label_min_area), label_max_area=float(cfg.label_max_area),

@@ -202,7 +202,7 @@ def parse_index_file(path) -> IndexFile:
                 raise
             remnant = last  # our own line format, cut short: a crashed append
         else:
-            entries.append((name, last))
+            entries.append((str(name), last))
     return IndexFile(path, entries, remnant)
 
 

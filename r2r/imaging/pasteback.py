@@ -41,8 +41,7 @@ def feather_alpha(mask_soft, feather: int):
         ramp = np.where(dist <= feather, 1.0 - dist / (feather + 1.0), 0.0).astype(np.float32)
         ramp[binary[i, 0]] = 0.0
         ramps.append(torch.from_numpy(ramp))
-    ramp = torch.stack(ramps)[:, None].to(mask_soft.device)
-    return torch.maximum(mask_soft, ramp)
+    return torch.maximum(mask_soft, torch.stack(ramps)[:, None].to(mask_soft.device))
 
 
 def upsample_and_paste(result_working, prepared: Prepared, original_composite=None, original_mask=None,

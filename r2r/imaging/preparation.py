@@ -137,10 +137,10 @@ def _hint(original, object_original, working, object_working, geometry: Geometry
         else:
             pre = hint_pre_image(_uint8_hwc(working[i]), object_working[i, 0].bool().cpu().numpy())
         pres.append(torch.from_numpy(pre).permute(2, 0, 1).float().div(255.0))
-    pre = torch.stack(pres).to(original.device)
+    pre_t = torch.stack(pres).to(original.device)
     if canny_at == "original":
-        pre = to_working(pre, geometry).clamp(0, 1)
-    return assemble_hint((pre - 0.5) / 0.5, (working - 0.5) / 0.5, object_working)
+        pre_t = to_working(pre_t, geometry).clamp(0, 1)
+    return assemble_hint((pre_t - 0.5) / 0.5, (working - 0.5) / 0.5, object_working)
 
 
 @dataclass
@@ -189,7 +189,8 @@ def prepare_reference_photo(image, region=None, working_size: tuple[int, int] = 
     if min(h, w) < 64:
         raise R2RUserError(f"The reference image must be at least 64x64 pixels; got {w}x{h} (WxH). Use a larger "
                            "photo (its colours are what matter; its size is not).")
-    geometry = Geometry((h, w), tuple(working_size), tuple(working_size), resize_mode="square")
+    size = (int(working_size[0]), int(working_size[1]))
+    geometry = Geometry((h, w), size, size, resize_mode="square")
     region_w = (to_working(soft, geometry, pad_value=0.0) >= 0.5).float()
     region_lat = latent_mask_from(region_w)
     for i in range(region_lat.shape[0]):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from ..errors import R2RUserError
 
@@ -50,8 +50,9 @@ class ModelSource(Protocol):
     def config(self, name: NetworkName) -> Mapping:
         """The network's config (for memory estimates; without loading its weights)."""
 
-    def get(self, name: NetworkName, memory_required: int = 0) -> torch.nn.Module:
-        """``name`` on the compute device; ``memory_required``: bytes the phase needs beside the weights."""
+    def get(self, name: NetworkName, memory_required: int = 0) -> Any:
+        """``name`` on the compute device (a diffusers model: its attributes are dynamic, so typed ``Any``);
+        ``memory_required``: bytes the phase needs beside the weights."""
 
     def release(self, name: NetworkName) -> None:
         """The phase that used ``name`` is over (a source may unload it)."""
@@ -136,7 +137,7 @@ class ResidentModels:
 class PhaseLoadedModels:
     """Each network is loaded from ``source`` when a stage asks for it and dropped on release."""
 
-    def __init__(self, source, *, torch_dtype, device, **load_kwargs):
+    def __init__(self, source, *, torch_dtype, device, **load_kwargs) -> None:
         from ..weights import load_components
 
         self._load = load_components

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from typing import cast
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ class Residuals:
 
     def __call__(self, i: int, t):
         if self.entries is None:
-            return self.compute(i, t)
+            return cast(Callable, self.compute)(i, t)
         entry = self.entries[i]
         if self.consume:
             self.entries[i] = None

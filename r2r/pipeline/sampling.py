@@ -22,6 +22,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..errors import R2RUserError
 from ..params import DEFAULT_SCHEDULER, SCHEDULER_NAMES, check
@@ -30,7 +31,7 @@ from ..params import DEFAULT_SCHEDULER, SCHEDULER_NAMES, check
 SD15_LATENT_SCALE = 0.18215
 
 # name -> (diffusers class name, extra config overrides, description)
-SCHEDULERS = {
+SCHEDULERS: dict[str, tuple[str, dict[str, Any], str]] = {
     "euler_ancestral": ("EulerAncestralDiscreteScheduler", {}, "Euler ancestral (official, stochastic)"),
     "euler": ("EulerDiscreteScheduler", {}, "Euler (deterministic)"),
     "euler_karras": ("EulerDiscreteScheduler", {"use_karras_sigmas": True}, "Euler with Karras sigmas"),
@@ -291,7 +292,7 @@ def denoise(unet, scheduler, z_comp, latent_mask, prompt_embeds, residuals, gene
             down, mid = residuals[i]
             if free_residuals and isinstance(residuals, list):
                 residuals[i] = None
-        if down is not None:  # one composite's residuals serve a batch of seeds of it
+        if down is not None and mid is not None:  # one composite's residuals serve a batch of seeds of it
             down = [_to_batch(d.to(device=device, dtype=dtype), batch) for d in down]
             mid = _to_batch(mid.to(device=device, dtype=dtype), batch)
         eps = unet(

@@ -105,6 +105,7 @@ class Stages:
         skips = None if encoded is None else encoded.skips
         budget = self._vae_budget()
         if skips is None:
+            assert prepared is not None  # checked above: no skips without prepared is refused
             x = prepared.expand(batch).composite_pm1.to(self.device, vae.dtype)
             _, skips = tiling.encode_with_skips_auto(vae, x, budget_bytes=budget)
         else:

@@ -240,7 +240,8 @@ def unet_key_to_diffusers(key: str, layers_per_block: int = 2) -> str | None:
     return None
 
 
-def unet_key_to_sd(key: str, layers_per_block: int = 2, attention_levels: set[int] = frozenset()) -> str | None:
+def unet_key_to_sd(key: str, layers_per_block: int = 2,
+                   attention_levels: frozenset[int] | set[int] = frozenset()) -> str | None:
     """diffusers U-Net key -> unprefixed LDM key; ``attention_levels``: up blocks that have attentions."""
     L = layers_per_block
     if (r := _down_half_to_sd(key, L)) is not None:
