@@ -21,7 +21,8 @@ import numpy as np
 from ..errors import R2RUserError
 from .inputs import fraction, image_bchw, image_hwc, is_torch, mask_weights_b1hw, mask_weights_hw
 
-__all__ = ["harmonize_statistics", "harmonize_statistics_torch", "STD_RATIO_LIMITS"]
+__all__ = ["harmonize_statistics", "harmonize_statistics_torch", "statistics_params", "apply_statistics",
+           "STD_RATIO_LIMITS"]
 
 #: the std ratio is clamped to this range so a flat foreground (std ~ 0) or a flat
 #: reference cannot blow the contrast up or flatten it completely.
@@ -105,6 +106,70 @@ def _reference_photo(reference_image, reference_image_mask, reference_mask):
     return ref, w
 
 
+def _numpy_inputs(composite, mask, strength, reference_mask, reference_image, reference_image_mask):
+    """Checked numpy inputs -> (strength, image, mask weights, reference image, reference weights)."""
+    s = _check_strength(strength)
+    img = image_hwc(composite, "composite", rgb=True, unit_range=True)
+    m = mask_weights_hw(mask, img.shape[:2], "mask")
+    photo, photo_w = _reference_photo(reference_image, reference_image_mask, reference_mask)
+    if photo is not None:
+        ref_img, ref_w = photo, photo_w
+    else:
+        ref_img = img
+        ref_w = (1.0 - m) if reference_mask is None else mask_weights_hw(reference_mask, img.shape[:2],
+                                                                         "reference_mask")
+    _check_regions(np.array([m.sum()]), np.array([ref_w.sum()]), reference_mask is not None or photo is not None)
+    return s, img, m, ref_img, ref_w
+
+
+def statistics_params(composite, mask, strength=1.0, reference_mask=None, reference_image=None,
+                      reference_image_mask=None):
+    """The Lab transfer :func:`harmonize_statistics` applies, as numbers: ``(gain, offset)``, two float32
+    arrays of 3 (L, a, b) with ``lab' = lab * gain + offset`` inside the mask (``strength`` included).
+
+    Parameters of several images can be blended linearly (e.g. smoothed over the frames of a clip,
+    :mod:`r2r.video`) and applied with :func:`apply_statistics`. Same inputs and checks as
+    :func:`harmonize_statistics` (numpy images)."""
+    s, img, m, ref_img, ref_w = _numpy_inputs(composite, mask, strength, reference_mask, reference_image,
+                                              reference_image_mask)
+    if s == 0.0:
+        return np.ones(3, np.float32), np.zeros(3, np.float32)
+    mean_f, std_f = _region_stats(img, m)
+    mean_r, std_r = _region_stats(ref_img, ref_w)
+    ratio, shift = _transfer_params(mean_f, std_f, mean_r, std_r)
+    return (1.0 + s * (ratio - 1.0)).astype(np.float32), (s * shift).astype(np.float32)
+
+
+def apply_statistics(composite, mask, gain, offset):
+    """``lab * gain + offset`` inside ``mask`` (soft values blend; pixels where the mask is 0 are
+    returned bit for bit). ``composite``: HxWx3 uint8 or float in [0, 1] (returned in the same dtype)."""
+    import cv2
+
+    img = image_hwc(composite, "composite", rgb=True, unit_range=True)
+    m = mask_weights_hw(mask, img.shape[:2], "mask")
+    out = img.copy()
+    if not (m > 0).any():
+        return out
+    gain = np.asarray(gain, np.float32).reshape(3)
+    offset = np.asarray(offset, np.float32).reshape(3)
+    # applied on the foreground's bounding box only
+    y0, y1, x0, x1 = _bbox(m > 0)
+    crop = _unit(img[y0:y1, x0:x1])
+    lab = cv2.cvtColor(crop, cv2.COLOR_RGB2Lab)
+    lab *= gain
+    lab += offset
+    rgb = np.clip(cv2.cvtColor(lab, cv2.COLOR_Lab2RGB), 0.0, 1.0)
+    mc = m[y0:y1, x0:x1, None]
+    res = crop + (rgb - crop) * mc
+    region = out[y0:y1, x0:x1]
+    if img.dtype == np.uint8:
+        res = np.clip(np.rint(res * 255.0), 0, 255).astype(np.uint8)
+    else:
+        res = res.astype(img.dtype)
+    np.copyto(region, res, where=mc > 0)
+    return out
+
+
 def harmonize_statistics(composite, mask, strength=1.0, reference_mask=None, reference_image=None,
                          reference_image_mask=None):
     """Match the foreground's Lab statistics to the background's (or ``reference_mask``'s, or another
@@ -117,48 +182,17 @@ def harmonize_statistics(composite, mask, strength=1.0, reference_mask=None, ref
     another photo (any size) whose statistics the foreground takes, over ``reference_image_mask``
     (its region; default the whole photo).
     Torch ``[B,3,H,W]`` tensors are routed to :func:`harmonize_statistics_torch`.
+    The transfer is :func:`statistics_params` applied by :func:`apply_statistics`.
     """
     if is_torch(composite):
         return harmonize_statistics_torch(composite, mask, strength, reference_mask, reference_image,
                                           reference_image_mask)
-    import cv2
-
-    s = _check_strength(strength)
-    img = image_hwc(composite, "composite", rgb=True, unit_range=True)
-    m = mask_weights_hw(mask, img.shape[:2], "mask")
-    photo, photo_w = _reference_photo(reference_image, reference_image_mask, reference_mask)
-    if photo is not None:
-        ref_img, ref_w = photo, photo_w
-    else:
-        ref_img = img
-        ref_w = (1.0 - m) if reference_mask is None else mask_weights_hw(reference_mask, img.shape[:2],
-                                                                         "reference_mask")
-    _check_regions(np.array([m.sum()]), np.array([ref_w.sum()]), reference_mask is not None or photo is not None)
+    s, img, m, _, _ = _numpy_inputs(composite, mask, strength, reference_mask, reference_image,
+                                    reference_image_mask)
     if s == 0.0:
         return img.copy()
-    f = img
-    mean_f, std_f = _region_stats(f, m)
-    mean_r, std_r = _region_stats(ref_img, ref_w)
-    ratio, shift = _transfer_params(mean_f, std_f, mean_r, std_r)
-    # lab + s * (lab * ratio + shift - lab), applied on the foreground's bounding box only
-    gain = (1.0 + s * (ratio - 1.0)).astype(np.float32)
-    offset = (s * shift).astype(np.float32)
-    y0, y1, x0, x1 = _bbox(m > 0)
-    crop = _unit(f[y0:y1, x0:x1])
-    lab = cv2.cvtColor(crop, cv2.COLOR_RGB2Lab)
-    lab *= gain
-    lab += offset
-    rgb = np.clip(cv2.cvtColor(lab, cv2.COLOR_Lab2RGB), 0.0, 1.0)
-    mc = m[y0:y1, x0:x1, None]
-    res = crop + (rgb - crop) * mc
-    out = img.copy()
-    region = out[y0:y1, x0:x1]
-    if img.dtype == np.uint8:
-        res = np.clip(np.rint(res * 255.0), 0, 255).astype(np.uint8)
-    else:
-        res = res.astype(img.dtype)
-    np.copyto(region, res, where=mc > 0)
-    return out
+    gain, offset = statistics_params(img, m, s, reference_mask, reference_image, reference_image_mask)
+    return apply_statistics(img, m, gain, offset)
 
 
 # ----------------------------------------------------------------------------- torch
