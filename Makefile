@@ -43,9 +43,12 @@ lint: $(STAMP)
 	@mkdir -p .cache/typecheck && ln -sfn ../.. .cache/typecheck/comfyui_r2r
 	MYPYPATH=.cache/typecheck $(PY) -m mypy -p comfyui_r2r.r2r -p comfyui_r2r.nodes
 
-# pyproject's static dependencies == requirements.txt, .comfyignore, icon, publish workflow.
+# pyproject's static dependencies == requirements.txt, .comfyignore, icon, publish workflow; then the
+# registry's own tool (comfy-cli, pinned in tools/comfy-cli.txt): comfy node validate + comfy node pack,
+# and the archive's file list checked against .comfyignore.
 validate-packaging: $(STAMP)
-	$(PY) -m pytest -q tests/test_packaging.py
+	$(PY) -m pytest -q -p no:cacheprovider tests/test_packaging.py
+	PYTHON=$(PY) bash tools/check_registry_pack.sh
 
 clean:
 	rm -rf $(VENV) demo_output .pytest_cache

@@ -209,7 +209,13 @@ def test_comfyignore_keeps_everything_the_pack_runs_with():
                 assert module.split(".")[0] not in left_behind, f"{path} imports {module}, which does not ship"
 
 
-def test_publish_workflow_uses_the_registry_action_on_version_changes_only():
+def _pinned_comfy_cli() -> str:
+    lines = _requirement_lines(ROOT / "tools" / "comfy-cli.txt")
+    assert len(lines) == 1 and re.fullmatch(r"comfy-cli==\d+\.\d+\.\d+", lines[0]), lines
+    return lines[0]
+
+
+def test_publish_workflow_publishes_with_the_pinned_comfy_cli_on_version_changes_only():
     path = ROOT / ".github" / "workflows" / "publish.yml"
     workflow = yaml.safe_load(path.read_text(encoding="utf-8"))
     triggers = workflow.get("on", workflow.get(True))  # YAML 1.1 reads the bare key `on` as True
@@ -217,15 +223,42 @@ def test_publish_workflow_uses_the_registry_action_on_version_changes_only():
     assert triggers["push"]["paths"] == ["pyproject.toml"]
     (job,) = workflow["jobs"].values()
     steps = job["steps"]
-    publish = [s for s in steps if str(s.get("uses", "")).startswith("Comfy-Org/publish-node-action@")]
-    assert len(publish) == 1, "exactly one step runs Comfy-Org/publish-node-action"
-    assert publish[0]["with"]["personal_access_token"] == "${{ secrets.REGISTRY_ACCESS_TOKEN }}"
-    assert "version" in publish[0].get("if", ""), "publish only when [project] version changed"
-    # nothing else runs: besides the checkout, the only shell step reads the version from pyproject.toml
-    runs = [s["run"] for s in steps if "run" in s]
-    assert len(runs) == 1 and "tomllib" in runs[0] and not re.search(r"\b(pytest|make|pip)\b", runs[0])
-    assert {s["uses"].split("@")[0] for s in steps if "uses" in s} == {"actions/checkout",
-                                                                      "Comfy-Org/publish-node-action"}
+    # only official actions, at a version tag; the registry's own tool at the pinned version does the publishing
+    assert {s["uses"] for s in steps if "uses" in s} <= {"actions/checkout@v4", "actions/setup-python@v5"}
+    runs = [s for s in steps if "run" in s]
+    publish = [s for s in runs if "node publish" in s["run"]]
+    assert len(publish) == 1 and "version" in publish[0].get("if", ""), "publish only when [project] version changed"
+    assert "REGISTRY_ACCESS_TOKEN" in publish[0]["env"]["REGISTRY_ACCESS_TOKEN"]
+    install = "\n".join(s["run"] for s in runs)
+    assert "tools/comfy-cli.txt" in install and "node validate" in install
+    assert not re.search(r"\b(pytest|make)\b", install), "the publish job runs nothing else"
+
+
+def test_registry_archive():
+    """The archive `comfy node pack` makes (tools/check_registry_pack.sh, run by .ci/run) holds exactly the
+    files .comfyignore ships."""
+    import zipfile
+
+    archive = os.environ.get("R2R_REGISTRY_ZIP")
+    if not archive:
+        pytest.skip("run through tools/check_registry_pack.sh (it packs with comfy-cli first)")
+    with zipfile.ZipFile(archive) as z:
+        packed = sorted(n for n in z.namelist() if not n.endswith("/"))
+    expected = _shipped_files()
+    assert packed == expected, (f"only in the archive: {sorted(set(packed) - set(expected))}\n"
+                                f"missing from the archive: {sorted(set(expected) - set(packed))}")
+    assert not any(n.startswith(("training/", "tests/", "benchmarks/")) for n in packed)
+
+
+def test_description_matches_what_ships():
+    """The registry package has no trainer: the description must not promise one in the package."""
+    description = PROJECT["description"].lower()
+    shipped = _shipped_files()
+    if not any(f.startswith("training/") for f in shipped):
+        assert "trainer" not in description or "git repository" in description
+    classifiers = PROJECT["classifiers"]
+    assert "Environment :: GPU :: NVIDIA CUDA" in classifiers and "Operating System :: OS Independent" in classifiers
+    assert "cpu" in description  # runs without a GPU too (there is no trove classifier for that)
 
 
 @pytest.mark.skipif(os.name == "nt", reason="shell scripts")
