@@ -446,8 +446,15 @@ def read_mask(path):
     return data
 
 
-def encode_image(rgb_uint8, ext: str, jpeg_quality: int = 95) -> bytes:
-    """``HxWx3 uint8`` RGB -> the bytes of an image file of type ``ext`` (``.png``, ``.jpg``, ...)."""
+#: the text key r2r writes into the PNG/JPEG images a command produces (how a later run of that command
+#: recognises its own earlier result and may replace it without --overwrite)
+IMAGE_MARKER = b"r2r-output"
+
+
+def encode_image(rgb_uint8, ext: str, jpeg_quality: int = 95, marker: str | None = None) -> bytes:
+    """``HxWx3 uint8`` RGB -> the bytes of an image file of type ``ext`` (``.png``, ``.jpg``, ...).
+
+    ``marker`` (e.g. ``"harmonize"``): recorded in a PNG text chunk / JPEG comment (see :func:`is_own_image`)."""
     import cv2
 
     ext = ext.lower()
@@ -458,10 +465,40 @@ def encode_image(rgb_uint8, ext: str, jpeg_quality: int = 95) -> bytes:
     ok, buf = cv2.imencode(ext, image, params)
     if not ok:
         raise R2RUserError(f"OpenCV could not encode the image as {ext}; try .png.")
-    return buf.tobytes()
+    data = buf.tobytes()
+    return data if marker is None else _with_marker(data, ext, marker)
 
 
-def write_image(path, rgb_uint8, jpeg_quality: int = 95) -> Path:
-    """Write ``HxWx3 uint8`` RGB (or ``HxW`` grey) atomically."""
+def _marker_text(marker: str) -> bytes:
+    return IMAGE_MARKER + b"\0" + marker.encode("ascii")
+
+
+def _with_marker(data: bytes, ext: str, marker: str) -> bytes:
+    import struct
+    import zlib
+
+    text = _marker_text(marker)
+    if ext == ".png":  # a tEXt chunk right after IHDR (8-byte signature + 25-byte IHDR chunk)
+        chunk = b"tEXt" + text
+        return data[:33] + struct.pack(">I", len(text)) + chunk + struct.pack(">I", zlib.crc32(chunk)) + data[33:]
+    if ext in (".jpg", ".jpeg"):  # a COM segment right after SOI
+        return data[:2] + b"\xff\xfe" + struct.pack(">H", len(text) + 2) + text + data[2:]
+    return data  # .webp/.bmp/.tif: no marker (such an earlier result needs --overwrite to be replaced)
+
+
+def is_own_image(path, marker: str, head_bytes: int = 4096) -> bool:
+    """True when ``path`` is an image r2r wrote with ``marker`` (its PNG text chunk or JPEG comment)."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return False
+        with open(path, "rb") as fh:
+            head = fh.read(head_bytes)
+    except OSError:
+        return False
+    return _marker_text(marker) in head
+
+
+def write_image(path, rgb_uint8, jpeg_quality: int = 95, marker: str | None = None) -> Path:
+    """Write ``HxWx3 uint8`` RGB (or ``HxW`` grey) atomically (``marker``: see :func:`encode_image`)."""
     path = Path(path)
-    return atomic_write_bytes(path, encode_image(rgb_uint8, path.suffix, jpeg_quality))
+    return atomic_write_bytes(path, encode_image(rgb_uint8, path.suffix, jpeg_quality, marker))

@@ -152,20 +152,23 @@ def _read(reader, path, option: str):
         raise R2RUserError(f"{option}: {exc}") from None
 
 
-def check_out_file(path, inputs, option: str = "--out") -> Path:
+def check_out_file(path, inputs, option: str = "--out", *, overwrite: bool = False, marker: str = "harmonize") -> Path:
     """The output file can be written (folder creatable and writable, an image extension, not an input,
-    not a read-only file) -- checked before the work that produces it."""
-    from ..fileio import IMAGE_EXTENSIONS, check_output_file
+    not a read-only file, not an existing file other than this command's own earlier result unless
+    ``overwrite``) -- checked before the work that produces it. ``marker``: the command whose earlier
+    results (recognised by the marker :func:`save_result` writes into them) may be replaced."""
+    from ..fileio import IMAGE_EXTENSIONS, check_output_file, is_own_image
 
     path = Path(path)
-    check_output_file(path, inputs=inputs, overwrite=True, extensions=IMAGE_EXTENSIONS, what=f"{option} file")
+    check_output_file(path, inputs=inputs, overwrite=overwrite, replaceable=lambda p: is_own_image(p, marker),
+                      extensions=IMAGE_EXTENSIONS, what=f"{option} file")
     if path.exists() and not os.access(path, os.W_OK):
         raise R2RUserError(f"The {option} file {path} exists and is read-only; choose another name or make it "
                            "writable (chmod u+w).")
     return path
 
 
-def save_result(path, image, what: str = "result") -> Path:
+def save_result(path, image, what: str = "result", marker: str = "harmonize") -> Path:
     """Write ``image`` to ``path`` (atomically). If that fails after the work (disk full, folder removed,
     permissions changed), the result goes to a PNG under the temp folder instead and the error names it;
     only when that fails too is the result lost, and the error says so."""
@@ -175,14 +178,14 @@ def save_result(path, image, what: str = "result") -> Path:
 
     path = Path(path)
     try:
-        return write_image(path, image)
+        return write_image(path, image, marker=marker)
     except (OSError, R2RUserError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc)
         fallback = None
         try:
             fd, fallback = tempfile.mkstemp(prefix=f"r2r-{path.stem}-", suffix=".png")
             os.close(fd)
-            write_image(fallback, image)
+            write_image(fallback, image, marker=marker)
         except (OSError, R2RUserError) as exc2:
             if fallback is not None:
                 with contextlib.suppress(OSError):

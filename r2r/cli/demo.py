@@ -27,6 +27,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--method", choices=("auto", "r2r", "statistics"), default="auto",
                         help="auto = R2R if weights are found, else the weight-free harmonizer")
     add_model_arguments(parser)
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace files in --out that an earlier demo did not write (its own are replaced)")
     parser.set_defaults(max_side=512)
 
 
@@ -113,8 +115,9 @@ def run(args) -> int:
     for _, composite, mask in loaded:
         check_inputs(composite, mask, args.max_side, args.resize_mode)
     out_dir = check_writable_dir(args.out, what="--out folder")
-    outputs = {name: check_out_file(out_dir / f"{name}_harmonized.png", inputs) for name, _, _ in examples}
-    sheet_path = check_out_file(out_dir / "contact_sheet.png", inputs)
+    outputs = {name: check_out_file(out_dir / f"{name}_harmonized.png", inputs, overwrite=args.overwrite,
+                                    marker="demo") for name, _, _ in examples}
+    sheet_path = check_out_file(out_dir / "contact_sheet.png", inputs, overwrite=args.overwrite, marker="demo")
 
     pipe = None
     if args.method in ("auto", "r2r"):
@@ -141,8 +144,8 @@ def run(args) -> int:
             from ..blending import harmonize_statistics
 
             result = harmonize_statistics(composite, mask)
-        print(f"wrote {save_result(outputs[name], result, what=f'result of {name}')}")
+        print(f"wrote {save_result(outputs[name], result, what=f'result of {name}', marker='demo')}")
         rows.append((name, composite, mask, result))
-    sheet = save_result(sheet_path, contact_sheet(rows, method_label), what="contact sheet")
+    sheet = save_result(sheet_path, contact_sheet(rows, method_label), what="contact sheet", marker="demo")
     print(f"wrote {sheet} (before/after contact sheet)")
     return 0

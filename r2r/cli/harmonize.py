@@ -39,8 +39,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--mask", required=True, metavar="IMAGE",
                         help="foreground mask, white = the pasted object (greyscale; RGBA: the alpha channel)")
     parser.add_argument("--out", required=True, metavar="IMAGE",
-                        help=f"output file ({', '.join(IMAGE_EXTENSIONS)}); an existing file is replaced, an input "
-                             "never; missing folders are created")
+                        help=f"output file ({', '.join(IMAGE_EXTENSIONS)}); missing folders are created; an input is "
+                             "never replaced, another existing file only with --overwrite (an earlier result of "
+                             "this command is replaced)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     add_model_arguments(parser)
     parser.add_argument("--no-paste-back", action="store_true",
                         help="return the model's whole image (default: the original background is pasted back)")
@@ -72,7 +74,7 @@ def run(args) -> int:
     args.max_side = resolve_max_side(args.max_side, device or "cpu")
     check_inputs(composite, mask, args.max_side, args.resize_mode, reference)
     inputs = [p for p in (args.composite, args.mask, args.reference, args.reference_mask) if p]
-    out_path = check_out_file(args.out, inputs=inputs)
+    out_path = check_out_file(args.out, inputs=inputs, overwrite=args.overwrite)
 
     if args.method == "statistics":
         from ..blending import harmonize_statistics
