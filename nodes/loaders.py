@@ -17,15 +17,26 @@ _DTYPE_TIP = ("Weight precision. auto = fp16 on a GPU (as the official release r
 LOADER_ALIASES = ("load model", "checkpoint", "region2region", "harmonize", "relight")
 
 
-def _torch_dtype(name: str):
+def _torch_dtype(name: str, node: str = "", node_id=None):
+    """The dtype a loader's ``dtype`` widget asks for. fp16/bf16 chosen on a CPU works but is several times
+    slower than fp32 there: a warning in the log and a text on the node say so."""
     import torch
+
+    from ..r2r.devices import warn_if_slow_dtype
 
     if name == "auto":
         return _host.auto_dtype()
     table = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
     if name not in table:
         raise R2RUserError(f"R2R: dtype must be one of {DTYPES}; got {name!r}.")
+    if warn_if_slow_dtype(table[name], _host.compute_device()):
+        _host.show_text(f"{node or 'R2R loader'}: dtype {name} on the CPU runs several times slower than fp32 "
+                        "(CPUs have no fast half-precision kernels); choose auto or fp32 for speed.", node_id)
     return table[name]
+
+
+def _node_id(cls):
+    return cls.hidden.unique_id if cls.hidden else None
 
 
 def _release_choices() -> list[str]:
@@ -69,6 +80,7 @@ class R2RCheckpointLoader(R2RNode):
                 R2RControllerType.Output(display_name="controller", tooltip="The Harmony Controller with its MACA "
                                                                             "blocks."),
             ],
+            hidden=[io.Hidden.unique_id],
         )
 
     @classmethod
@@ -101,7 +113,7 @@ class R2RCheckpointLoader(R2RNode):
                 if checkpoint == _files.OFFICIAL_NAME:
                     how += "; switch download_if_missing on to fetch the official release"
                 raise _files.not_found(checkpoint, "release", how)
-        components = _load_components(path, _torch_dtype(dtype))
+        components = _load_components(path, _torch_dtype(dtype, "R2R Checkpoint Loader", _node_id(cls)))
         return io.NodeOutput(*_split_components(components))
 
 
@@ -124,19 +136,11 @@ def _split_components(components):
 
 
 def download_official_release() -> str:
-    """Download the official release into the first models/r2r folder (explicit user action)."""
-    from ..r2r import weights
+    """Download the official release into the first models/r2r folder (explicit user action), with its
+    progress on the node; plain-worded, immediate refusals offline or with no network (nodes/download.py)."""
+    from .download import download_official_release as download
 
-    target = os.path.join(_host.default_download_dir(), _files.OFFICIAL_NAME)
-    if weights.is_offline():
-        files = weights.expected_hub_files(weights.MODEL_COMPONENTS + ("text_encoder", "tokenizer", "scheduler"))
-        raise R2RWeightsNotFound(
-            f"R2R: cannot download {_files.OFFICIAL_REPO}: offline mode is on (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE). "
-            f"Put these files into {target}: {', '.join(files)} "
-            "(or unset offline mode once and run again, or run `python -m r2r download --to "
-            f"{target}` on a machine with internet and copy the folder)."
-        )
-    return str(weights.download_release(target))
+    return download(os.path.join(_host.default_download_dir(), _files.OFFICIAL_NAME))
 
 
 class _PartLoader(R2RNode):
@@ -177,6 +181,7 @@ class _PartLoader(R2RNode):
             description=cls.DESCRIPTION_TEXT, inputs=cls._inputs(),
             outputs=[cls.OUTPUT_TYPE.Output(display_name=cls.KIND if cls.KIND != "unet" else "model",
                                             tooltip=cls.OUTPUT_TIP)],
+            hidden=[io.Hidden.unique_id],
         )
 
     @classmethod
@@ -194,7 +199,7 @@ class _PartLoader(R2RNode):
         path = _files.resolve(name)
         if path is None:
             raise _files.not_found(name, cls.LABEL, "a diffusers folder, a .safetensors file or an SD-format .ckpt")
-        model = cls._load(path, _torch_dtype(dtype))
+        model = cls._load(path, _torch_dtype(dtype, cls.DISPLAY_NAME, _node_id(cls)))
         return io.NodeOutput(_host.ManagedModel(model, cls.KIND))
 
 
@@ -297,7 +302,8 @@ class R2RUNetLoader(_PartLoader):
             source["prompt_embeds"] = cached
         else:
             source.update(text_encoder=str(paths["text_encoder"]), tokenizer=str(paths["tokenizer"]))
-        comps = weights.load_components(source, torch_dtype=_torch_dtype(dtype), device=_host.offload_device(),
+        comps = weights.load_components(source, torch_dtype=_torch_dtype(dtype, cls.DISPLAY_NAME, _node_id(cls)),
+                                        device=_host.offload_device(),
                                         components=("unet",))
         model = R2RModel(
             unet=_host.ManagedModel(comps.unet, "unet"), scheduler_config=dict(comps.scheduler_config),
