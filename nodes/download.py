@@ -100,8 +100,9 @@ def cannot_download(target: str, reason: str, fix_here: str) -> R2RWeightsNotFou
     return R2RWeightsNotFound(
         f"{NODE}: the R2R weights cannot be downloaded now: {reason}. Nothing was downloaded. The weights belong "
         f"in the folder {target} (that is models/r2r/{name} inside ComfyUI's models folder). To get them: "
-        f"{fix_here}; or, on a computer with internet, open a terminal in the ComfyUI-R2R folder (in "
-        f"ComfyUI/custom_nodes), run  python -m r2r download --to {name}  (about 5.3 GB), and copy the "
+        f"{fix_here}; or, on a computer with internet, open a terminal in this pack's folder "
+        f"({os.path.basename(PACK_ROOT)}, in ComfyUI/custom_nodes), run  python -m r2r download --to {name}  "
+        f"(about 5.3 GB), and copy the "
         f"{name} folder it makes into models/r2r/ of this ComfyUI; then press R in the browser and Run. "
         f"The folder must hold: {'; '.join(files)}."
     )
