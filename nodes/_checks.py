@@ -142,6 +142,13 @@ def check_decodable(latent, state: R2RLatentState, node: str, show=None):
             f"R2R {node}: these samples were sampled for another composite than the one this LATENT carries "
             f"({state.describe()}, from {state.origin}). A LATENT's samples and its R2R state must come from the "
             "same R2R Clear-VAE Encode: connect the sampler's own LATENT output to Decode.")
+    if state.sampled is None and state.origin == "R2R Clear-VAE Encode" and tuple(z.shape) == tuple(
+            state.encoded.mean.shape) and torch.equal(z.to(torch.float32), state.encoded.mean.to(z.device, torch.float32)):
+        text = (f"R2R {node}: this LATENT comes straight from R2R Clear-VAE Encode (not sampled), so the picture is "
+                "the composite itself, not harmonized. Connect R2R Sampler's (or KSampler's) output LATENT here.")
+        log.warning(text)
+        if show is not None:
+            show(text)
     peak, reference = float(z.abs().max()), float(state.encoded.mean.abs().max())
     if peak > RANGE_FACTOR * max(reference, 1.0):
         text = (f"R2R {node}: the latent's values reach {peak:.1f}, far outside what a sampler produces for this "

@@ -31,6 +31,9 @@ def _check_float(t, name: str, what: str, node: str):
     import torch
 
     prefix = f"R2R {node}: " if node else "R2R: "
+    if t.device.type == "meta":
+        raise R2RUserError(f"{prefix}'{name}' is a tensor on the 'meta' device (a shape without data); an {what} "
+                           "needs real pixels. Check the node that made it.")
     if t.dtype == torch.bool:
         if what == "MASK":
             return t.to("cpu", torch.float32)

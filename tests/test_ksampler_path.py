@@ -389,3 +389,69 @@ def test_registration_list():
         schema = cls.define_schema()
         assert schema.description and schema.category.startswith("R2R")
         assert all(i.tooltip for i in schema.inputs) and all(o.tooltip for o in schema.outputs)
+
+
+# ----------------------------------------------------------------------------- mixed-up graphs (issue "Hostile inputs, round 3")
+
+
+def _two_composites(r2r_socket_objects, batch_b=1, size_b=None):
+    flow = pack_module("nodes.flow")
+    model, vae, controller = r2r_socket_objects
+    image, mask = _scene_image()
+    other = torch.flip(image, [2])
+    if size_b is not None:
+        other = torch.nn.functional.interpolate(other.permute(0, 3, 1, 2), size=size_b).permute(0, 2, 3, 1)
+        mask_b = torch.nn.functional.interpolate(mask[:, None], size=size_b)[:, 0]
+    else:
+        mask_b = mask
+    a = flow.encode(vae, *flow.read_inputs(image, mask)[:2], max_side=128)
+    b = flow.encode(vae, *flow.read_inputs(other.repeat(batch_b, 1, 1, 1), mask_b)[:2], max_side=128)
+    return a, b
+
+
+@pytest.mark.parametrize("case", ["same_size", "other_size", "batch_2_vs_1"])
+def test_conditioning_of_one_composite_with_the_latent_of_another_is_refused(r2r_socket_objects, case):
+    """KSampler(positive/negative of composite B, latent_image of composite A): refused before sampling."""
+    model, _, controller = r2r_socket_objects
+    size_b = (64, 96) if case == "other_size" else None
+    a, b = _two_composites(r2r_socket_objects, batch_b=2 if case == "batch_2_vs_1" else 1, size_b=size_b)
+    (mdl,) = ksp.R2RUNetToModel.execute(model).result
+    pos_b, neg_b, _ = ksp.R2RConditioning.execute(model, b, controller).result
+    _, _, lat_a = ksp.R2RConditioning.execute(model, a, controller).result
+    calls = []
+    orig = harmony.control_class().get_control
+    harmony.control_class().get_control = lambda self, *a, **k: calls.append(1) or orig(self, *a, **k)
+    try:
+        with pytest.raises(R2RUserError, match="made for another composite than its latent_image"):
+            _ksampler(mdl, pos_b, neg_b, None, 0, 2, latent=lat_a)
+    finally:
+        harmony.control_class().get_control = orig
+    assert calls == [], "refused before any step ran"
+    # Encode's own LATENT (not R2R Conditioning's) as latent_image is refused too
+    with pytest.raises(R2RUserError, match="not the LATENT of R2R Conditioning"):
+        _ksampler(mdl, pos_b, neg_b, None, 0, 2, latent=b)
+
+
+def test_ksampler_denoise_below_one_is_refused(r2r_socket_objects):
+    model, _, controller = r2r_socket_objects
+    a, _ = _two_composites(r2r_socket_objects)
+    (mdl,) = ksp.R2RUNetToModel.execute(model).result
+    pos, neg, lat = ksp.R2RConditioning.execute(model, a, controller).result
+    with pytest.raises(R2RUserError, match="denoise to 1.0"):
+        comfy_nodes.KSampler().sample(mdl, 0, 4, 1.0, "euler", "normal", pos, neg, lat, 0.6)
+    with pytest.raises(R2RUserError, match="start_at_step 0"):
+        comfy_nodes.KSamplerAdvanced().sample(mdl, "enable", 0, 4, 1.0, "euler", "normal", pos, neg, lat, 2, 10000,
+                                              "disable")
+
+
+def test_decode_refuses_ksampler_samples_of_another_composite(r2r_socket_objects):
+    """KSampler's samples of composite B wrapped in composite A's LATENT state: Decode refuses them."""
+    flow = pack_module("nodes.flow")
+    model, vae, controller = r2r_socket_objects
+    a, b = _two_composites(r2r_socket_objects)
+    (mdl,) = ksp.R2RUNetToModel.execute(model).result
+    pos, neg, lat_b = ksp.R2RConditioning.execute(model, b, controller).result
+    out_b = _ksampler(mdl, pos, neg, None, 0, 2, latent=lat_b)
+    with pytest.raises(R2RUserError, match="sampled for another composite"):
+        flow.decode(vae, {"samples": out_b["samples"], "r2r": a["r2r"]})
+    assert flow.decode(vae, out_b).shape[0] == 1  # its own state decodes

@@ -26,6 +26,15 @@ def _describe(x) -> str:
     return f"{type(x).__name__}"
 
 
+def _check_tensor(t, name):
+    """A real, non-empty tensor: no 'meta' tensors (no data), no empty batch."""
+    if t.device.type == "meta":
+        raise R2RUserError(f"The {name} is a tensor on the 'meta' device (a shape without data); give a real tensor "
+                           "(on the CPU or the GPU).")
+    if t.numel() == 0:
+        raise R2RUserError(f"The {name} is empty (shape {tuple(t.shape)}); expected at least one image with pixels.")
+
+
 def _check_finite(t, name):
     import torch
 
@@ -96,6 +105,7 @@ def to_image_tensor(image, name: str = "composite"):
             f"Unsupported {name} type {_describe(image)}; expected a torch tensor [B,3,H,W] in [0, 1], "
             "an HxWx3 uint8 numpy array or a PIL image."
         )
+    _check_tensor(t, name)
     if t.dtype == torch.uint8:
         return t.float().div(255.0)
     if t.dtype == torch.bool or not (t.is_floating_point()):
@@ -163,6 +173,7 @@ def to_mask_tensor(mask, name: str = "mask"):
         raise R2RUserError(
             f"Unsupported {name} type {_describe(mask)}; expected a torch tensor, a numpy array or a PIL image."
         )
+    _check_tensor(t, name)
     if t.dtype == torch.bool:
         return t.float()
     if t.dtype == torch.uint8:

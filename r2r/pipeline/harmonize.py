@@ -47,6 +47,7 @@ class R2RPipeline(Stages):
                         f"R2RPipeline needs the {name} loaded; load_components(..., components=...) left it out. "
                         "Load with the default components=('unet', 'controller', 'clear_vae')."
                     )
+            _check_kinds(components)
             models = ResidentModels(components)
         self.components = components
         self.models = models
@@ -115,7 +116,8 @@ class R2RPipeline(Stages):
                  strength: float = 1.0, reference_mask=None, callback=None, preview=None,
                  timestep_batch: int | None = None, skips: str = DEFAULT_PLACEMENT,
                  residuals: str = DEFAULT_PLACEMENT, fullres_mode: str = DEFAULT_FULLRES_MODE, *,
-                 reference=None, noise_device: str = "cpu") -> R2ROutput:
+                 reference=None, noise_device: str = "cpu", objects: str = "together", crop: str = "none",
+                 context: float = 2.0) -> R2ROutput:
         """Harmonize ``composite`` (``[B,3,H,W]`` 0..1 tensor, ``HxWx3`` uint8 array, PIL image) inside ``mask``.
 
         ``generator``: int seed, ``torch.Generator``, a list (one per batch item), a
@@ -130,12 +132,26 @@ class R2RPipeline(Stages):
         residuals wait (``auto | device | host | recompute``, :mod:`r2r.pipeline.memory`; the image
         is the same for every choice). ``callback(step, total)`` after each denoising step (raise
         from it to cancel); ``preview(step, x0)`` with the predicted latent.
+        ``objects`` (``together`` | ``each``), ``crop`` (``none`` | ``per_object``), ``context``: several
+        objects in one picture and a crop around each (:mod:`r2r.pipeline.objects`; returns an
+        :class:`~r2r.pipeline.objects.ObjectsOutput`, without working images or latents).
         """
         strength, feather = self._check_call(fullres_mode=fullres_mode, use_controller=use_controller,
                                              strength=strength, feather=feather, callback=callback, preview=preview,
                                              noise_device=noise_device)
-        plan = self.plan(num_inference_steps, scheduler)
         reference = as_reference(reference, reference_mask)
+        if (objects, crop) != ("together", "none"):
+            from .objects import harmonize_objects
+
+            return harmonize_objects(
+                self, composite, mask, objects=objects, crop=crop, context=context, reference=reference,
+                generator=generator, num_inference_steps=num_inference_steps,
+                max_side=resolve_max_side(max_side, self.device), feather=feather, resize_mode=resize_mode,
+                canny_at=canny_at, scheduler=scheduler, strength=strength, callback=callback, preview=preview,
+                timestep_batch=timestep_batch, skips=skips, residuals=residuals, fullres_mode=fullres_mode,
+                noise_device=noise_device, paste_back=paste_back)
+        check("context", context, "context")
+        plan = self.plan(num_inference_steps, scheduler)
         noise = noise_source(generator, noise_device)
         prepared = self.prepare(composite, mask, max_side=resolve_max_side(max_side, self.device),
                                 resize_mode=resize_mode, canny_at=canny_at)
@@ -187,6 +203,26 @@ class R2RPipeline(Stages):
             outputs.append(R2ROutput(images=images, working_images=working, latents=lat, prepared=prepared))
         self.models.release("clear_vae")
         return outputs
+
+
+#: what each slot of R2RComponents must hold (class name, what it is)
+_KINDS = {"unet": ("UNet2DConditionModel", "the R2R U-Net"), "controller": ("HarmonyController", "the Harmony Controller"),
+          "clear_vae": ("ClearVAE", "the Clear-VAE")}
+
+
+def _check_kinds(components) -> None:
+    """Each network in its own slot (a controller passed as the Clear-VAE is refused, with what it is)."""
+    found = ", ".join(f"{slot}={type(getattr(components, slot)).__name__}" for slot in _KINDS)
+    for slot, (cls, what) in _KINDS.items():
+        module = getattr(components, slot)
+        if module is None:
+            continue
+        got = type(module).__name__
+        if got != cls and not any(c.__name__ == cls for c in type(module).__mro__):
+            other = next((w for s, (c, w) in _KINDS.items() if c == got), f"a {got}")
+            raise R2RUserError(f"R2RPipeline: components.{slot} must be {what} ({cls}); got {other} ({got}). "
+                               f"Load the release with r2r.weights.load_components, or put each network in its "
+                               f"own field (found: {found}).")
 
 
 def harmonize_low_memory(source, composite, mask, *, torch_dtype="fp32", device="cpu", **call_kwargs) -> R2ROutput:
