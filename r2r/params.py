@@ -36,13 +36,13 @@ NOISE_DEVICES = ("cpu", "device")
 DEFAULT_NOISE_DEVICE = "cpu"
 #: max_side value meaning "fit the machine": 1024 on an accelerator, 512 on a CPU (r2r.devices.auto_max_side)
 AUTO_MAX_SIDE = 0
-#: how several objects in one mask are harmonized
+#: how several objects in one picture are harmonized (r2r.pipeline.objects)
 OBJECT_MODES = ("together", "each")
-#: whether each object is harmonized in a crop around it
+#: whether each object is harmonized in a crop around it (r2r.pipeline.objects)
 CROP_MODES = ("none", "per_object")
-#: how the frames of a clip are tied together
+#: how the frames of a clip are tied together (r2r.video)
 TEMPORAL_MODES = ("independent", "shared_noise", "smoothed", "keyframes")
-#: what happens to a frame whose mask is empty
+#: what happens to a frame whose mask is empty (r2r.video)
 EMPTY_FRAME_MODES = ("skip", "stop")
 
 
@@ -158,17 +158,26 @@ PARAMS: dict[str, Param] = {p.name: p for p in (
     Param("statistics_strength", float, 1.0, "Weight-free harmonizer: 0 = unchanged .. 1 = full colour transfer.",
           0.0, 1.0, 0.05),
     Param("objects", str, "together", "together = one harmonization for the whole mask; each = every object "
-                                      "(mask batch item or connected component) on its own, the results composed.",
+                                      "(a mask of a MASK batch for one picture, or a separate part of the mask) on "
+                                      "its own, against the background without the other objects; the results are "
+                                      "composed (later masks win).",
           choices=OBJECT_MODES),
     Param("crop", str, "none", "none = the whole picture at max_side; per_object = each object in a crop around "
-                               "it at up to max_side (more model pixels for small objects).", choices=CROP_MODES),
-    Param("context", float, 2.0, "per_object crops: the object's box grown by this factor (1 = tight).",
-          1.0, 8.0, 0.25),
+                               "it run at max_side and pasted back at full resolution (more model pixels for "
+                               "small objects; the crop's own background sets the colours).", choices=CROP_MODES),
+    Param("context", float, 2.0, "per_object crops: the object's box grown by this factor (1 = tight, 2 = twice "
+                                 "its width and height), then to the working canvas's aspect ratio; clamped to "
+                                 "the picture.", 1.0, 8.0, 0.25),
     Param("temporal", str, "independent", "How the frames of a clip are tied together.", choices=TEMPORAL_MODES),
     Param("keyframe_interval", int, 8, "keyframes mode: the model runs on every N-th frame (and at shot cuts).",
           1, 1000, 1, fix="Use 1 to run every frame."),
     Param("empty_frames", str, "skip", "A frame whose mask is empty: skip = pass it through unchanged (logged); "
                                        "stop = refuse the clip.", choices=EMPTY_FRAME_MODES),
+    Param("smoothing", float, 3.0, "smoothed mode: the standard deviation, in frames, of the zero-phase Gaussian "
+                                   "that smooths the colour transform within each shot (0 = no smoothing).",
+          0.0, 100.0, 0.5),
+    Param("cut_threshold", float, 0.35, "Shot-cut detection: a colour-histogram distance (0..1) between consecutive "
+                                        "frames above this starts a new shot (1 = never).", 0.0, 1.0, 0.05),
 )}
 
 

@@ -63,7 +63,8 @@ class EncodedComposite:
 @dataclass
 class R2ROutput:
     images: torch.Tensor  # [B,3,H,W] in [0, 1] at the original resolution
-    working_images: torch.Tensor  # [B,3,h,w] in [0, 1] at the working resolution (model output)
+    working_images: torch.Tensor | None  # [B,3,h,w] in [0, 1] at the working resolution (model output); None
+    # when several runs were composed (objects / crops: r2r.pipeline.objects)
     latents: torch.Tensor | None = None  # [B,4,h/8,w/8] final latents (scaled), float32
     prepared: Prepared | None = field(default=None, repr=False)
 
