@@ -191,6 +191,14 @@ def _identity(path) -> tuple | None:
     return st.st_dev, st.st_ino
 
 
+def free_name(base) -> str:
+    """``base``, or ``base-1``, ``base-2`` ... : the first name that does not exist yet (for moving a folder aside)."""
+    name, n = str(base), 1
+    while os.path.lexists(name):
+        name, n = f"{base}-{n}", n + 1
+    return name
+
+
 def check_name_length(path, what: str = "output file") -> None:
     """Refuse a name longer than the file system takes, before any work (the write would fail after it)."""
     path = Path(path)

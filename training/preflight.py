@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from r2r.errors import R2RUserError
+from r2r.fileio import free_name
 
 from . import checkpoint as ckpt
 from .folderlock import LOCK_FILE, OutputLock
@@ -404,11 +405,7 @@ def _plan(plan: RunPlan, cfg, opts: RunOptions, num_processes: int, log) -> None
 
 def _aside_name(prefix: str) -> str:
     """``<prefix>-<YYYYmmdd-HHMMSS>`` (``-1``, ``-2`` ... appended while taken)."""
-    base = f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
-    name, n = base, 1
-    while os.path.exists(name):
-        name, n = f"{base}-{n}", n + 1
-    return name
+    return free_name(f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
 def commit(plan: RunPlan, cfg, opts: RunOptions, log) -> None:

@@ -17,6 +17,7 @@ import shutil
 import time
 
 from r2r.errors import R2RUserError
+from r2r.fileio import free_name
 
 from .checkpoint import METADATA_FILE, replace_dir, temp_dir_for
 from .config import STAGE_COMPONENT_DIR, STAGES
@@ -76,11 +77,7 @@ def check_release(release_dir: str | None, rel_dir: str, overwrite: bool) -> boo
 
 
 def _aside(path: str) -> str:
-    base = f"{os.path.normpath(path)}.previous-{time.strftime('%Y%m%d-%H%M%S')}"
-    name, n = base, 1
-    while os.path.exists(name):
-        name, n = f"{base}-{n}", n + 1
-    return name
+    return free_name(f"{os.path.normpath(path)}.previous-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
 def _link_or_copy_tree(src: str, dst: str) -> None:

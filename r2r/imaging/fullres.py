@@ -206,36 +206,39 @@ def fit_color_transform(composite_low: np.ndarray, harmonized_low: np.ndarray, m
     return _box(coef, radius).astype(np.float32)
 
 
+def _blend_bands(composite_full: np.ndarray, mask_full: np.ndarray, band_rows: int, target) -> np.ndarray:
+    """``composite + mask * (target(r0, r1, src) - composite)``, band by band (float32): never a full-size
+    float copy of the target."""
+    hh = composite_full.shape[0]
+    out = np.empty_like(composite_full, dtype=np.float32)
+    for r0 in range(0, hh, band_rows):
+        r1 = min(hh, r0 + band_rows)
+        src = composite_full[r0:r1]
+        out[r0:r1] = src + mask_full[r0:r1, :, None] * (target(r0, r1, src) - src)
+    return out
+
+
 def apply_color_transform(composite_full: np.ndarray, coef: np.ndarray, mask_full: np.ndarray,
                           band_rows: int = _BAND_ROWS) -> np.ndarray:
     """Upsample the coefficient grid and apply it to the full-resolution composite (float32)."""
     hh, ww, _ = composite_full.shape
-    out = np.empty_like(composite_full, dtype=np.float32)
     xtaps = _linear_taps(coef.shape[1], ww)
-    for r0 in range(0, hh, band_rows):
-        r1 = min(hh, r0 + band_rows)
+
+    def transformed(r0, r1, src):
         c = _upsample_rows(coef, (hh, ww), r0, r1, xtaps)
-        src = composite_full[r0:r1]
-        x = c[..., :9].reshape(r1 - r0, ww, 3, 3)
-        t = np.einsum("rwi,rwik->rwk", src, x) + c[..., 9:]
-        np.clip(t, 0.0, 1.0, out=t)
-        m = mask_full[r0:r1, :, None]
-        out[r0:r1] = src + m * (t - src)
-    return out
+        t = np.einsum("rwi,rwik->rwk", src, c[..., :9].reshape(r1 - r0, ww, 3, 3)) + c[..., 9:]
+        return np.clip(t, 0.0, 1.0, out=t)
+
+    return _blend_bands(composite_full, mask_full, band_rows, transformed)
 
 
 def _upsample_paste(composite_full: np.ndarray, harmonized_low: np.ndarray, mask_full: np.ndarray,
                     band_rows: int = _BAND_ROWS) -> np.ndarray:
     hh, ww, _ = composite_full.shape
-    out = np.empty_like(composite_full, dtype=np.float32)
     xtaps = _linear_taps(harmonized_low.shape[1], ww)
-    for r0 in range(0, hh, band_rows):
-        r1 = min(hh, r0 + band_rows)
-        up = _upsample_rows(harmonized_low.astype(np.float32), (hh, ww), r0, r1, xtaps)
-        src = composite_full[r0:r1]
-        m = mask_full[r0:r1, :, None]
-        out[r0:r1] = src + m * (np.clip(up, 0.0, 1.0) - src)
-    return out
+    low = harmonized_low.astype(np.float32)
+    return _blend_bands(composite_full, mask_full, band_rows,
+                        lambda r0, r1, src: np.clip(_upsample_rows(low, (hh, ww), r0, r1, xtaps), 0.0, 1.0))
 
 
 def _transfer_one(comp: np.ndarray, harm: np.ndarray, mask: np.ndarray, mode: str,

@@ -26,6 +26,19 @@ def _describe(x) -> str:
     return f"{type(x).__name__}"
 
 
+def _concat(items, convert, name: str, fix: str):
+    """A list of images (or masks) -> one batch tensor; they must have one size."""
+    import torch
+
+    if not items:
+        raise R2RUserError(f"The {name} list is empty; pass at least one.")
+    parts = [convert(x, name) for x in items]
+    sizes = {tuple(p.shape[-2:]) for p in parts}
+    if len(sizes) > 1:
+        raise R2RUserError(f"All items of one {name} batch must have the same size; got sizes {sorted(sizes)}. {fix}")
+    return torch.cat([p.to(parts[0].device) for p in parts], 0)
+
+
 def _check_tensor(t, name):
     """A real, non-empty tensor: no 'meta' tensors (no data), no empty batch."""
     if t.device.type == "meta":
@@ -55,16 +68,7 @@ def to_image_tensor(image, name: str = "composite"):
     import torch
 
     if isinstance(image, (list, tuple)):
-        if not image:
-            raise R2RUserError(f"The {name} list is empty; pass at least one image.")
-        parts = [to_image_tensor(x, name) for x in image]
-        sizes = {tuple(p.shape[-2:]) for p in parts}
-        if len(sizes) > 1:
-            raise R2RUserError(
-                f"All images in one {name} batch must have the same size; got sizes {sorted(sizes)}. "
-                "Harmonize them one call at a time or resize them to one size."
-            )
-        return torch.cat([p.to(parts[0].device) for p in parts], 0)
+        return _concat(image, to_image_tensor, name, "Harmonize them one call at a time or resize them to one size.")
     if _is_pil(image):
         if image.mode not in ("RGB", "RGBA", "L", "P", "I;16", "I", "F", "CMYK", "YCbCr", "LA"):
             raise R2RUserError(f"Unsupported PIL mode {image.mode!r} for the {name}; convert it with .convert('RGB').")
@@ -125,13 +129,7 @@ def to_mask_tensor(mask, name: str = "mask"):
     import torch
 
     if isinstance(mask, (list, tuple)):
-        if not mask:
-            raise R2RUserError(f"The {name} list is empty; pass one mask per image.")
-        parts = [to_mask_tensor(m, name) for m in mask]
-        sizes = {tuple(p.shape[-2:]) for p in parts}
-        if len(sizes) > 1:
-            raise R2RUserError(f"All masks in one batch must have the same size; got sizes {sorted(sizes)}.")
-        return torch.cat([p.to(parts[0].device) for p in parts], 0)
+        return _concat(mask, to_mask_tensor, name, "Give one mask per image, each at its image's size.")
     if _is_pil(mask):
         if mask.mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr", "LA"):
             raise R2RUserError(

@@ -58,6 +58,19 @@ class Prepared:
             original_mask=rep(self.original_mask), key=f"{self.key}/x{batch}")
 
 
+def _image_and_mask(image, mask, image_name: str, mask_name: str, fix: str):
+    """An image and its mask (None: all ones) as tensors of one size and one batch, or a clear error."""
+    import torch
+
+    picture = to_image_tensor(image, image_name)
+    soft = torch.ones_like(picture[:, :1]) if mask is None else to_mask_tensor(mask, mask_name).to(picture.device)
+    if tuple(soft.shape[-2:]) != tuple(picture.shape[-2:]):
+        raise R2RUserError(f"The {mask_name} size {tuple(soft.shape[-1:-3:-1])} (WxH) does not match the {image_name} "
+                           f"size {tuple(picture.shape[-1:-3:-1])} (WxH); {fix}")
+    named = {image_name.replace(" ", "_"): picture, mask_name.replace(" ", "_"): soft}
+    return broadcast_batch(**named)
+
+
 def _check_mask_coverage(mask_bin, where: str, fix: str):
     flat = mask_bin.flatten(1)
     fg = flat.sum(1)
@@ -91,15 +104,8 @@ def prepare(composite, mask, max_side: int = 1024, resize_mode: str = "fit",
     """
     if canny_at not in CANNY_AT:
         raise R2RUserError(f"canny_at must be one of {CANNY_AT}; got {canny_at!r}.")
-    comp = to_image_tensor(composite, "composite")
-    soft = to_mask_tensor(mask, "mask").to(comp.device)
-    if tuple(soft.shape[-2:]) != tuple(comp.shape[-2:]):
-        raise R2RUserError(
-            f"The mask size {tuple(soft.shape[-1:-3:-1])} (WxH) does not match the composite size "
-            f"{tuple(comp.shape[-1:-3:-1])} (WxH); expected the same size. Resize the mask to the image "
-            "(nearest-neighbour) or use the mask that belongs to this composite."
-        )
-    comp, soft = broadcast_batch(composite=comp, mask=soft)
+    comp, soft = _image_and_mask(composite, mask, "composite", "mask", "expected the same size. Resize the mask to "
+                                 "the image (nearest-neighbour) or use the mask that belongs to this composite.")
     geometry = compute_geometry(int(comp.shape[-2]), int(comp.shape[-1]), max_side, resize_mode)
     _check_mask_coverage(soft >= 0.5, "", "Draw or load a mask that marks the pasted object.")
 
@@ -171,20 +177,9 @@ def prepare_reference_photo(image, region=None, working_size: tuple[int, int] = 
     as the region the controller sees the plain photo; with the composite itself as the photo and its
     background as the region it sees exactly the composite (so the result equals no reference).
     """
-    import torch
 
-    photo = to_image_tensor(image, "reference image")
-    if region is None:
-        soft = torch.ones_like(photo[:, :1])
-    else:
-        soft = to_mask_tensor(region, "reference image mask").to(photo.device)
-        if tuple(soft.shape[-2:]) != tuple(photo.shape[-2:]):
-            raise R2RUserError(
-                f"The reference image mask size {tuple(soft.shape[-1:-3:-1])} (WxH) does not match the reference "
-                f"image size {tuple(photo.shape[-1:-3:-1])} (WxH); paint the region on that photo (or leave the "
-                "mask out to use the whole photo)."
-            )
-    photo, soft = broadcast_batch(reference_image=photo, reference_image_mask=soft)
+    photo, soft = _image_and_mask(image, region, "reference image", "reference image mask", "paint the region on "
+                                  "that photo (or leave the mask out to use the whole photo).")
     h, w = int(photo.shape[-2]), int(photo.shape[-1])
     if min(h, w) < 64:
         raise R2RUserError(f"The reference image must be at least 64x64 pixels; got {w}x{h} (WxH). Use a larger "

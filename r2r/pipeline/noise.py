@@ -48,31 +48,27 @@ def _generator(seed: int, device: str, compute_device):
 
 
 @dataclass(frozen=True)
-class Seed:
-    """One generator seeded with ``seed`` draws for the whole batch (the official order)."""
-
+class _SeedNoise:
     seed: int
     device: str = "cpu"
 
     def __post_init__(self):
         check("seed", self.seed, "seed")
         check("noise_device", self.device, "noise_device")
+
+
+@dataclass(frozen=True)
+class Seed(_SeedNoise):
+    """One generator seeded with ``seed`` draws for the whole batch (the official order)."""
 
     def generators(self, batch: int, compute_device):
         return _generator(self.seed, self.device, compute_device)
 
 
 @dataclass(frozen=True)
-class SharedSeed:
+class SharedSeed(_SeedNoise):
     """Every batch item draws from its own generator seeded with the same ``seed``: identical
     items start from identical noise (and identical posterior samples), so they give identical results."""
-
-    seed: int
-    device: str = "cpu"
-
-    def __post_init__(self):
-        check("seed", self.seed, "seed")
-        check("noise_device", self.device, "noise_device")
 
     def generators(self, batch: int, compute_device):
         return [_generator(self.seed, self.device, compute_device) for _ in range(batch)]
