@@ -13,11 +13,25 @@ the release's ``linspace`` timestep spacing (what R2R Sampler uses) from ``noise
 The MODEL carries a ``model_sampling`` object patch that starts from ``noise * sigma_max``
 (0.23 % smaller at SD1.5's sigma_max = 14.61); everything else is ComfyUI's SD1.5 model sampling.
 
+Two choices so that the KSampler path costs what R2R Sampler costs (issue 23), both confined to this
+MODEL (no global change to ComfyUI):
+
+* **attention**: where ComfyUI's own choice for the device is its memory-saving sub-quadratic or
+  split attention (its default on a CPU, where it measured ~20x slower than PyTorch's SDPA on the
+  R2R U-Net's 4096-token self-attention at 512 px), the MODEL's ``transformer_options`` carry an
+  ``optimized_attention_override`` that runs ComfyUI's own ``pytorch`` attention (SDPA, what
+  diffusers and R2R Sampler use). Not when the user asked for split / sub-quadratic attention on
+  the command line, nor when ComfyUI already picked SDPA, xformers, flash or sage attention.
+* **weights**: the MODEL's U-Net tensors share the R2R U-Net's storage where the two agree in
+  shape, dtype and device (ComfyUI's loader copies them): no second copy of the U-Net in memory at
+  build time (ComfyUI makes its own copy when it moves the MODEL to another device or dtype).
+
 No ComfyUI import at module level (the pack imports cleanly without ComfyUI).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import weakref
 
@@ -25,6 +39,10 @@ from ..r2r.errors import R2RUserError
 
 #: ComfyUI's SD1.5 U-Net (openaimodel) builds every GroupNorm with 32 groups
 COMFY_NORM_GROUPS = 32
+
+log = logging.getLogger("r2r.nodes")
+#: ComfyUI's attention functions that the MODEL replaces with ComfyUI's PyTorch SDPA attention
+SLOW_ATTENTION = ("attention_sub_quad", "attention_split")
 
 _cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
@@ -124,8 +142,58 @@ def _patch_initial_noise(patcher) -> None:
     patcher.add_object_patch("model_sampling", R2RModelSampling(patcher.model.model_config))
 
 
+def attention_choice() -> str | None:
+    """The attention the MODEL should use instead of ComfyUI's global choice (``"pytorch"``), or None to
+    keep ComfyUI's (see the module docstring)."""
+    import comfy.ldm.modules.attention as attention
+    from comfy.cli_args import args
+
+    if args.use_split_cross_attention or args.use_quad_cross_attention:
+        return None  # the user's explicit choice
+    current = getattr(attention.optimized_attention, "__name__", "")
+    if current not in SLOW_ATTENTION or attention.get_attention_function("pytorch", None) is None:
+        return None
+    return "pytorch"
+
+
+def _use_attention(patcher, name: str) -> None:
+    import comfy.ldm.modules.attention as attention
+
+    chosen = attention.get_attention_function(name)
+
+    def override(func, *args, **kwargs):
+        if getattr(func, "__name__", "") in SLOW_ATTENTION:
+            return chosen(*args, **kwargs)
+        return func(*args, **kwargs)
+
+    options = patcher.model_options.setdefault("transformer_options", {})
+    if "optimized_attention_override" not in options:
+        options["optimized_attention_override"] = override
+        log.info("R2R Model for KSampler: %s attention (ComfyUI's choice here: %s)", name,
+                 getattr(attention.optimized_attention, "__name__", "?"))
+
+
+def _share_weights(patcher, unet) -> int:
+    """Point the MODEL's U-Net tensors at the R2R U-Net's where shape, dtype and device agree; returns
+    how many bytes are shared."""
+    import comfy.utils
+
+    keys = comfy.utils.unet_to_diffusers(patcher.model.model_config.unet_config)
+    source = unet.state_dict()
+    target = patcher.model.diffusion_model.state_dict(keep_vars=True)
+    shared = 0
+    for d_key, c_key in keys.items():
+        src, dst = source.get(d_key), target.get(c_key)
+        if src is None or dst is None or src.shape != dst.shape or src.dtype != dst.dtype \
+                or src.device != dst.device:
+            continue
+        dst.data = src.detach()
+        shared += src.numel() * src.element_size()
+    return shared
+
+
 def build_comfy_model(unet_managed):
-    """A new ComfyUI ModelPatcher (SD1.5 inpainting) holding a copy of the R2R U-Net's weights."""
+    """A new ComfyUI ModelPatcher (SD1.5 inpainting) over the R2R U-Net's weights."""
     import comfy.sd
 
     unet = unet_managed.model
@@ -136,7 +204,13 @@ def build_comfy_model(unet_managed):
         patcher = comfy.sd.load_diffusion_model_state_dict(dict(state_dict))
     if patcher is None:
         patcher = _load_scaled_down(state_dict, unet.config)
+    del state_dict
+    shared = _share_weights(patcher, unet)
+    log.info("R2R Model for KSampler: %.0f MiB of U-Net weights shared with the R2R U-Net", shared / 2**20)
     _patch_initial_noise(patcher)
+    name = attention_choice()
+    if name is not None:
+        _use_attention(patcher, name)
     return patcher
 
 
