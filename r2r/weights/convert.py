@@ -3,8 +3,9 @@
 The official release ships diffusers folders, but also SD-format checkpoints: ``clear_vae.ckpt``
 (unprefixed, or with ``first_stage_model.`` / Lightning ``model.`` prefixes) and the ControlLDM
 ``diff-base.ckpt`` (``model.diffusion_model.`` = U-Net, ``control_model.`` = controller). The rules
-here map every key of those layouts onto :mod:`r2r.models` / ``UNet2DConditionModel`` keys and
-back; the tests check them against the key maps produced by the official converters.
+here (key rules written once for both directions in :mod:`r2r.weights.key_rules`) map every key of
+those layouts onto :mod:`r2r.models` / ``UNet2DConditionModel`` keys and back; the tests check them
+against the key maps produced by the official converters.
 
 All functions work on plain ``dict[str, Tensor]`` and never import diffusers.
 """
@@ -13,81 +14,25 @@ from __future__ import annotations
 
 import re
 
+from .key_rules import CONTROLLER_RULES, UNET_RULES, VAE_RULES, translate
+
 # ----------------------------------------------------------------------------------------------
-# Clear-VAE (SD kl-f8 VAE + filters + "lora" skip convs)
+# Clear-VAE (SD kl-f8 VAE + filters + "lora" skip convs); the key rules: r2r.weights.key_rules
 # ----------------------------------------------------------------------------------------------
-_VAE_ATTN = {"norm": "group_norm", "q": "to_q", "k": "to_k", "v": "to_v", "proj_out": "to_out.0"}
-_VAE_ATTN_INV = {v: k for k, v in _VAE_ATTN.items()}
 _VAE_RESHAPE = {"to_q", "to_k", "to_v", "to_out.0"}  # 1x1 conv [C,C,1,1] <-> Linear [C,C]
 
 VAE_PREFIXES = ("first_stage_model.", "model.")  # full SD checkpoint / Lightning checkpoint
 VAE_IGNORED_PREFIXES = ("cr_loss.", "loss.")  # training-only parts of a Lightning checkpoint
 
 
-def _vae_resnet(rest: str) -> str:
-    return rest.replace("nin_shortcut", "conv_shortcut").replace("lora.", "skip_connect.")
-
-
-def _vae_resnet_inv(rest: str) -> str:
-    return rest.replace("conv_shortcut", "nin_shortcut").replace("skip_connect.", "lora.")
-
-
 def vae_key_to_diffusers(key: str, num_levels: int = 4) -> str | None:
     """Unprefixed SD-format Clear-VAE key -> diffusers key (None if it fits no rule)."""
-    if key.startswith(("filters.", "quant_conv.", "post_quant_conv.")):
-        return key
-    m = re.fullmatch(r"(encoder|decoder)\.(.+)", key)
-    if not m:
-        return None
-    part, rest = m.groups()
-    if rest.startswith(("conv_in.", "conv_out.")):
-        return key
-    if rest.startswith("norm_out."):
-        return f"{part}.conv_norm_out.{rest[len('norm_out.'):]}"
-    if m2 := re.fullmatch(r"mid\.block_([12])\.(.+)", rest):
-        return f"{part}.mid_block.resnets.{int(m2[1]) - 1}.{_vae_resnet(m2[2])}"
-    if m2 := re.fullmatch(r"mid\.attn_1\.(norm|q|k|v|proj_out)\.(weight|bias)", rest):
-        return f"{part}.mid_block.attentions.0.{_VAE_ATTN[m2[1]]}.{m2[2]}"
-    if part == "encoder":
-        if m2 := re.fullmatch(r"down\.(\d+)\.block\.(\d+)\.(.+)", rest):
-            return f"encoder.down_blocks.{m2[1]}.resnets.{m2[2]}.{_vae_resnet(m2[3])}"
-        if m2 := re.fullmatch(r"down\.(\d+)\.downsample\.conv\.(.+)", rest):
-            return f"encoder.down_blocks.{m2[1]}.downsamplers.0.conv.{m2[2]}"
-    else:
-        if m2 := re.fullmatch(r"up\.(\d+)\.block\.(\d+)\.(.+)", rest):
-            return f"decoder.up_blocks.{num_levels - 1 - int(m2[1])}.resnets.{m2[2]}.{_vae_resnet(m2[3])}"
-        if m2 := re.fullmatch(r"up\.(\d+)\.upsample\.conv\.(.+)", rest):
-            return f"decoder.up_blocks.{num_levels - 1 - int(m2[1])}.upsamplers.0.conv.{m2[2]}"
-    return None
+    return translate(key, VAE_RULES, True, {"num_levels": num_levels})
 
 
 def vae_key_to_sd(key: str, num_levels: int = 4) -> str | None:
     """diffusers Clear-VAE key -> unprefixed SD-format key (inverse of :func:`vae_key_to_diffusers`)."""
-    if key.startswith(("filters.", "quant_conv.", "post_quant_conv.")):
-        return key
-    m = re.fullmatch(r"(encoder|decoder)\.(.+)", key)
-    if not m:
-        return None
-    part, rest = m.groups()
-    if rest.startswith(("conv_in.", "conv_out.")):
-        return key
-    if rest.startswith("conv_norm_out."):
-        return f"{part}.norm_out.{rest[len('conv_norm_out.'):]}"
-    if m2 := re.fullmatch(r"mid_block\.resnets\.([01])\.(.+)", rest):
-        return f"{part}.mid.block_{int(m2[1]) + 1}.{_vae_resnet_inv(m2[2])}"
-    if m2 := re.fullmatch(r"mid_block\.attentions\.0\.(group_norm|to_q|to_k|to_v|to_out\.0)\.(weight|bias)", rest):
-        return f"{part}.mid.attn_1.{_VAE_ATTN_INV[m2[1]]}.{m2[2]}"
-    if part == "encoder":
-        if m2 := re.fullmatch(r"down_blocks\.(\d+)\.resnets\.(\d+)\.(.+)", rest):
-            return f"encoder.down.{m2[1]}.block.{m2[2]}.{_vae_resnet_inv(m2[3])}"
-        if m2 := re.fullmatch(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.+)", rest):
-            return f"encoder.down.{m2[1]}.downsample.conv.{m2[2]}"
-    else:
-        if m2 := re.fullmatch(r"up_blocks\.(\d+)\.resnets\.(\d+)\.(.+)", rest):
-            return f"decoder.up.{num_levels - 1 - int(m2[1])}.block.{m2[2]}.{_vae_resnet_inv(m2[3])}"
-        if m2 := re.fullmatch(r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.+)", rest):
-            return f"decoder.up.{num_levels - 1 - int(m2[1])}.upsample.conv.{m2[2]}"
-    return None
+    return translate(key, VAE_RULES, False, {"num_levels": num_levels})
 
 
 def _needs_reshape(diffusers_key: str) -> bool:
@@ -145,121 +90,19 @@ def clear_vae_to_sd(sd: dict, num_levels: int = 4, prefix: str = "") -> dict:
 # ----------------------------------------------------------------------------------------------
 # U-Net / controller (LDM openaimodel layout)
 # ----------------------------------------------------------------------------------------------
-_RESNET = (
-    ("in_layers.0.", "norm1."),
-    ("in_layers.2.", "conv1."),
-    ("emb_layers.1.", "time_emb_proj."),
-    ("out_layers.0.", "norm2."),
-    ("out_layers.3.", "conv2."),
-    ("skip_connection.", "conv_shortcut."),
-)
-
 UNET_PREFIX = "model.diffusion_model."
 CONTROLLER_PREFIX = "control_model."
 
 
-def _resnet(rest: str) -> str | None:
-    for a, b in _RESNET:
-        if rest.startswith(a):
-            return b + rest[len(a) :]
-    return None
-
-
-def _resnet_inv(rest: str) -> str | None:
-    for a, b in _RESNET:
-        if rest.startswith(b):
-            return a + rest[len(b) :]
-    return None
-
-
-def _down_half_to_diffusers(key: str, L: int) -> str | None:
-    """Keys shared by the U-Net and the controller: time embedding, input blocks, middle block."""
-    if m := re.fullmatch(r"time_embed\.([02])\.(weight|bias)", key):
-        return f"time_embedding.linear_{1 if m[1] == '0' else 2}.{m[2]}"
-    if m := re.fullmatch(r"input_blocks\.0\.0\.(weight|bias)", key):
-        return f"conv_in.{m[1]}"
-    if m := re.fullmatch(r"input_blocks\.(\d+)\.(\d)\.(.+)", key):
-        n, sub, rest = int(m[1]), int(m[2]), m[3]
-        level, j = (n - 1) // (L + 1), (n - 1) % (L + 1)
-        if j == L:  # downsampler
-            if sub == 0 and (m2 := re.fullmatch(r"op\.(weight|bias)", rest)):
-                return f"down_blocks.{level}.downsamplers.0.conv.{m2[1]}"
-            return None
-        if sub == 0:
-            r = _resnet(rest)
-            return None if r is None else f"down_blocks.{level}.resnets.{j}.{r}"
-        if sub == 1:
-            return f"down_blocks.{level}.attentions.{j}.{rest}"
-        return None
-    if m := re.fullmatch(r"middle_block\.([012])\.(.+)", key):
-        i, rest = int(m[1]), m[2]
-        if i == 1:
-            return f"mid_block.attentions.0.{rest}"
-        r = _resnet(rest)
-        return None if r is None else f"mid_block.resnets.{i // 2}.{r}"
-    return None
-
-
-def _down_half_to_sd(key: str, L: int) -> str | None:
-    if m := re.fullmatch(r"time_embedding\.linear_([12])\.(weight|bias)", key):
-        return f"time_embed.{0 if m[1] == '1' else 2}.{m[2]}"
-    if m := re.fullmatch(r"conv_in\.(weight|bias)", key):
-        return f"input_blocks.0.0.{m[1]}"
-    if m := re.fullmatch(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(weight|bias)", key):
-        return f"input_blocks.{int(m[1]) * (L + 1) + L + 1}.0.op.{m[2]}"
-    if m := re.fullmatch(r"down_blocks\.(\d+)\.resnets\.(\d+)\.(.+)", key):
-        r = _resnet_inv(m[3])
-        return None if r is None else f"input_blocks.{int(m[1]) * (L + 1) + int(m[2]) + 1}.0.{r}"
-    if m := re.fullmatch(r"down_blocks\.(\d+)\.attentions\.(\d+)\.(.+)", key):
-        return f"input_blocks.{int(m[1]) * (L + 1) + int(m[2]) + 1}.1.{m[3]}"
-    if m := re.fullmatch(r"mid_block\.attentions\.0\.(.+)", key):
-        return f"middle_block.1.{m[1]}"
-    if m := re.fullmatch(r"mid_block\.resnets\.([01])\.(.+)", key):
-        r = _resnet_inv(m[2])
-        return None if r is None else f"middle_block.{int(m[1]) * 2}.{r}"
-    return None
-
-
 def unet_key_to_diffusers(key: str, layers_per_block: int = 2) -> str | None:
     """Unprefixed LDM U-Net key (``model.diffusion_model.`` stripped) -> diffusers key."""
-    L = layers_per_block
-    if (r := _down_half_to_diffusers(key, L)) is not None:
-        return r
-    if m := re.fullmatch(r"out\.([02])\.(weight|bias)", key):
-        return f"{'conv_norm_out' if m[1] == '0' else 'conv_out'}.{m[2]}"
-    if m := re.fullmatch(r"output_blocks\.(\d+)\.(\d)\.(.+)", key):
-        n, sub, rest = int(m[1]), int(m[2]), m[3]
-        level, j = n // (L + 1), n % (L + 1)
-        if sub == 0:
-            r = _resnet(rest)
-            return None if r is None else f"up_blocks.{level}.resnets.{j}.{r}"
-        if re.fullmatch(r"conv\.(weight|bias)", rest):  # upsampler (sub 1 without attention, else 2)
-            return f"up_blocks.{level}.upsamplers.0.{rest}" if j == L else None
-        if sub == 1:
-            return f"up_blocks.{level}.attentions.{j}.{rest}"
-    return None
+    return translate(key, UNET_RULES, True, {"L": layers_per_block})
 
 
 def unet_key_to_sd(key: str, layers_per_block: int = 2,
                    attention_levels: frozenset[int] | set[int] = frozenset()) -> str | None:
     """diffusers U-Net key -> unprefixed LDM key; ``attention_levels``: up blocks that have attentions."""
-    L = layers_per_block
-    if (r := _down_half_to_sd(key, L)) is not None:
-        return r
-    if m := re.fullmatch(r"(conv_norm_out|conv_out)\.(weight|bias)", key):
-        return f"out.{0 if m[1] == 'conv_norm_out' else 2}.{m[2]}"
-    if m := re.fullmatch(r"up_blocks\.(\d+)\.resnets\.(\d+)\.(.+)", key):
-        r = _resnet_inv(m[3])
-        return None if r is None else f"output_blocks.{int(m[1]) * (L + 1) + int(m[2])}.0.{r}"
-    if m := re.fullmatch(r"up_blocks\.(\d+)\.attentions\.(\d+)\.(.+)", key):
-        return f"output_blocks.{int(m[1]) * (L + 1) + int(m[2])}.1.{m[3]}"
-    if m := re.fullmatch(r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(weight|bias)", key):
-        level = int(m[1])
-        sub = 2 if level in attention_levels else 1
-        return f"output_blocks.{level * (L + 1) + L}.{sub}.conv.{m[2]}"
-    return None
-
-
+    return translate(key, UNET_RULES, False, {"L": layers_per_block, "levels": attention_levels})
 
 
 def controller_key_to_diffusers(key: str, layers_per_block: int = 2, hint_layers: int = 8) -> str | None:
@@ -267,42 +110,11 @@ def controller_key_to_diffusers(key: str, layers_per_block: int = 2, hint_layers
 
     ``hint_layers``: number of convs in the hint block (official: 8 = conv_in, 6 blocks, conv_out).
     """
-    if (r := _down_half_to_diffusers(key, layers_per_block)) is not None:
-        return r
-    if m := re.fullmatch(r"input_hint_block\.(\d+)\.(weight|bias)", key):
-        i = int(m[1])
-        if i % 2:
-            return None
-        conv = i // 2
-        if conv == 0:
-            name = "conv_in"
-        elif conv == hint_layers - 1:
-            name = "conv_out"
-        else:
-            name = f"blocks.{conv - 1}"
-        return f"controlnet_cond_embedding.{name}.{m[2]}"
-    if m := re.fullmatch(r"zero_convs\.(\d+)\.0\.(weight|bias)", key):
-        return f"controlnet_down_blocks.{m[1]}.{m[2]}"
-    if m := re.fullmatch(r"middle_block_out\.0\.(weight|bias)", key):
-        return f"controlnet_mid_block.{m[1]}"
-    if re.fullmatch(r"PCCAs\.\d+\.(conv1|conv2|mlp\.0|mlp\.2)\.(weight|bias)", key):
-        return key
-    return None
+    return translate(key, CONTROLLER_RULES, True, {"L": layers_per_block, "hint_layers": hint_layers})
 
 
 def controller_key_to_sd(key: str, layers_per_block: int = 2, hint_layers: int = 8) -> str | None:
-    if (r := _down_half_to_sd(key, layers_per_block)) is not None:
-        return r
-    if m := re.fullmatch(r"controlnet_cond_embedding\.(conv_in|conv_out|blocks\.(\d+))\.(weight|bias)", key):
-        conv = 0 if m[1] == "conv_in" else hint_layers - 1 if m[1] == "conv_out" else int(m[2]) + 1
-        return f"input_hint_block.{2 * conv}.{m[3]}"
-    if m := re.fullmatch(r"controlnet_down_blocks\.(\d+)\.(weight|bias)", key):
-        return f"zero_convs.{m[1]}.0.{m[2]}"
-    if m := re.fullmatch(r"controlnet_mid_block\.(weight|bias)", key):
-        return f"middle_block_out.0.{m[1]}"
-    if key.startswith("PCCAs."):
-        return key
-    return None
+    return translate(key, CONTROLLER_RULES, False, {"L": layers_per_block, "hint_layers": hint_layers})
 
 
 def _convert(sd: dict, prefix: str, fn) -> tuple[dict, list[str]]:
