@@ -68,7 +68,7 @@ class R2RClearVAEEncode(R2RNode):
     def define_schema(cls):
         return cls.schema(
             node_id="R2RClearVAEEncode",
-            display_name="R2R Clear-VAE Encode",
+            display_name="R2R Clear-VAE Encode (pasted composite)",
             category="R2R/vae",
             description=f"{HARMONIZE}, step 1: reads the composite (the picture with the pasted object) and its "
                         "mask (the only node of the R2R chain that does) and encodes the composite with the "

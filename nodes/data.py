@@ -119,9 +119,10 @@ class R2RWeightFreeHarmonize(R2RNode):
     def define_schema(cls):
         return cls.schema(
             node_id="R2RWeightFreeHarmonize",
-            display_name="R2R Weight-Free Harmonize",
+            display_name="R2R Color Match (weight-free)",
             category="R2R",
-            description="Matches the pasted object's colours to the background (or to reference_mask's region) "
+            description="Colour match (color match) without a model: matches the pasted object's colours to the "
+                        "background of the composite (or to reference_mask's region) "
                         "with simple colour statistics: no model, no download, instant. A baseline, and a "
                         "fallback when the R2R weights are not available.",
             inputs=[
@@ -142,7 +143,7 @@ class R2RWeightFreeHarmonize(R2RNode):
 
         from ..r2r.blending import harmonize_statistics
 
-        node = "Weight-Free Harmonize"
+        node = "Color Match (weight-free)"
         _convert.check_number(strength, "strength", node, 0.0, 1.0)
         comp = _convert.image_to_nchw(image, "image", node)
         m = _convert.mask_to_b1hw(mask, comp.shape[-2:], invert=invert_mask, name="mask", node=node)

@@ -95,10 +95,11 @@ class R2RHarmonize(R2RNode):
     def define_schema(cls):
         return cls.schema(
             node_id="R2RHarmonize",
-            display_name="R2R Harmonize",
+            display_name="R2R Harmonize (relight, color match)",
             category="R2R",
-            description="Harmonize a pasted object: makes it look like it belongs in the picture (relight, colour "
-                        "match, tone) with the R2R model — Clear-VAE encode, MACA controller, sampling and "
+            description="Harmonize a pasted object: makes an object pasted into a photo (a composite) look like it "
+                        "belongs there (relight, colour / color match, tone) with the R2R model — Clear-VAE encode, "
+                        "MACA controller, sampling and "
                         "Clear-VAE decode with paste-back in one node. Same result as the four separate nodes; "
                         "a new seed reuses the encoding and the controller's work. Optional: match the look of "
                         "another photo (reference_image).",

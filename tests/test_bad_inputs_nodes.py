@@ -36,7 +36,7 @@ def rpb(image=IMG, mask=MASK, seed=0, strength=0.75, **kw):
 
 BAD = [
     # (id, call, expected message fragments)
-    ("uint8_image", lambda: wf(image=(IMG * 255).to(torch.uint8)), ["Weight-Free Harmonize", "uint8", "255"]),
+    ("uint8_image", lambda: wf(image=(IMG * 255).to(torch.uint8)), ["R2R Color Match (weight-free)", "uint8", "255"]),
     ("0_255_float_image", lambda: wf(image=IMG * 255), ["divide by 255"]),
     ("minus1_1_image", lambda: wf(image=IMG * 2 - 1), ["(x + 1) / 2"]),
     ("nan_image", lambda: wf(image=torch.where(MASK[..., None] > 0, float("nan"), IMG)), ["NaN"]),

@@ -9,6 +9,12 @@ scene. Files per example: ``<name>_composite.png`` and ``<name>_mask.png`` (whit
 ``--with-real`` also writes ``<name>_real.png`` (the untouched photo = the ground truth; not
 bundled, to keep the package small). Longer side 448 px.
 
+For building a composite in the graph (the template "Paste an object onto a photo and harmonize it")
+there are also a cut-out and a background, untouched photos: ``cup_cutout_image.png`` +
+``cup_cutout_mask.png`` (the cup, saucer and spoon of the coffee photo, cropped to the mask's
+bounding box and scaled to CUTOUT_WIDTH px) and ``rocket_background_image.png`` (the rocket photo, longer side
+448 px; no mask: nothing is pasted in it yet).
+
 Needs scikit-image (a development dependency); deterministic (OpenCV's RNG is seeded for GrabCut).
 """
 
@@ -21,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 MAX_SIDE = 448  # keeps every PNG under 400 KB
+CUTOUT_WIDTH = 150  # the cut-out pasted into the 448-px background: about an eighth of its area
 
 
 def _largest_component(mask):
@@ -119,6 +126,34 @@ def examples():
     ]
 
 
+def cutout(real, mask, width: int = CUTOUT_WIDTH):
+    """A cut-out: the photo and its mask (holes filled: the spoon belongs to the cup) cropped to the mask's
+    bounding box, scaled to ``width`` px."""
+    import cv2
+
+    mask = _fill_holes(mask)
+    ys, xs = np.nonzero(mask)
+    rgb = real[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+    m = mask[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+    size = (width, round(rgb.shape[0] * width / rgb.shape[1]))
+    rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+    m = cv2.resize(m.astype(np.float32), size, interpolation=cv2.INTER_AREA) >= 0.5
+    return rgb, m
+
+
+def cutouts_and_backgrounds():
+    """(file stem, RGB uint8, mask bool or None) for the cut-out and the background photo."""
+    import cv2
+    from skimage import data
+
+    coffee = next(e for e in examples() if e[0] == "coffee")
+    cup, cup_mask = cutout(coffee[1], coffee[2])
+    rocket = data.rocket()
+    s = MAX_SIDE / max(rocket.shape[:2])
+    rocket = cv2.resize(rocket, (round(rocket.shape[1] * s), round(rocket.shape[0] * s)), interpolation=cv2.INTER_AREA)
+    return [("cup_cutout", cup, cup_mask), ("rocket_background", rocket, None)]
+
+
 def _write_png(path: Path, array):
     import cv2
 
@@ -146,6 +181,11 @@ def main(argv=None) -> int:
         _write_png(out / f"{name}_mask.png", mask.astype(np.uint8) * 255)
         _write_png(out / f"{name}_composite.png", comp)
         print(f"{name}: {real.shape[1]}x{real.shape[0]}, foreground {mask.mean():.1%}")
+    for stem, rgb, mask in cutouts_and_backgrounds():
+        _write_png(out / f"{stem}_image.png", rgb)
+        if mask is not None:
+            _write_png(out / f"{stem}_mask.png", mask.astype(np.uint8) * 255)
+        print(f"{stem}: {rgb.shape[1]}x{rgb.shape[0]}" + ("" if mask is None else f", object {mask.mean():.1%}"))
     return 0
 
 
