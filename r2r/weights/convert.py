@@ -142,25 +142,23 @@ def controller_to_diffusers(
     return _convert(sd, prefix, lambda k: controller_key_to_diffusers(k, layers_per_block, hint_layers))
 
 
-def unet_to_sd(sd: dict, layers_per_block: int = 2, prefix: str = UNET_PREFIX) -> dict:
-    levels = {int(m[1]) for k in sd if (m := re.match(r"up_blocks\.(\d+)\.attentions\.", k))}
+def _to_sd(sd: dict, prefix: str, fn, what: str) -> dict:
     out = {}
     for k, v in sd.items():
-        new = unet_key_to_sd(k, layers_per_block, levels)
+        new = fn(k)
         if new is None:
-            raise KeyError(f"no LDM name for U-Net key {k!r}")
+            raise KeyError(f"no LDM name for {what} key {k!r}")
         out[prefix + new] = v
     return out
+
+
+def unet_to_sd(sd: dict, layers_per_block: int = 2, prefix: str = UNET_PREFIX) -> dict:
+    levels = {int(m[1]) for k in sd if (m := re.match(r"up_blocks\.(\d+)\.attentions\.", k))}
+    return _to_sd(sd, prefix, lambda k: unet_key_to_sd(k, layers_per_block, levels), "U-Net")
 
 
 def controller_to_sd(sd: dict, layers_per_block: int = 2, prefix: str = CONTROLLER_PREFIX, hint_layers: int = 8) -> dict:
-    out = {}
-    for k, v in sd.items():
-        new = controller_key_to_sd(k, layers_per_block, hint_layers)
-        if new is None:
-            raise KeyError(f"no LDM name for controller key {k!r}")
-        out[prefix + new] = v
-    return out
+    return _to_sd(sd, prefix, lambda k: controller_key_to_sd(k, layers_per_block, hint_layers), "controller")
 
 
 def describe_sd_keys(keys) -> str:

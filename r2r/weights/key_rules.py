@@ -50,12 +50,13 @@ class KeyRule:
         m = _compile(src)[0].fullmatch(key)
         if m is None:
             return None
-        values: dict | None = m.groupdict()
+        values: dict = m.groupdict()
         side = 0 if to_diffusers else 1
         if self.index is not None:
-            values = self.index[side](values, geometry)
-            if values is None:
+            combined = self.index[side](values, geometry)
+            if combined is None:
                 return None
+            values = combined
         for name, maps in self.fields.items():
             mapped = maps[side](values[name], geometry)
             if mapped is None:
