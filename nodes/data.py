@@ -14,6 +14,11 @@ from ._schema import REFERENCE_TIP, SEED_MAX, R2RNode, choice, seed_in
 
 MASK_TIP = "Foreground mask: 1 (white) = the object region. A batch is processed item by item."
 INVERT_TIP = "Flip the mask (1 - mask), e.g. for Load Image's MASK of a cut-out PNG, which is 1 - alpha."
+PHOTO_TIP = ("Optional: another photo whose colours the object should take (any size, at least 64 px a side; the "
+             "mean and spread of its colours are matched). A batch: one per composite, or several for one "
+             "composite (one result each).")
+PHOTO_MASK_TIP = ("Optional: the part of reference_image to take the colours from (white = use; default: the whole "
+                  "photo). Same size (or aspect ratio) as reference_image.")
 SPLITS = ["train", "test"]
 IMAGE_FORMATS = ["jpg", "png"]
 
@@ -132,12 +137,15 @@ class R2RWeightFreeHarmonize(R2RNode):
                                tooltip="0 = unchanged, 1 = full colour-statistics transfer."),
                 io.Boolean.Input("invert_mask", default=False, tooltip=INVERT_TIP),
                 io.Mask.Input("reference_mask", optional=True, tooltip=REFERENCE_TIP),
+                io.Image.Input("reference_image", optional=True, tooltip=PHOTO_TIP),
+                io.Mask.Input("reference_image_mask", optional=True, tooltip=PHOTO_MASK_TIP),
             ],
             outputs=[io.Image.Output(display_name="image", tooltip="The composite with the object recoloured.")],
         )
 
     @classmethod
-    def execute(cls, image, mask, strength=1.0, invert_mask=False, reference_mask=None):
+    def execute(cls, image, mask, strength=1.0, invert_mask=False, reference_mask=None, reference_image=None,
+                reference_image_mask=None):
         import numpy as np
         import torch
 
@@ -147,6 +155,9 @@ class R2RWeightFreeHarmonize(R2RNode):
         _convert.check_number(strength, "strength", node, 0.0, 1.0)
         comp = _convert.image_to_nchw(image, "image", node)
         m = _convert.mask_to_b1hw(mask, comp.shape[-2:], invert=invert_mask, name="mask", node=node)
+        if reference_image is not None or reference_image_mask is not None:
+            return io.NodeOutput(_match_photo(comp, m, float(strength), reference_mask, reference_image,
+                                              reference_image_mask, node))
         if reference_mask is not None:
             ref = _convert.mask_to_b1hw(reference_mask, comp.shape[-2:], name="reference_mask", allow_empty=True,
                                         node=node)
@@ -166,6 +177,52 @@ class R2RWeightFreeHarmonize(R2RNode):
             out.append(torch.from_numpy(res.astype(np.float32)))
             _host.check_interrupt()
         return io.NodeOutput(torch.stack(out).clamp(0, 1))
+
+
+def _match_photo(comp, m, strength, reference_mask, reference_image, reference_image_mask, node):
+    """The weight-free harmonizer toward another photo (its region): composites x photos as the R2R nodes
+    take them (one photo for all, one per composite, or one composite with several photos), all checked
+    before the first item is harmonized."""
+    import torch
+
+    from ..r2r.blending import harmonize_statistics
+    from ..r2r.blending.harmonizer import MIN_REFERENCE_SIDE
+
+    if reference_image is None:
+        raise R2RUserError(f"R2R {node}: reference_image_mask needs the photo it belongs to in reference_image.")
+    if reference_mask is not None:
+        raise R2RUserError(f"R2R {node}: connect either reference_mask (a region of this picture) or "
+                           "reference_image (another photo), not both.")
+    comp, m = _convert.broadcast_batch(("image", comp), ("mask", m), node=node)
+    photo = _convert.image_to_nchw(reference_image, "reference_image", node)
+    region = None
+    if reference_image_mask is not None:
+        region = _convert.mask_to_b1hw(reference_image_mask, photo.shape[-2:], name="reference_image_mask",
+                                       allow_empty=True, node=node)
+        photo, region = _convert.broadcast_batch(("reference_image", photo), ("reference_image_mask", region),
+                                                 node=node)
+    if min(photo.shape[-2:]) < MIN_REFERENCE_SIDE:
+        raise R2RUserError(f"R2R {node}: reference_image must be at least {MIN_REFERENCE_SIDE}x{MIN_REFERENCE_SIDE} "
+                           f"pixels; got {photo.shape[-1]}x{photo.shape[-2]}. Use a larger photo.")
+    if region is not None:
+        empty = [i for i in range(region.shape[0]) if not bool((region[i] > 0).any())]
+        if empty:
+            raise R2RUserError(f"R2R {node}: reference_image_mask {empty[0]} is empty (all black); paint the part "
+                               "of the photo to take the colours from in white, or disconnect it to use the whole "
+                               "photo.")
+    n, r = int(comp.shape[0]), int(photo.shape[0])
+    if r not in (1, n) and n != 1:
+        raise R2RUserError(f"R2R {node}: {r} reference images for {n} composites; give one photo for all, one per "
+                           "composite, or one composite with several photos (one result per photo).")
+    out = []
+    for i in range(max(n, r)):
+        res = harmonize_statistics(
+            _convert.to_float_hwc(comp[min(i, n - 1)]), _np_mask(m[min(i, n - 1)]), strength=strength,
+            reference_image=_convert.to_float_hwc(photo[min(i, r - 1)]),
+            reference_image_mask=None if region is None else _np_mask(region[min(i, r - 1)]))
+        out.append(torch.from_numpy(res.astype("float32")))
+        _host.check_interrupt()
+    return torch.stack(out).clamp(0, 1)
 
 
 class R2RSaveHarmonizationDataset(R2RNode):

@@ -17,7 +17,7 @@ from collections import OrderedDict
 from comfy_api.v0_0_2 import io
 
 from ..r2r.imaging import fingerprint
-from . import _checks, flow
+from . import _checks, _convert, _host, flow
 from ._schema import (
     R2RControllerType,
     R2RModelType,
@@ -31,6 +31,7 @@ from ._schema import (
     mask_in,
     max_side_in,
     noise_device_in,
+    param_input,
     paste_back_in,
     reference_inputs,
     resize_in,
@@ -44,6 +45,11 @@ from .chain import check_output, check_sampling, check_working
 
 HARMONIZE_ALIASES = ("harmonize", "harmonization", "relight", "color match", "colour match", "composite",
                      "blend", "match lighting", "paste object", "region2region", "match look of photo")
+OBJECTS_TIP = ("together = the mask is one object; each = every object on its own (every separate part of the "
+               "mask, or every mask of a MASK batch for this one picture), against the background without the other "
+               "objects; later masks win where they overlap.")
+CROP_TIP = ("none = the whole picture at max_side; per_object = each object in a crop around it (context), run at "
+            "max_side and pasted back at full resolution: small objects in big photos keep their detail.")
 #: how many R2R Harmonize nodes keep their work between runs
 MEMO_NODES = 4
 
@@ -121,6 +127,9 @@ class R2RHarmonize(R2RNode):
                 fullres_in(),
                 *reference_inputs(),
                 noise_device_in(),
+                param_input("objects", optional=True, tooltip=OBJECTS_TIP),
+                param_input("crop", optional=True, tooltip=CROP_TIP),
+                param_input("context", optional=True),
             ],
             outputs=[io.Image.Output(display_name="image", tooltip="The harmonized picture at the composite's "
                                                                    "original size.")],
@@ -131,12 +140,14 @@ class R2RHarmonize(R2RNode):
     def execute(cls, model, clear_vae, controller, image, mask, seed=0, steps=10, sampler="euler_ancestral",
                 max_side=0, strength=1.0, invert_mask=False, paste_back=True, feather=-1, resize_mode="fit",
                 fullres_mode="auto", reference_mask=None, reference_image=None, reference_image_mask=None,
-                noise_device="cpu"):
+                noise_device="cpu", objects="together", crop="none", context=2.0):
         node = "Harmonize"
         check_sampling(node, seed, steps, sampler, noise_device)
         check_working(node, max_side, resize_mode)
         check_output(node, feather, fullres_mode)
         check_param("strength", strength, node)
+        for name, value in (("objects", objects), ("crop", crop), ("context", context)):
+            check_param(name, value, node)
         node_id = cls.hidden.unique_id if cls.hidden else None
         comp, m, _ = flow.read_inputs(image, mask, invert_mask, node=node)
         reference = flow.make_reference(reference_mask, reference_image, reference_image_mask, node)
@@ -144,6 +155,15 @@ class R2RHarmonize(R2RNode):
         _checks.check_kind(clear_vae, "R2R_CLEAR_VAE", "clear_vae", node)
         _checks.check_kind(controller, "R2R_CONTROLLER", "controller", node)
         flow.warn_large_mask(m, node, node_id)
+        if (objects, crop) != ("together", "none"):
+            if int(getattr(image, "shape", (0,))[0]) == 1:  # a MASK batch for one picture lists its objects
+                comp = comp[:1]
+            settings = dict(seed=seed, steps=steps, sampler=sampler, max_side=max_side, strength=float(strength),
+                            paste_back=paste_back, feather=feather, resize_mode=resize_mode,
+                            fullres_mode=fullres_mode, noise_device=noise_device, objects=objects, crop=crop,
+                            context=context)
+            return io.NodeOutput(_harmonize_objects(model, clear_vae, controller, comp, m, reference, settings, node))
+        _check_reference(reference, comp, max_side, resize_mode, node)
         latent = MEMO.latent(node_id, clear_vae, comp, m, max_side, resize_mode)
         controlled = model
         if float(strength) > 0:
@@ -151,6 +171,56 @@ class R2RHarmonize(R2RNode):
         sampled = flow.sample(controlled, latent, seed, steps, sampler, noise_device)
         return io.NodeOutput(flow.decode(clear_vae, sampled, bool(paste_back), int(feather), fullres_mode,
                                          node_id=node_id))
+
+
+def _at_composite_size(reference, comp, node: str):
+    """A region of the picture (at its own size, same aspect ratio) brought to the composite's size."""
+    from ..r2r.pipeline import Reference
+
+    if reference is None or reference.mask is None:
+        return reference
+    return Reference(mask=_convert.mask_to_b1hw(reference.mask[:, 0], comp.shape[-2:], name="reference_mask",
+                                                allow_empty=True, node=node))
+
+
+def _check_reference(reference, comp, max_side, resize_mode, node: str) -> None:
+    """The reference checked (photo size, region, batch) before the encoder runs."""
+    from ..r2r.devices import resolve_max_side
+    from ..r2r.errors import R2RUserError
+    from ..r2r.imaging import compute_geometry
+    from ..r2r.pipeline.reference import check_reference
+
+    if reference is None:
+        return
+    geometry = compute_geometry(int(comp.shape[-2]), int(comp.shape[-1]),
+                                resolve_max_side(int(max_side), _host.compute_device()), resize_mode)
+    try:
+        check_reference(_at_composite_size(reference, comp, node), int(comp.shape[0]), geometry)
+    except R2RUserError as exc:
+        raise R2RUserError(f"R2R {node}: {exc}") from None
+
+
+def _harmonize_objects(model, clear_vae, controller, comp, mask, reference, s: dict, node: str):
+    """objects=each / crop=per_object: r2r.pipeline.objects over ComfyUI's model management (no per-node reuse:
+    each object or crop is its own picture)."""
+    from ..r2r.devices import resolve_max_side
+    from ..r2r.errors import R2RUserError
+    from ..r2r.pipeline.objects import harmonize_objects
+
+    pipe = flow.pipeline(unet=model.unet, controller=controller if s["strength"] > 0 else None, clear_vae=clear_vae,
+                         scheduler_config=model.scheduler_config, prompt_embeds=model.prompt_embeds)
+    with _host.LazyProgress("R2R objects") as bar:
+        try:
+            out = harmonize_objects(
+                pipe, comp, mask, objects=s["objects"], crop=s["crop"], context=float(s["context"]),
+                reference=_at_composite_size(reference, comp, node), generator=int(s["seed"]),
+                num_inference_steps=int(s["steps"]), max_side=resolve_max_side(int(s["max_side"]), pipe.device),
+                feather=None if int(s["feather"]) < 0 else int(s["feather"]), resize_mode=s["resize_mode"],
+                scheduler=s["sampler"], strength=s["strength"], callback=bar.step, fullres_mode=s["fullres_mode"],
+                noise_device=s["noise_device"], paste_back=bool(s["paste_back"]))
+        except R2RUserError as exc:
+            raise R2RUserError(f"R2R {node}: {exc}") from None
+    return _convert.nchw_to_image(out.images)
 
 
 NODES = [R2RHarmonize]

@@ -28,6 +28,8 @@ __all__ = ["harmonize_statistics", "harmonize_statistics_torch", "statistics_par
 #: reference cannot blow the contrast up or flatten it completely.
 STD_RATIO_LIMITS = (0.25, 4.0)
 _EPS = 1e-6
+#: a reference photo's smallest side (the same rule as the R2R pipeline's, r2r.imaging.prepare_reference_photo)
+MIN_REFERENCE_SIDE = 64
 
 
 def _check_strength(strength):
@@ -35,14 +37,16 @@ def _check_strength(strength):
 
 
 def _check_regions(fg_weight, ref_weight, reference_mask_given):
-    """Refuse an empty foreground or reference region (weights summed per batch item: ``[B]``)."""
+    """Refuse an empty foreground or reference region (weights summed per batch item: ``[B]``).
+    ``reference_mask_given``: whether a region was given (True: reference_mask; a string: its name)."""
     if bool((fg_weight < 1e-3).any()):
         raise R2RUserError("The mask is empty, so there is no foreground to harmonize. "
                            "Draw the foreground in white on black.")
     if bool((ref_weight < 1e-3).any()):
         raise R2RUserError(
             "The reference region is empty: "
-            + ("reference_mask has no pixel above 0. Mark the region in white." if reference_mask_given else
+            + (f"{reference_mask_given if isinstance(reference_mask_given, str) else 'reference_mask'} has no pixel "
+               "above 0. Mark the region in white." if reference_mask_given else
                "the mask covers the whole image, so there is no background. Pass reference_mask= to name a region.")
         )
 
@@ -99,8 +103,7 @@ def _reference_photo(reference_image, reference_image_mask, reference_mask):
         raise R2RUserError("Give either reference_mask (a region of the composite) or reference_image (another "
                            "photo), not both.")
     ref = image_hwc(reference_image, "reference_image", rgb=True, unit_range=True)
-    if ref.shape[0] < 8 or ref.shape[1] < 8:
-        raise R2RUserError(f"The reference_image must be at least 8x8 pixels; got {ref.shape[1]}x{ref.shape[0]}.")
+    _check_photo_size(ref.shape[1], ref.shape[0])
     w = np.ones(ref.shape[:2], np.float32) if reference_image_mask is None else \
         mask_weights_hw(reference_image_mask, ref.shape[:2], "reference_image_mask")
     return ref, w
@@ -118,8 +121,16 @@ def _numpy_inputs(composite, mask, strength, reference_mask, reference_image, re
         ref_img = img
         ref_w = (1.0 - m) if reference_mask is None else mask_weights_hw(reference_mask, img.shape[:2],
                                                                          "reference_mask")
-    _check_regions(np.array([m.sum()]), np.array([ref_w.sum()]), reference_mask is not None or photo is not None)
+    _check_regions(np.array([m.sum()]), np.array([ref_w.sum()]),
+                   "reference_image_mask" if photo is not None else reference_mask is not None)
     return s, img, m, ref_img, ref_w
+
+
+def _check_photo_size(width: int, height: int) -> None:
+    if min(width, height) < MIN_REFERENCE_SIDE:
+        raise R2RUserError(f"The reference_image must be at least {MIN_REFERENCE_SIDE}x{MIN_REFERENCE_SIDE} pixels; "
+                           f"got {width}x{height} (WxH). Use a larger photo (its colours are what matter; its size "
+                           "is not).")
 
 
 def statistics_params(composite, mask, strength=1.0, reference_mask=None, reference_image=None,
@@ -282,6 +293,7 @@ def _torch_with_photo(composite, mask, strength, reference_mask, reference_image
         raise R2RUserError("reference_image_mask needs the photo it belongs to: pass reference_image= too.")
     image_bchw(composite, "composite", channels=3, unit_range=True)
     image_bchw(reference_image, "reference_image", channels=3, unit_range=True)
+    _check_photo_size(int(reference_image.shape[-1]), int(reference_image.shape[-2]))
     B, R = composite.shape[0], reference_image.shape[0]
     if R not in (1, B) and B != 1:
         raise R2RUserError(f"Got {R} reference images for {B} composites; give one, one per composite, or one "
@@ -292,7 +304,7 @@ def _torch_with_photo(composite, mask, strength, reference_mask, reference_image
         reference_image_mask, R, photo.shape[-2:], "reference_image_mask", device=composite.device)
     comp = composite.expand(n, *composite.shape[1:]) if B == 1 else composite
     m = mask_weights_b1hw(mask, B, composite.shape[-2:], "mask", device=composite.device).expand(n, -1, -1, -1)
-    _check_regions(m.sum(dim=(1, 2, 3)), pw.sum(dim=(1, 2, 3)), True)
+    _check_regions(m.sum(dim=(1, 2, 3)), pw.sum(dim=(1, 2, 3)), "reference_image_mask")
     if s == 0.0:
         return comp.clone()
     x = comp.float().clamp(0.0, 1.0)

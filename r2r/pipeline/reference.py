@@ -29,7 +29,7 @@ from ..errors import R2RUserError
 if TYPE_CHECKING:
     import torch
 
-    from ..imaging import Prepared, PreparedPhoto
+    from ..imaging import Geometry, Prepared, PreparedPhoto
 
 
 @dataclass(frozen=True, eq=False)
@@ -86,23 +86,33 @@ def as_reference(reference=None, reference_mask=None) -> Reference | None:
 
 def prepare_reference(reference: Reference | None, prepared: Prepared) -> PreparedReference | None:
     """``reference`` brought to ``prepared``'s working grid, checked (None: the whole background)."""
+    return _prepare(reference, prepared.batch_size, prepared.geometry, prepared.original_composite.device)
+
+
+def check_reference(reference: Reference | None, batch: int, geometry: Geometry) -> None:
+    """The checks of :func:`prepare_reference` for ``batch`` composites on ``geometry``'s working canvas,
+    for callers that check every input before any work (the photo's size, its region's size and
+    emptiness on the latent grid, the batch sizes)."""
+    _prepare(reference, batch, geometry, None)
+
+
+def _prepare(reference, batch: int, geometry: Geometry, device) -> PreparedReference | None:
     from ..imaging import fingerprint, prepare_reference_photo, reference_latent_mask, to_mask_tensor
 
     if reference is None or reference.is_default:
         return None
-    batch = prepared.batch_size
     if reference.image is not None:
-        photo = prepare_reference_photo(reference.image, reference.image_mask, prepared.geometry.working_size)
+        photo = prepare_reference_photo(reference.image, reference.image_mask, geometry.working_size)
         _check_batches(batch, photo.batch_size, "reference images")
         return PreparedReference(photo.region, photo, photo.key)
     region = to_mask_tensor(reference.mask, "reference_mask")
-    size = tuple(prepared.geometry.original_size)
+    size = tuple(geometry.original_size)
     if tuple(region.shape[-2:]) != size:
         raise R2RUserError(
             f"The reference_mask size {tuple(region.shape[-1:-3:-1])} (WxH) does not match the composite size "
             f"{size[::-1]} (WxH); paint the reference region on this composite.")
     _check_batches(batch, region.shape[0], "reference masks")
-    latent = reference_latent_mask(region.to(prepared.original_composite.device), prepared.geometry)
+    latent = reference_latent_mask(region if device is None else region.to(device), geometry)
     return PreparedReference(latent, None, "region:" + fingerprint(region))
 
 
