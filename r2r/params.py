@@ -176,7 +176,7 @@ PARAMS: dict[str, Param] = {p.name: p for p in (
     Param("smoothing", float, 3.0, "smoothed mode: the standard deviation, in frames, of the zero-phase Gaussian "
                                    "that smooths the colour transform within each shot (0 = no smoothing).",
           0.0, 100.0, 0.5),
-    Param("cut_threshold", float, 0.35, "Shot-cut detection: a colour-histogram distance (0..1) between consecutive "
+    Param("cut_threshold", float, 0.25, "Shot-cut detection: a colour-histogram distance (0..1) between consecutive "
                                         "frames above this starts a new shot (1 = never).", 0.0, 1.0, 0.05),
 )}
 

@@ -24,8 +24,9 @@ Placement (``placement`` = ``"auto" | "device" | "host" | "recompute"``, see
   source reports (ComfyUI's own figure inside ComfyUI), else ``host`` when it takes at most a
   quarter of the available RAM, else ``recompute``. Every choice is logged (logger ``r2r.pipeline.memory``).
 
-Batched seeds (:func:`seeds_per_forward`) and the Clear-VAE band budget (:func:`vae_budget_bytes`)
-are sized from the same free-memory figure.
+Batched seeds (:func:`seeds_per_forward`), the Clear-VAE band budget (:func:`vae_budget_bytes`) and
+the frames of a clip per batch (:func:`frames_per_chunk`, :mod:`r2r.video`) are sized from the same
+free-memory figure.
 """
 
 from __future__ import annotations
@@ -47,6 +48,10 @@ SEED_BATCH_SHARE = 0.5
 VAE_SHARE = 0.6
 #: the smallest Clear-VAE budget (below it the bands would be too thin to be efficient)
 MIN_VAE_BUDGET = 256 * MIB
+#: clips: one chunk of frames may take this share of the free device memory (of the available RAM on the CPU)
+FRAME_CHUNK_SHARE = 0.5
+#: ... and never more than this many frames: a chunk's peak is the run's peak, whatever the clip's length
+MAX_FRAMES_PER_CHUNK = 16
 #: what each placement means, for the log
 PLACEMENT_WORDS = {"device": "the compute device", "host": "host RAM", "recompute": "nothing (recomputed)"}
 
@@ -147,6 +152,33 @@ def seeds_per_forward(n_seeds: int, bytes_per_seed: int, device, free_device_byt
     n = max(1, min(int(n_seeds), fit))
     if n < n_seeds:
         log.info("seeds: %d per U-Net forward (%s each, budget %s)", n, _mib(bytes_per_seed), _mib(budget))
+    return n
+
+
+def clip_frame_bytes(models, working_hw, latent_hw, frame_hw, steps: int, controller: bool) -> int:
+    """What one frame of a clip's chunk adds to the peak (:mod:`r2r.video`): its U-Net activations, its
+    controller residuals for every step, its Clear-VAE pass (capped at the band budget) and its
+    full-resolution float32 buffers (frame, mask, result)."""
+    dtype = models.dtype("unet")
+    total = unet_activation_bytes(1, latent_hw, dtype)
+    if controller and models.has("controller"):
+        total += steps * residual_bytes_per_step(models.config("controller"), 1, latent_hw,
+                                                 models.dtype("controller"))
+    from ..imaging.tiling import memory_budget_bytes
+
+    vae = vae_activation_bytes(working_hw, 1, models.dtype("clear_vae"), models.config("clear_vae"), "decode")
+    total += min(vae, vae_budget_bytes(models.free_memory(), memory_budget_bytes()))
+    return int(total + 3 * 4 * 4 * int(frame_hw[0]) * int(frame_hw[1]))
+
+
+def frames_per_chunk(bytes_per_frame: int, device, free_device_bytes: int | None,
+                     cap: int = MAX_FRAMES_PER_CHUNK) -> int:
+    """How many frames of a clip go through the networks together: as many as fit in
+    :data:`FRAME_CHUNK_SHARE` of the free device memory (of the available RAM on the CPU), at most
+    ``cap`` (:data:`MAX_FRAMES_PER_CHUNK`), at least 1. Logged."""
+    budget = available_host_bytes() if device.type == "cpu" or free_device_bytes is None else free_device_bytes
+    n = int(max(1, min(int(cap), FRAME_CHUNK_SHARE * budget // max(1, bytes_per_frame))))
+    log.info("clip: %d frame(s) per chunk (%s each, budget %s)", n, _mib(bytes_per_frame), _mib(budget))
     return n
 
 
