@@ -23,6 +23,7 @@ from ..errors import R2RUserError
 # command -> (module, one-line help)
 COMMANDS = {
     "harmonize": (".harmonize", "harmonize a composite image with R2R (or the weight-free harmonizer)"),
+    "harmonize-video": (".harmonize_video", "harmonize a pasted object through a whole video clip without flicker"),
     "demo": (".demo", "harmonize the bundled example composites and write a before/after sheet"),
     "download": (".download", "download the official R2R weights from the Hugging Face hub"),
     "make-dataset": (".make_dataset", "generate a training set with Random Poisson Blending"),
