@@ -318,3 +318,41 @@ def test_bad_object_settings(pipe, monkeypatch):
     with pytest.raises(R2RUserError, match="no background of its own"):
         pipe(comp, torch.cat([crowded, inner]), objects="each", **KW)
     assert calls == []
+
+
+# ----------------------------------------------------------------------------- the command line
+
+
+def test_cli_objects_and_crops(pipe, tmp_path, capsys):
+    from r2r.cli import main
+    from r2r.fileio import read_image, write_image
+
+    comp, masks = scene(h=150, w=240, boxes=((20, 60, 20, 70), (90, 130, 150, 210)))
+    comp = (comp * 255).round() / 255
+    u8 = (comp[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    write_image(tmp_path / "c.png", u8)
+    write_image(tmp_path / "m.png", (union(masks)[0, 0].numpy() * 255).astype(np.uint8))
+    base = ["harmonize", "--composite", str(tmp_path / "c.png"), "--mask", str(tmp_path / "m.png"), "--steps", "2",
+            "--seed", "5", "--max-side", "128", "--objects", "each", "--crop", "per_object", "--context", "1.5"]
+    assert main(base + ["--out", str(tmp_path / "r2r.png"), "--weights", str(pipe.source)]) == 0
+    api = pipe(comp, union(masks), objects="each", crop="per_object", context=1.5, **KW).images
+    expected = (api[0].permute(1, 2, 0).numpy() * 255).round().astype(int)
+    assert np.abs(read_image(tmp_path / "r2r.png").astype(int) - expected).max() <= 1
+    assert main(base + ["--out", str(tmp_path / "wf.png"), "--method", "statistics"]) == 0
+    wf = harmonize_statistics_objects(u8, union(masks)[0, 0].numpy(), objects="each", crop="per_object", context=1.5,
+                                      max_side=128)
+    assert np.abs(read_image(tmp_path / "wf.png").astype(int) - (wf[0].permute(1, 2, 0).numpy() * 255).round()).max() \
+        <= 1
+    # an object lost at the working size: exit 2 before any weights are looked for
+    speck = union(masks).clone()
+    speck[..., 140:141, 5:7] = 1
+    write_image(tmp_path / "s.png", (speck[0, 0].numpy() * 255).astype(np.uint8))
+    capsys.readouterr()
+    bad = ["harmonize", "--composite", str(tmp_path / "c.png"), "--mask", str(tmp_path / "s.png"), "--out",
+           str(tmp_path / "no.png"), "--weights", str(tmp_path / "no_such_release"), "--max-side", "128",
+           "--objects", "each"]
+    assert main(bad) == 2
+    err = capsys.readouterr().err
+    assert "object 3 of 3 (2x1 px at x=5, y=140) vanishes" in err and not (tmp_path / "no.png").exists()
+    assert main(bad[:-2] + ["--crop", "per_object", "--context", "9"]) == 2
+    assert "--context must be a number from 1 to 8" in capsys.readouterr().err

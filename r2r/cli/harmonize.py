@@ -4,17 +4,21 @@
         [--weights models/r2r/region2region | 1243asdad/region2region] [--steps 10] [--seed 0] \\
         [--noise-device cpu|device] [--max-side 1024] [--dtype auto|fp32|bf16|fp16] \\
         [--device auto|cpu|cuda[:N]|mps] [--no-paste-back] [--feather -1|0|PX] [--method r2r|statistics] \\
-        [--strength S] [--reference PHOTO [--reference-mask MASK]]
+        [--strength S] [--reference PHOTO [--reference-mask MASK]] \\
+        [--objects together|each] [--crop none|per_object] [--context X]
 
 ``--method statistics`` needs no weights (the Lab-statistics harmonizer of ``r2r.blending``).
 ``--reference`` harmonizes toward another photo (its region ``--reference-mask``, default the whole
-photo) instead of the composite's own background. The options shared with the other image commands
-(and every check) live in :mod:`r2r.cli.common`.
+photo) instead of the composite's own background. ``--objects each`` harmonizes every separate part of
+the mask on its own, ``--crop per_object`` each in a crop around it (:mod:`r2r.pipeline.objects`; with
+either method). The options shared with the other image commands (and every check) live in
+:mod:`r2r.cli.common`.
 """
 
 from __future__ import annotations
 
 from ..fileio import IMAGE_EXTENSIONS
+from ..params import add_cli_argument, check
 from .common import (
     FEATHER_AUTO,
     add_model_arguments,
@@ -59,6 +63,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--reference-mask", default=None, metavar="MASK",
                         help="with --reference: the region of that photo to take the colours from (white = use; "
                              "default: the whole photo)")
+    add_cli_argument(parser, "objects")
+    add_cli_argument(parser, "crop")
+    add_cli_argument(parser, "context")
 
 
 def run(args) -> int:
@@ -73,6 +80,14 @@ def run(args) -> int:
     device, dtype = device_and_dtype(args) if args.method == "r2r" else (None, None)
     args.max_side = resolve_max_side(args.max_side, device or "cpu")
     check_inputs(composite, mask, args.max_side, args.resize_mode, reference)
+    args.context = check("context", args.context, "--context")
+    several = (args.objects, args.crop) != ("together", "none")
+    if several:
+        from ..pipeline.objects import check_objects
+
+        check_objects(composite, mask, args.objects, args.crop, args.context, args.max_side, args.resize_mode,
+                      None if args.method == "statistics" else feather_for_pipeline(args.feather),
+                      model_grid=args.method == "r2r")
     inputs = [p for p in (args.composite, args.mask, args.reference, args.reference_mask) if p]
     out_path = check_out_file(args.out, inputs=inputs, overwrite=args.overwrite)
 
@@ -81,11 +96,20 @@ def run(args) -> int:
 
         kw = {} if reference is None else {"reference_image": reference.image,
                                            "reference_image_mask": reference.image_mask}
-        result = harmonize_statistics(composite, mask, strength=args.strength, **kw)
+        if several:
+            from ..pipeline.objects import harmonize_statistics_objects
+
+            out = harmonize_statistics_objects(composite, mask, args.strength, objects=args.objects, crop=args.crop,
+                                               context=args.context, max_side=args.max_side, **kw)
+            result = (out[0].permute(1, 2, 0).clamp(0, 1) * 255).round().byte().numpy()
+        else:
+            result = harmonize_statistics(composite, mask, strength=args.strength, **kw)
         save_result(out_path, result)
         print(f"wrote {out_path} (weight-free statistics harmonizer)")
         return 0
     extra = {} if reference is None else {"reference": reference}
+    if several:
+        extra.update(objects=args.objects, crop=args.crop, context=args.context)
     try:
         if args.low_memory:
             result, source = harmonize_low_memory_cli(composite, mask, args, device, dtype, **extra)

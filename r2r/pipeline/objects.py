@@ -45,47 +45,18 @@ per step).
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
-
-import numpy as np
 
 from ..errors import R2RUserError
 from ..params import check
+from .crops import MAX_OBJECTS, Box, components, compose, crop_box, pixel_box, split_objects, target_alpha
 from .reference import Reference
 from .values import R2ROutput
 
 log = logging.getLogger(__name__)
 
-#: the most objects one picture may have with objects=each or crop=per_object
-MAX_OBJECTS = 64
-#: working pixels of background kept around an object inside its crop (one latent cell)
-CROP_MARGIN = 8
-
-
-@dataclass(frozen=True)
-class Box:
-    """A crop ``[y0:y1, x0:x1]`` of the picture (the whole picture with ``crop="none"``)."""
-
-    y0: int
-    y1: int
-    x0: int
-    x1: int
-
-    @property
-    def height(self) -> int:
-        return self.y1 - self.y0
-
-    @property
-    def width(self) -> int:
-        return self.x1 - self.x0
-
-    def of(self, t):
-        return t[..., self.y0:self.y1, self.x0:self.x1]
-
-    def describe(self) -> str:
-        return f"{self.width}x{self.height} px at x={self.x0}, y={self.y0}"
-
+__all__ = ["MAX_OBJECTS", "Box", "ObjectRun", "ObjectsOutput", "check_objects", "components", "crop_box",
+           "harmonize_objects", "harmonize_statistics_objects", "plan_runs", "split_objects"]
 
 @dataclass(frozen=True)
 class ObjectRun:
@@ -113,90 +84,6 @@ def check_options(objects: str, crop: str, context) -> tuple[str, str, float]:
     return check("objects", objects, "objects"), check("crop", crop, "crop"), check("context", context, "context")
 
 
-# ----------------------------------------------------------------------------- objects
-
-
-def components(mask_1hw):
-    """The connected components of one mask ``[1,H,W]`` -> ``[K,1,H,W]`` soft masks (see the module docstring)."""
-    import cv2
-    import torch
-
-    soft = mask_1hw[0].detach().to("cpu", torch.float32).numpy()
-    binary = (soft >= 0.5).astype(np.uint8)
-    n, labels = cv2.connectedComponents(binary, connectivity=8)
-    faint = (soft > 0) & (binary == 0)
-    if n <= 2 and not (n == 2 and faint.any()):
-        return mask_1hw[None].float()
-    if faint.any():  # soft edge pixels below 0.5 belong to the nearest component
-        _, nearest = cv2.distanceTransformWithLabels(1 - binary, cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
-        lut = np.zeros(int(nearest.max()) + 1, np.int32)
-        lut[nearest[binary > 0]] = labels[binary > 0]
-        labels = np.where(faint, lut[nearest], labels)
-    labels = torch.from_numpy(labels).to(mask_1hw.device)
-    ids = torch.arange(1, n, device=mask_1hw.device).view(-1, 1, 1, 1)
-    return torch.where(labels[None, None] == ids, mask_1hw.float()[None], torch.zeros((), device=mask_1hw.device))
-
-
-def split_objects(mask, batch: int) -> list:
-    """``mask`` ``[M,1,H,W]`` for ``batch`` composites -> per composite its objects ``[K,1,H,W]``."""
-    m = int(mask.shape[0])
-    if batch == 1 and m > 1:
-        groups = [mask.float()]
-    elif m in (1, batch):
-        groups = [components(mask[min(b, m - 1)]) for b in range(batch)]
-    else:
-        raise R2RUserError(
-            f"Got {m} masks for {batch} composites. With objects=each or crop=per_object give one mask per composite "
-            "(its separate parts are its objects), or a batch of masks for ONE composite (one object per mask).")
-    for b, group in enumerate(groups):
-        where = f" of composite {b + 1}" if batch > 1 else ""
-        if int(group.shape[0]) > MAX_OBJECTS:
-            raise R2RUserError(
-                f"The mask{where} has {group.shape[0]} separate objects; at most {MAX_OBJECTS} are harmonized one by "
-                "one. Clean stray specks off the mask (or close its gaps), or use objects=together.")
-        for i in range(group.shape[0]):
-            if not bool((group[i] >= 0.5).any()):
-                raise R2RUserError(
-                    f"The mask of object {i + 1}{where} is empty (no pixel >= 0.5); expected the object in white. "
-                    "Remove that mask from the batch or paint the object.")
-    return groups
-
-
-def _pixel_box(soft_1hw) -> Box:
-    rows = np.flatnonzero((soft_1hw[0] > 0).any(dim=1).cpu().numpy())
-    cols = np.flatnonzero((soft_1hw[0] > 0).any(dim=0).cpu().numpy())
-    return Box(int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1)
-
-
-def crop_box(object_box: Box, image_hw, context: float, max_side: int, resize_mode: str = "fit",
-             feather: int | None = None) -> Box:
-    """The crop for an object whose pixels fill ``object_box`` (the rule in the module docstring)."""
-    from ..imaging import MIN_SIDE, compute_geometry
-
-    height, width = int(image_hw[0]), int(image_hw[1])
-    h, w = object_box.height * context, object_box.width * context
-    scale = max(1.0, max(h, w) / max_side)  # original pixels per working pixel
-    margin = CROP_MARGIN * scale + (CROP_MARGIN * scale if feather is None or feather < 0 else feather)
-    h, w = min(height, max(MIN_SIDE, h + 2 * margin)), min(width, max(MIN_SIDE, w + 2 * margin))
-    content = compute_geometry(round(h), round(w), max_side, resize_mode).content_size
-    aspect = content[0] / content[1]
-    if h / w < aspect:
-        h = w * aspect
-    else:
-        w = h / aspect
-    h, w = min(height, max(object_box.height, round(h))), min(width, max(object_box.width, round(w)))
-    y0 = _place((object_box.y0 + object_box.y1) / 2, h, object_box.y0, object_box.y1, height)
-    x0 = _place((object_box.x0 + object_box.x1) / 2, w, object_box.x0, object_box.x1, width)
-    return Box(y0, y0 + h, x0, x0 + w)
-
-
-def _place(centre: float, size: int, lo: int, hi: int, limit: int) -> int:
-    """The start of a ``size`` span centred on ``centre`` that holds ``[lo, hi)``, shifted inside ``[0, limit)``."""
-    start = math.floor(centre - size / 2)
-    start = max(min(start, lo), hi - size)
-    return max(0, min(start, limit - size))
-
-
 def plan_runs(groups, image_hw, objects: str, crop: str, context: float, max_side: int,
               resize_mode: str = "fit", feather: int | None = None, check_model_grid: bool = True) -> list:
     """The runs for every composite's objects, checked before any work: with ``each`` every object must
@@ -208,7 +95,7 @@ def plan_runs(groups, image_hw, objects: str, crop: str, context: float, max_sid
     for item, group in enumerate(groups):
         count = int(group.shape[0]) if (objects == "each" or crop == "per_object") else 1
         for index in range(count):
-            obj_box = _pixel_box(group[index]) if count > 1 or crop == "per_object" else whole
+            obj_box = pixel_box(group[index]) if count > 1 or crop == "per_object" else whole
             box = whole if crop == "none" else crop_box(obj_box, image_hw, context, max_side, resize_mode, feather)
             run = ObjectRun(item, index, count, box, obj_box)
             runs.append(run)
@@ -260,34 +147,6 @@ def run_masks(run: ObjectRun, group, objects: str):
     return own, own, others, background
 
 
-# ----------------------------------------------------------------------------- composing
-
-
-def target_alpha(target, others, feather: int):
-    """The alpha a run pastes its object with: its soft mask plus its feather band, the band kept out of
-    the other objects' masks."""
-    import torch
-
-    from ..imaging.pasteback import feather_alpha
-
-    alpha = feather_alpha(target, feather) if feather > 0 else target
-    return torch.where(others & (target < 0.5), target, alpha)
-
-
-def compose(out, original, result, run_alpha, alpha):
-    """Paste a run's object into ``out`` (all in the run's box). ``result`` = ``original + run_alpha *
-    (harmonized - original)`` (what ``restore`` returns with paste-back); the object goes in with ``alpha``
-    (<= ``run_alpha``): ``out + alpha * (harmonized - out)``; ``out`` is kept bit for bit where ``alpha`` is 0."""
-    import torch
-
-    alpha = torch.minimum(alpha, run_alpha)
-    same = alpha == run_alpha
-    exact = result + (1.0 - run_alpha) * (out - original)
-    ratio = torch.where(run_alpha > 0, alpha / run_alpha.clamp_min(1e-12), torch.zeros_like(alpha))
-    general = out + alpha * (original - out) + ratio * (result - original)
-    return torch.where(alpha > 0, torch.where(same, exact, general), out).clamp(0, 1)
-
-
 # ----------------------------------------------------------------------------- references
 
 
@@ -333,6 +192,29 @@ def run_reference(run: ObjectRun, reference: Reference | None, background, compo
 # ----------------------------------------------------------------------------- the pipeline
 
 
+def check_objects(composite, mask, objects: str, crop: str, context: float, max_side: int, resize_mode: str = "fit",
+                  feather: int | None = None, model_grid: bool = True) -> list:
+    """Every check of the objects path that needs no network (settings, objects, crops; ``model_grid``: that
+    each object survives the working size), e.g. for a command line before it loads weights. -> the runs."""
+    return _plan(composite, mask, objects, crop, context, max_side, resize_mode, feather, model_grid)[2]
+
+
+def _plan(composite, mask, objects, crop, context, max_side, resize_mode, feather, model_grid):
+    from ..imaging import to_image_tensor, to_mask_tensor
+
+    settings = check_options(objects, crop, context)
+    comp = to_image_tensor(composite, "composite")
+    soft = to_mask_tensor(mask, "mask").to(comp.device)
+    if tuple(soft.shape[-2:]) != tuple(comp.shape[-2:]):
+        raise R2RUserError(f"The mask size {tuple(soft.shape[-1:-3:-1])} (WxH) does not match the composite size "
+                           f"{tuple(comp.shape[-1:-3:-1])} (WxH); expected the same size. Resize the mask to the "
+                           "image (nearest-neighbour) or use the mask that belongs to this composite.")
+    groups = split_objects(soft, int(comp.shape[0]))
+    runs = plan_runs(groups, tuple(comp.shape[-2:]), settings[0], settings[1], settings[2], max_side, resize_mode,
+                     feather, model_grid)
+    return comp, groups, runs, settings
+
+
 def harmonize_objects(pipe, composite, mask, *, objects: str = "each", crop: str = "none", context: float = 2.0,
                       reference: Reference | None = None, generator=None, num_inference_steps: int = 10,
                       max_side: int = 1024, feather: int | None = None, resize_mode: str = "fit",
@@ -344,22 +226,16 @@ def harmonize_objects(pipe, composite, mask, *, objects: str = "each", crop: str
     calls this; arguments as :meth:`R2RPipeline.__call__`, already checked there; ``max_side`` resolved)."""
     import torch
 
-    from ..imaging import to_image_tensor, to_mask_tensor
     from ..imaging.pasteback import default_feather, feather_alpha
     from .noise import noise_source
     from .reference import prepare_reference
 
-    objects, crop, context = check_options(objects, crop, context)
     if not paste_back:
         raise R2RUserError("objects=each and crop=per_object compose the results through the masks, so they need "
                            "paste_back on; turn it on, or use objects=together with crop=none.")
-    comp = to_image_tensor(composite, "composite")
-    soft = to_mask_tensor(mask, "mask").to(comp.device)
-    if tuple(soft.shape[-2:]) != tuple(comp.shape[-2:]):
-        pipe.prepare(comp[:1], soft[:1], max_side, resize_mode)  # the size mismatch, explained
-    batch, image_hw = int(comp.shape[0]), tuple(comp.shape[-2:])
-    groups = split_objects(soft, batch)
-    runs = plan_runs(groups, image_hw, objects, crop, context, max_side, resize_mode, feather)
+    comp, groups, runs, (objects, crop, context) = _plan(composite, mask, objects, crop, context, max_side,
+                                                         resize_mode, feather, True)
+    batch = int(comp.shape[0])
     plan = pipe.plan(num_inference_steps, scheduler)
     source = noise_source(generator, noise_device)
     first = pipe.prepare(runs[0].box.of(comp[:1]), run_masks(runs[0], groups[0], objects)[0], max_side,
@@ -441,22 +317,15 @@ def harmonize_statistics_objects(composite, mask, strength: float = 1.0, *, obje
     import torch
 
     from ..blending import harmonize_statistics_torch
-    from ..imaging import to_image_tensor, to_mask_tensor
 
-    objects, crop, context = check_options(objects, crop, context)
-    comp = to_image_tensor(composite, "composite")
-    soft = to_mask_tensor(mask, "mask").to(comp.device)
-    if tuple(soft.shape[-2:]) != tuple(comp.shape[-2:]):
-        raise R2RUserError(f"The mask size {tuple(soft.shape[-1:-3:-1])} (WxH) does not match the composite size "
-                           f"{tuple(comp.shape[-1:-3:-1])} (WxH); expected the same size.")
+    comp, groups, runs, (objects, crop, context) = _plan(composite, mask, objects, crop, context, max_side, "fit",
+                                                         None, False)
     if reference_mask is not None and reference_image is not None:
         raise R2RUserError("Give either reference_mask (a region of the composite) or reference_image (another "
                            "photo), not both.")
     if reference_image_mask is not None and reference_image is None:
         raise R2RUserError("reference_image_mask needs the photo it belongs to: pass reference_image= too.")
-    batch, image_hw = int(comp.shape[0]), tuple(comp.shape[-2:])
-    groups = split_objects(soft, batch)
-    runs = plan_runs(groups, image_hw, objects, crop, context, max_side, check_model_grid=False)
+    batch = int(comp.shape[0])
     reference = None
     if reference_image is not None:
         reference = Reference(image=reference_image, image_mask=reference_image_mask)
