@@ -162,7 +162,7 @@ class R2RPipeline(Stages):
         latents = self.sample(prepared, encoded, res, plan, noise, callback=callback, preview=preview,
                               free_residuals=True)
         del res
-        working = self.decode(latents, encoded, prepared)
+        working = self.decode(latents, encoded, prepared, consume_skips=True)
         del encoded
         images = self.restore(working, prepared, paste_back=paste_back, feather=feather, fullres_mode=fullres_mode)
         return R2ROutput(images=images, working_images=working, latents=latents, prepared=prepared)
