@@ -119,16 +119,20 @@ def intermediate_device():
 
 def free_device_memory(device) -> int | None:
     """Free memory on the compute device for what waits between stages: ComfyUI's own figure inside
-    ComfyUI (what its model management plans with), ``torch.cuda.mem_get_info`` elsewhere; None on a CPU."""
+    ComfyUI (what its model management plans with) less what ``--reserve-vram`` keeps for other
+    software, ``torch.cuda.mem_get_info`` elsewhere; capped by a per-process memory limit
+    (``r2r.pipeline.memory.capped_free_bytes``); None on a CPU."""
+    from ..r2r.pipeline.memory import capped_free_bytes
+
     if getattr(device, "type", "cpu") == "cpu":
         return None
     if in_comfyui():
         import comfy.model_management as mm
 
-        return int(mm.get_free_memory(device))
+        return capped_free_bytes(device, max(0, int(mm.get_free_memory(device)) - int(mm.extra_reserved_memory())))
     from ..r2r.pipeline.model_sources import cuda_free_memory
 
-    return cuda_free_memory(device)
+    return capped_free_bytes(device, cuda_free_memory(device))
 
 
 def show_text(text: str, node_id=None) -> None:

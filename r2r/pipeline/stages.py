@@ -90,12 +90,15 @@ class Stages:
 
     @torch.inference_mode()
     def decode(self, latents, encoded: EncodedComposite | None = None, prepared: imaging.Prepared | None = None,
-               release: bool = True) -> torch.Tensor:
+               release: bool = True, consume_skips: bool = False) -> torch.Tensor:
         """Clear-VAE decode with the composite's skips -> ``[B,3,h,w]`` float32 in [0, 1].
 
         Uses ``encoded.skips`` (moved to the device when they wait on the host); when they were not
         kept, the composite of ``prepared`` is encoded again (the same numbers: the encoder is
-        deterministic). Banded above the memory budget and on out-of-memory."""
+        deterministic). Banded above the memory budget and on out-of-memory. Skips the decoder owns
+        (encoded again, or copied from host RAM) are released as soon as it has used them;
+        ``consume_skips=True`` (the caller decodes no more with ``encoded``): ``encoded``'s own too
+        (``encoded.skips`` becomes None)."""
         if prepared is None and (encoded is None or encoded.skips is None):
             raise R2RUserError("decode needs the composite's encoder skips: pass encoded= (with skips) or prepared=.")
         batch = int(latents.shape[0])
@@ -104,18 +107,36 @@ class Stages:
         vae = self.models.get("clear_vae", self.vae_memory(prepared, "decode", working_hw, batch))
         skips = None if encoded is None else encoded.skips
         budget = self._vae_budget()
+        owned = True
         if skips is None:
             assert prepared is not None  # checked above: no skips without prepared is refused
-            x = prepared.expand(batch).composite_pm1.to(self.device, vae.dtype)
-            _, skips = tiling.encode_with_skips_auto(vae, x, budget_bytes=budget)
+            skips = self._encode_skips(vae, prepared, batch, budget)
         else:
+            kept = {s.untyped_storage().data_ptr() for s in skips}
             skips = [_to_batch(s.to(self.device), batch) for s in skips]
+            owned = consume_skips or not kept & {s.untyped_storage().data_ptr() for s in skips}
+            if consume_skips and encoded is not None:
+                encoded.skips = None
         scaling = encoded.scaling_factor if encoded is not None else float(vae.config.scaling_factor)
         z = latents.to(device=self.device, dtype=vae.dtype) / scaling
-        image = tiling.decode_with_skips_auto(vae, z, skips, budget_bytes=budget)
+        try:
+            image = tiling.decode_with_skips_auto(vae, z, skips, budget_bytes=budget, consume_skips=owned)
+        except tiling.SkipsConsumedError as e:
+            if prepared is None:
+                raise (e.__cause__ or e) from None
+            log.warning("Clear-VAE decode ran out of memory after releasing skips; encoding the composite again "
+                        "for a banded decode (same result)")
+            skips = self._encode_skips(vae, prepared, batch, 0)
+            image = tiling.decode_with_skips_auto(vae, z, skips, tiled=True, consume_skips=True)
+        del skips
         if release:
             self.models.release("clear_vae")
         return (image.float() / 2 + 0.5).clamp(0, 1)
+
+    def _encode_skips(self, vae, prepared: imaging.Prepared, batch: int, budget: int) -> list:
+        """The composite's skips encoded again for decoding (banded above ``budget``; 0 = banded)."""
+        x = prepared.expand(batch).composite_pm1.to(self.device, vae.dtype)
+        return tiling.encode_with_skips_auto(vae, x, budget_bytes=budget, tiled=True if budget == 0 else None)[1]
 
     def restore(self, working_images, prepared: imaging.Prepared, paste_back: bool = True, feather: int | None = None,
                 fullres_mode: str = DEFAULT_FULLRES_MODE) -> torch.Tensor:
