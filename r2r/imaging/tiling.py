@@ -1,37 +1,30 @@
 """Tiled (banded) Clear-VAE encode / decode with consistent skips, for big images.
 
-Why not classic overlapping tiles: every Clear-VAE resnet starts with a GroupNorm, whose mean and
-variance are taken over the *whole* feature map. Encoding or decoding overlapping tiles
-independently changes those statistics tile by tile (visible seams and colour shifts), and the
-decoder's 12 skip features come from the encoder at six resolutions, so the two passes must agree
-on every tile edge.
+Why not classic overlapping tiles: every Clear-VAE resnet starts with a GroupNorm whose statistics are
+taken over the *whole* feature map (per-tile statistics give seams and colour shifts), and the decoder's
+12 skips come from the encoder at six resolutions, so both passes must agree on every tile edge.
 
-Method used here -- operator-level tiling with exact global GroupNorm:
+Method -- operator-level tiling with exact global GroupNorm:
 
-* the network is executed layer by layer; each convolution is computed in horizontal *bands* of
-  output rows (full width), reading only the input rows it needs plus a halo (1 row for the 3x3
-  convs, the stride-2 downsampler's bottom padding row, nearest-2x upsampling rows, 8 rows for
-  the skip filters' 15x15 Gaussian + 3x3 kernels), with the same zero/reflect padding the untiled
-  layer applies at the image border;
-* every GroupNorm is split in two passes: per-band channel statistics merged exactly over all
-  bands (parallel-variance formula in float32), then each band is normalised (+ SiLU) on the fly,
-  right before the convolution that consumes it, so the normalised/activated tensors never exist
-  at full size;
+* the network runs layer by layer; each convolution is computed in horizontal *bands* of output rows
+  (full width), reading only the input rows it needs plus a halo (1 row for the 3x3 convs, the stride-2
+  downsampler's bottom padding row, nearest-2x upsampling rows, 8 rows for the skip filters' 15x15
+  Gaussian + 3x3 kernels), with the zero/reflect padding the untiled layer applies at the border;
+* every GroupNorm is two passes: per-band channel statistics merged exactly over all bands
+  (parallel-variance formula in float32), then each band normalised (+ SiLU) on the fly right before
+  the convolution that consumes it, so normalised/activated tensors never exist at full size;
 * the decoder filters each skip band by band as it is consumed (the filtered skips are never
   materialised) and can drop each raw skip right after its resnet (``consume_skips``);
-* the latent-resolution parts (encoder/decoder mid-block with its attention, quant convs) run
-  as the stock modules: they are 64x smaller than the image.
+* the latent-resolution parts (mid-blocks with their attention, quant convs) run as the stock modules.
 
-The result is the untiled computation re-associated, not an approximation: the difference to
-``ClearVAE.encode_with_skips`` / ``decode_with_skips`` is float rounding (about 1e-6, far below
-1/255), so there are no seams at all. What it saves is every full-size temporary (GroupNorm
-output, SiLU output, padded copies, the filtered skips, the [s, s] channel-tiled skips); what it
-still holds is the layer's input/output maps and the raw skips. See docs/performance.md.
+The result is the untiled computation re-associated, not an approximation (differences are float
+rounding, ~1e-6): no seams. It saves every full-size temporary (GroupNorm/SiLU outputs, padded copies,
+filtered skips, the [s, s] channel-tiled skips); it still holds the layer's input/output maps and the
+raw skips. See docs/performance.md.
 
-Entry points: :func:`tiled_encode_with_skips`, :func:`tiled_decode_with_skips`,
-:func:`estimate_vae_memory`, :func:`should_tile` and the automatic wrappers
-:func:`encode_with_skips_auto` / :func:`decode_with_skips_auto` (tiling above a memory budget,
-and as the out-of-memory fallback).
+Entry points: :func:`tiled_encode_with_skips`, :func:`tiled_decode_with_skips`, :func:`estimate_vae_memory`,
+:func:`should_tile` and the wrappers :func:`encode_with_skips_auto` / :func:`decode_with_skips_auto`
+(banded above a memory budget, and as the out-of-memory fallback).
 """
 
 from __future__ import annotations
@@ -376,23 +369,19 @@ def tiled_decode_with_skips(vae, z, skips, *, band_elements: int = DEFAULT_BAND_
 
 
 # ----------------------------------------------------------------------------- memory model
-def _dtype_size(dtype) -> int:
-    torch = _torch()
-    return torch.empty((), dtype=dtype).element_size()
-
-
 def estimate_vae_memory(height: int, width: int, *, batch: int = 1, dtype=None,
                         block_out_channels=(128, 256, 512, 512)) -> dict:
     """Rough activation-memory model (bytes) of the UNTILED Clear-VAE encode_with_skips and
     decode_with_skips at ``height x width`` (weights not included).
 
-    Calibrated against measured CPU peaks (docs/performance.md): the untiled encoder keeps the
-    12 skips plus ~4 full-size temporaries of the widest full-resolution layer; the untiled decoder
-    additionally holds the 12 filtered skips and ~6 temporaries of its widest full-resolution layer
-    (the 2x-upsampled input of the last up block).
+    Calibrated against measured CPU peaks (docs/performance.md, benchmarks/decode_memory.py): the
+    untiled encoder keeps the 12 skips plus ~4 full-size temporaries of the widest full-resolution
+    layer; the untiled decoder holds the 12 raw skips (filtered one at a time, each right before its
+    resnet) and ~6 temporaries of its widest full-resolution layer (the 2x-upsampled input of the
+    last up block).
     """
     torch = _torch()
-    es = _dtype_size(dtype or torch.float32)
+    es = torch.empty((), dtype=dtype or torch.float32).element_size()
     px = height * width * batch
     ch = list(block_out_channels)
     # skip element count: conv_in + per block (layers resnets + downsampler except last)
@@ -404,7 +393,7 @@ def estimate_vae_memory(height: int, width: int, *, batch: int = 1, dtype=None,
             scale *= 2
             skip += c * px / (scale * scale)
     enc = skip + 4 * ch[0] * px
-    dec = 2 * skip + 6 * ch[1] * px
+    dec = skip + 6 * ch[1] * px
     return {"encode": int(enc * es), "decode": int(dec * es), "skips": int(skip * es)}
 
 
@@ -473,9 +462,18 @@ def encode_with_skips_auto(vae, x_pm1, *, tiled: bool | None = None, budget_byte
     return tiled_encode_with_skips(vae, x_pm1)
 
 
+class SkipsConsumedError(RuntimeError):
+    """The untiled decode ran out of memory after it had released some of the skips it was given to
+    consume, so it cannot run again in bands: the caller encodes the composite again (same skips)."""
+
+
 def decode_with_skips_auto(vae, z, skips, *, tiled: bool | None = None, budget_bytes: int | None = None,
                            consume_skips: bool = False):
-    """``decode_with_skips`` that tiles above the memory budget and as the out-of-memory fallback."""
+    """``decode_with_skips`` that tiles above the memory budget and as the out-of-memory fallback.
+
+    ``consume_skips=True`` (``skips`` a list the caller no longer needs): every skip is released as soon
+    as the decoder has used it, banded or not. When the untiled pass runs out of memory after releasing
+    some, :class:`SkipsConsumedError` is raised (its cause is the out-of-memory error)."""
     torch = _torch()
     b, _, h, w = z.shape
     if tiled is None:
@@ -484,10 +482,14 @@ def decode_with_skips_auto(vae, z, skips, *, tiled: bool | None = None, budget_b
     if not tiled:
         try:
             with torch.no_grad():
-                return vae.decode_with_skips(z, skips)
+                return vae.decode_with_skips(z, skips, consume=consume_skips)
         except (RuntimeError, MemoryError) as e:
             if not _is_oom(e):
                 raise
+            if any(s is None for s in skips):
+                _empty_cache(z.device)
+                raise SkipsConsumedError(f"Clear-VAE decode {w * 8}x{h * 8} ran out of memory after releasing "
+                                         "skips") from e
         log.warning("Clear-VAE decode %dx%d ran out of memory; running it again in bands (same result)", w * 8, h * 8)
         _empty_cache(z.device)
     else:

@@ -220,12 +220,15 @@ class ClearVAE(AutoencoderKL):
             return list(skips)
         return [f(s) for f, s in zip(self.filters, skips)]
 
-    def decode_with_skips(self, z: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
+    def decode_with_skips(self, z: torch.Tensor, skips: list[torch.Tensor], consume: bool = False) -> torch.Tensor:
         """Decode ``z`` (already divided by the scaling factor) with the RAW encoder skips.
 
-        Filters the skips itself and returns the image in [-1, 1] (not clamped), ``[B,3,8h,8w]``.
+        Filters each skip itself right before the decoder resnet that takes it (the 12 filtered skips
+        never exist at once) and returns the image in [-1, 1] (not clamped), ``[B,3,8h,8w]``.
+        ``consume=True`` (``skips`` a list the caller no longer needs): each entry is set to None as soon
+        as its resnet has taken it, so its memory is freed while the decoder goes on.
         """
-        skips = self.filter_skips(skips)
+        self._check_skips(skips)
         if z.ndim != 4 or z.shape[1] != self.config.latent_channels:
             raise R2RUserError(
                 f"Clear-VAE decode expected a latent [B,{self.config.latent_channels},h,w], got {tuple(z.shape)}."
@@ -239,7 +242,12 @@ class ClearVAE(AutoencoderKL):
         k = 0
         for block in dec.up_blocks:
             for resnet in block.resnets:
-                h = resnet(h, None, skip=skips[n - 1 - k])
+                idx = n - 1 - k
+                skip = skips[idx] if self.filters is None else self.filters[idx](skips[idx])
+                if consume and isinstance(skips, list):
+                    skips[idx] = None  # type: ignore[call-overload]  # released: the caller gave it up
+                h = resnet(h, None, skip=skip)
+                del skip
                 k += 1
             if block.upsamplers is not None:
                 for up in block.upsamplers:

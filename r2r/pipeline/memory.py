@@ -121,6 +121,24 @@ def available_host_bytes() -> int:
         return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
 
 
+def capped_free_bytes(device, free: int | None) -> int | None:
+    """``free`` (a model source's free-memory figure) capped by what this process may still allocate on a
+    CUDA device when a per-process limit is set (``torch.cuda.set_per_process_memory_fraction``: the
+    allocator refuses more than ``fraction x total``, whatever the card has free)."""
+    if free is None or getattr(device, "type", "cpu") != "cuda":
+        return free
+    import torch
+
+    try:
+        fraction = float(torch.cuda.get_per_process_memory_fraction(device))
+    except (AttributeError, RuntimeError):  # older torch: no getter
+        return free
+    if fraction >= 1.0:
+        return free
+    allowed = int(fraction * torch.cuda.get_device_properties(device).total_memory) - torch.cuda.memory_allocated(device)
+    return max(0, min(int(free), allowed))
+
+
 def choose_placement(requested: str, nbytes: int, device, what: str, free_device_bytes: int | None = None) -> str:
     """Where ``nbytes`` of ``what`` (residuals / skips) should wait: see the module docstring.
 
