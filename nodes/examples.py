@@ -14,6 +14,19 @@ from ..r2r.errors import R2RUserError
 from ._schema import R2RNode, choice
 
 EXAMPLES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "r2r", "assets", "examples")
+#: the order of the templates in the Templates browser (nodes/_host.order_templates): the starter first, then
+#: from building and fixing a composite to the special cases; templates not listed follow alphabetically
+TEMPLATE_ORDER = (
+    "Harmonize a pasted object",
+    "Paste an object onto a photo and harmonize it",
+    "Quick colour match, no model",
+    "Harmonize using a reference region",
+    "Match the look of another photo",
+    "Harmonize several pasted objects",
+    "Harmonize a large picture, keep every detail",
+    "Harmonize with KSampler",
+    "Make a harmonization training set",
+)
 COMPOSITE_SUFFIX = "_composite.png"
 IMAGE_SUFFIX = "_image.png"
 MASK_SUFFIX = "_mask.png"
@@ -54,9 +67,11 @@ class R2RExampleImage(R2RNode):
                 io.Combo.Input("example", options=names, default=names[0] if names else None,
                                tooltip="Which bundled example. Composites (the object recoloured so it does not "
                                        "fit): astronaut (cold, washed-out suit), coffee (green cup), motorcycle "
-                                       "(dark, blue bike). To build a composite yourself: cup_cutout (a cut-out "
-                                       "cup and its mask) and rocket_background (a photo to paste it into; its "
-                                       "mask is empty)."),
+                                       "(dark, blue bike), astronaut_objects (three objects, each recoloured: the "
+                                       "patch, the helmet, the model's fuel tank). To build a composite yourself: "
+                                       "cup_cutout (a cut-out cup and its mask) and rocket_background (a photo to "
+                                       "paste it into; its mask is empty). A photo whose look to match (for "
+                                       "reference_image): cat_reference (warm light; its mask is empty)."),
             ],
             outputs=[
                 io.Image.Output(display_name="image", tooltip="The composite (IMAGE, 0..1)."),

@@ -15,6 +15,13 @@ there are also a cut-out and a background, untouched photos: ``cup_cutout_image.
 bounding box and scaled to CUTOUT_WIDTH px) and ``rocket_background_image.png`` (the rocket photo, longer side
 448 px; no mask: nothing is pasted in it yet).
 
+For several objects in one picture (the template "Harmonize several pasted objects"):
+``astronaut_objects_composite.png`` + ``astronaut_objects_mask.png``, the astronaut photo with three
+separate objects (the mission patch, the helmet, the model's fuel tank), each given its own colour
+shift; the mask holds the three as separate parts. For matching the look of another photo (the
+template "Match the look of another photo"): ``cat_reference_image.png``, the cat photo (warm light),
+longer side 448 px, untouched (no mask: the whole photo is the reference).
+
 Needs scikit-image (a development dependency); deterministic (OpenCV's RNG is seeded for GrabCut).
 """
 
@@ -154,6 +161,65 @@ def cutouts_and_backgrounds():
     return [("cup_cutout", cup, cup_mask), ("rocket_background", rocket, None)]
 
 
+def _grabcut(rgb, init):
+    """GrabCut from an initial label map (OpenCV's GC_* labels) -> its foreground, largest part, holes filled."""
+    import cv2
+
+    cv2.setRNGSeed(0)
+    bgd, fgd = np.zeros((1, 65)), np.zeros((1, 65))
+    cv2.grabCut(np.ascontiguousarray(rgb[..., ::-1]), init, None, bgd, fgd, 8, cv2.GC_INIT_WITH_MASK)
+    return _fill_holes(_largest_component((init == cv2.GC_FGD) | (init == cv2.GC_PR_FGD)))
+
+
+def astronaut_object_masks(rgb):
+    """Three separate objects of the 512-px astronaut photo, each by GrabCut from a hand-placed shape: the
+    round mission patch and the model's fuel tank (rectangles), the helmet (an ellipse, so the dark table
+    beside it stays out)."""
+    import cv2
+
+    masks = []
+    for x, y, w, h in ((130, 345, 82, 82), (350, 0, 125, 290)):
+        init = np.full(rgb.shape[:2], cv2.GC_BGD, np.uint8)
+        init[y:y + h, x:x + w] = cv2.GC_PR_FGD
+        masks.append(_grabcut(rgb, init))
+    init = np.full(rgb.shape[:2], cv2.GC_BGD, np.uint8)
+    cv2.ellipse(init, (392, 455), (124, 124), 0, 0, 360, int(cv2.GC_PR_BGD), -1)
+    cv2.ellipse(init, (392, 455), (112, 112), 0, 0, 360, int(cv2.GC_PR_FGD), -1)
+    patch, tank = masks
+    return [patch, _grabcut(rgb, init), tank]
+
+
+#: the colour shift of each object of astronaut_objects (patch, helmet, fuel tank)
+OBJECT_SHIFTS = (dict(gain=(1.3, 1.15, 0.6), gamma=0.8, saturation=1.0),
+                 dict(gain=(0.85, 1.0, 1.5), gamma=0.6, saturation=1.0),
+                 dict(gain=(0.75, 1.2, 0.85), gamma=1.2, saturation=0.7))
+
+
+def objects_example():
+    """("astronaut_objects", real, composite, union mask): three objects, each with its own colour shift."""
+    from skimage import data
+
+    astronaut = data.astronaut()
+    real, comp, union = None, None, None
+    for mask, shift in zip(astronaut_object_masks(astronaut), OBJECT_SHIFTS):
+        small_real, small_mask = _resize(astronaut, mask)
+        real = small_real
+        comp = shift_foreground(small_real if comp is None else comp, small_mask, **shift)
+        union = small_mask if union is None else union | small_mask
+    return "astronaut_objects", real, comp, union
+
+
+def reference_photos():
+    """(file stem, RGB uint8) of the untouched photos offered as reference photos."""
+    import cv2
+    from skimage import data
+
+    cat = data.chelsea()
+    s = MAX_SIDE / max(cat.shape[:2])
+    cat = cv2.resize(cat, (round(cat.shape[1] * s), round(cat.shape[0] * s)), interpolation=cv2.INTER_AREA)
+    return [("cat_reference", cat)]
+
+
 def _write_png(path: Path, array):
     import cv2
 
@@ -186,6 +252,15 @@ def main(argv=None) -> int:
         if mask is not None:
             _write_png(out / f"{stem}_mask.png", mask.astype(np.uint8) * 255)
         print(f"{stem}: {rgb.shape[1]}x{rgb.shape[0]}" + ("" if mask is None else f", object {mask.mean():.1%}"))
+    name, real, comp, mask = objects_example()
+    if args.with_real:
+        _write_png(out / f"{name}_real.png", real)
+    _write_png(out / f"{name}_mask.png", mask.astype(np.uint8) * 255)
+    _write_png(out / f"{name}_composite.png", comp)
+    print(f"{name}: {real.shape[1]}x{real.shape[0]}, three objects, {mask.mean():.1%}")
+    for stem, rgb in reference_photos():
+        _write_png(out / f"{stem}_image.png", rgb)
+        print(f"{stem}: {rgb.shape[1]}x{rgb.shape[0]}")
     return 0
 
 
