@@ -10,6 +10,13 @@ for every channel, ``requires_grad=False``), plus the learned mixing weights ``a
 The eight 3x3 convolutions are linear in the kernel, so they are evaluated as one depthwise
 convolution with the alpha-weighted kernel sum, and the 15x15 Gaussian (reflect padding 7) is
 evaluated separably; both are mathematically identical to the per-kernel formula.
+
+Precision: everything runs in the input's dtype (fp16 on a GPU, as the official release), except the
+kernel sum, which is formed in float32 and handed to the half-precision convolution multiplied by
+:data:`KERNEL_SCALE` (a power of two, so exact): ``alpha[k] x 1e-3`` is below float16's normal range
+(6.1e-5) for ``|alpha[k]| < 0.06`` and would lose its digits there; the convolution's output is scaled
+back. On a CPU, half-precision inputs are computed in float32 (half-precision depthwise convolutions
+are extremely slow there) and rounded back.
 """
 
 from __future__ import annotations
@@ -37,6 +44,8 @@ KERNEL_ORDER = tuple(KERNELS)  # alpha index order
 # state_dict registration order of the official module (names are what matter for loading)
 _REGISTRATION_ORDER = ("Sobel_x", "Laplation", "Edge", "Roberts_x", "Roberts_y", "Sobel_xy", "Sobel_yx")
 
+#: the half-precision kernel sum is carried as ``kernel x KERNEL_SCALE`` (exact: a power of two)
+KERNEL_SCALE = 1024.0
 GAUSS_SIZE = 15
 GAUSS_SIGMA = 5.0
 GAUSS_PAD = GAUSS_SIZE // 2
@@ -66,6 +75,9 @@ def gaussian_blur(x: torch.Tensor) -> torch.Tensor:
 
 class AdaptiveFilters(ModelMixin, ConfigMixin):
     """Fixed high-frequency filter bank with learned mixing weights for one encoder skip."""
+
+    #: on a CPU, compute half-precision inputs in float32 (speed; see the module docstring)
+    cpu_float32 = True
 
     @register_to_config
     def __init__(self, channels: int = 128):
@@ -99,12 +111,15 @@ class AdaptiveFilters(ModelMixin, ConfigMixin):
                 "(and a multiple of 64): resize or pad the image."
             )
         out_dtype = x.dtype
-        if x.device.type == "cpu" and out_dtype in (torch.float16, torch.bfloat16):
+        if x.device.type == "cpu" and out_dtype in (torch.float16, torch.bfloat16) and self.cpu_float32:
             # half-precision depthwise convolutions are extremely slow on CPUs (minutes for a small
             # image): compute in float32 there and round the result back to the model dtype
             x = x.float()
-        kernel = self.combined_kernel(x.dtype)
-        y = F.conv2d(x, kernel, padding=1, groups=self.channels)
+        if x.dtype in (torch.float16, torch.bfloat16):  # see the module docstring: no kernel underflow
+            kernel = (self.combined_kernel(torch.float32) * KERNEL_SCALE).to(x.dtype)
+            y = F.conv2d(x, kernel, padding=1, groups=self.channels) * (1.0 / KERNEL_SCALE)
+        else:
+            y = F.conv2d(x, self.combined_kernel(x.dtype), padding=1, groups=self.channels)
         a8 = self.alpha[8].to(x.dtype)
         b = self.beta[0].to(x.dtype)
         return (y + a8 * (x - gaussian_blur(x)) + b * x).to(out_dtype)
