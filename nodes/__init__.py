@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from comfy_api.v0_0_2 import ComfyExtension
 
-from . import _host, chain, data, examples, harmonize, loaders
+from . import _host, chain, data, examples, harmonize, loaders, video
 
 try:
     # the KSampler path (R2R Conditioning ...) lives in its own module; a pack without it still loads
@@ -19,7 +19,8 @@ except ModuleNotFoundError as exc:
         raise
     KSAMPLER_NODES = []
 
-NODE_CLASSES = [*loaders.NODES, *examples.NODES, *chain.NODES, *harmonize.NODES, *KSAMPLER_NODES, *data.NODES]
+NODE_CLASSES = [*loaders.NODES, *examples.NODES, *video.NODES, *chain.NODES, *harmonize.NODES, *KSAMPLER_NODES,
+                *data.NODES]
 
 
 class R2RExtension(ComfyExtension):
@@ -28,6 +29,7 @@ class R2RExtension(ComfyExtension):
 
 
 def make_extension() -> R2RExtension:
-    """Register the models/r2r folder with ComfyUI and return the pack's extension."""
+    """Register the models/r2r folder with ComfyUI, list the templates starter first, return the extension."""
     _host.register_model_folder()
+    _host.order_templates(examples.TEMPLATE_ORDER)
     return R2RExtension()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from comfy_api.v0_0_2 import io
 
+from ..r2r.errors import R2RUserError
 from . import _checks, flow
 from ._schema import (
     LEGACY_TIP,
@@ -42,6 +43,13 @@ from ._schema import (
 )
 
 HARMONIZE = "Harmonize (relight / colour-match) a pasted object"
+SAMPLER_TEMPORAL_TIP = ("For a clip (the frames as a batch): shared_noise, smoothed and keyframes give every frame the "
+                        "same noise, so identical frames give identical results; independent = each batch item its own "
+                        "noise (as before). Set the same mode on Clear-VAE Decode.")
+DECODE_TEMPORAL_TIP = ("For a clip (the frames as a batch): smoothed = the colour change smoothed over time within "
+                       "each shot; keyframes = the colour change of every keyframe_interval-th frame (and at cuts) "
+                       "interpolated between them; independent / shared_noise = each frame restored on its own. "
+                       "For long clips use R2R Harmonize (it runs the frames in chunks).")
 
 
 def check_sampling(node, seed, steps, sampler, noise_device="cpu"):
@@ -175,16 +183,23 @@ class R2RSampler(R2RNode):
                 sampler_in(),
                 noise_device_in(),
                 param_input("seed_batch", "batch_size", optional=True),
+                param_input("temporal", optional=True, tooltip=SAMPLER_TEMPORAL_TIP),
             ],
             outputs=[io.Latent.Output(display_name="latent",
                                       tooltip="The harmonized latent (decode it with R2R Clear-VAE Decode).")],
         )
 
     @classmethod
-    def execute(cls, model, latent, seed=0, steps=10, sampler="euler_ancestral", noise_device="cpu", batch_size=1):
+    def execute(cls, model, latent, seed=0, steps=10, sampler="euler_ancestral", noise_device="cpu", batch_size=1,
+                temporal="independent"):
         check_sampling("Sampler", seed, steps, sampler, noise_device)
         check_param("seed_batch", batch_size, "Sampler", "batch_size")
-        return io.NodeOutput(flow.sample(model, latent, seed, steps, sampler, noise_device, batch_size))
+        check_param("temporal", temporal, "Sampler")
+        if temporal != "independent" and int(batch_size) > 1:
+            raise R2RUserError(f"R2R Sampler: temporal {temporal} gives every frame of a clip the same noise; "
+                               "batch_size (seed variations) must be 1 then.")
+        return io.NodeOutput(flow.sample(model, latent, seed, steps, sampler, noise_device, batch_size,
+                                         shared_noise=temporal != "independent"))
 
 
 def _decode_schema(node_id, display_name, legacy: bool, deprecated: bool = False):
@@ -193,6 +208,9 @@ def _decode_schema(node_id, display_name, legacy: bool, deprecated: bool = False
         inputs += [image_in(tooltip=LEGACY_TIP, optional=True), mask_in(tooltip=LEGACY_TIP, optional=True),
                    invert_in(tooltip=LEGACY_TIP, optional=True)]
     inputs += [paste_back_in(optional=legacy), feather_in(optional=legacy), fullres_in(optional=legacy)]
+    if not legacy:
+        inputs += [param_input("temporal", optional=True, tooltip=DECODE_TEMPORAL_TIP),
+                   param_input("keyframe_interval", optional=True)]
     return R2RNode.schema(
         node_id=node_id,
         display_name=display_name,
@@ -209,12 +227,15 @@ def _decode_schema(node_id, display_name, legacy: bool, deprecated: bool = False
     )
 
 
-def _decode(node_id, clear_vae, latent, paste_back, feather, fullres_mode, legacy=None):
+def _decode(node_id, clear_vae, latent, paste_back, feather, fullres_mode, legacy=None, temporal="independent",
+            keyframe_interval=8):
     node = "Clear-VAE Decode"
     check_output(node, feather, fullres_mode)
+    check_param("temporal", temporal, node)
+    check_param("keyframe_interval", keyframe_interval, node)
     _checks.check_kind(clear_vae, "R2R_CLEAR_VAE", "clear_vae", node)
     return io.NodeOutput(flow.decode(clear_vae, latent, bool(paste_back), int(feather), fullres_mode, legacy=legacy,
-                                     node_id=node_id))
+                                     node_id=node_id, temporal=temporal, keyframe_interval=int(keyframe_interval)))
 
 
 class R2RClearVAEDecode(R2RNode):
@@ -241,9 +262,10 @@ class R2RClearVAEDecodeV2(R2RNode):
         return _decode_schema("R2RClearVAEDecodeV2", "R2R Clear-VAE Decode", legacy=False)
 
     @classmethod
-    def execute(cls, clear_vae, latent, paste_back=True, feather=-1, fullres_mode="auto"):
+    def execute(cls, clear_vae, latent, paste_back=True, feather=-1, fullres_mode="auto", temporal="independent",
+                keyframe_interval=8):
         return _decode(cls.hidden.unique_id if cls.hidden else None, clear_vae, latent, paste_back, feather,
-                       fullres_mode)
+                       fullres_mode, temporal=temporal, keyframe_interval=keyframe_interval)
 
 
 NODES = [R2RClearVAEEncode, R2RMACAControllerApplyV2, R2RSampler, R2RClearVAEDecodeV2, R2RMACAControllerApply,

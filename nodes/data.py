@@ -9,7 +9,7 @@ from comfy_api.v0_0_2 import io
 
 from ..r2r.errors import R2RUserError
 from ..r2r.fileio import OutputWriteError
-from . import _convert, _host
+from . import _convert, _host, video
 from ._schema import REFERENCE_TIP, SEED_MAX, R2RNode, choice, seed_in
 
 MASK_TIP = "Foreground mask: 1 (white) = the object region. A batch is processed item by item."
@@ -139,13 +139,14 @@ class R2RWeightFreeHarmonize(R2RNode):
                 io.Mask.Input("reference_mask", optional=True, tooltip=REFERENCE_TIP),
                 io.Image.Input("reference_image", optional=True, tooltip=PHOTO_TIP),
                 io.Mask.Input("reference_image_mask", optional=True, tooltip=PHOTO_MASK_TIP),
+                *video.temporal_inputs(),
             ],
             outputs=[io.Image.Output(display_name="image", tooltip="The composite with the object recoloured.")],
         )
 
     @classmethod
     def execute(cls, image, mask, strength=1.0, invert_mask=False, reference_mask=None, reference_image=None,
-                reference_image_mask=None):
+                reference_image_mask=None, temporal="independent", keyframe_interval=8, empty_frames="skip"):
         import numpy as np
         import torch
 
@@ -153,6 +154,11 @@ class R2RWeightFreeHarmonize(R2RNode):
 
         node = "Color Match (weight-free)"
         _convert.check_number(strength, "strength", node, 0.0, 1.0)
+        video.check_temporal(node, temporal, keyframe_interval, empty_frames)
+        if temporal != "independent":  # a clip: r2r.video (nodes/video.py)
+            return io.NodeOutput(video.harmonize_statistics(image, mask, strength, invert_mask, (
+                reference_mask, reference_image, reference_image_mask), (temporal, keyframe_interval, empty_frames),
+                node))
         comp = _convert.image_to_nchw(image, "image", node)
         m = _convert.mask_to_b1hw(mask, comp.shape[-2:], invert=invert_mask, name="mask", node=node)
         if reference_image is not None or reference_image_mask is not None:

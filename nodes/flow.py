@@ -175,11 +175,13 @@ def attach_controller(model, controller, strength=1.0, reference=None):
     return model.with_control(ControlSettings(controller=controller, strength=float(strength), reference=reference))
 
 
-def sample(model, latent, seed=0, steps=10, sampler="euler_ancestral", noise_device="cpu", batch_size=1):
+def sample(model, latent, seed=0, steps=10, sampler="euler_ancestral", noise_device="cpu", batch_size=1,
+           shared_noise=False):
     """R2R Sampler: the denoising loop (official random-number order) -> LATENT (unscaled) with the R2R state.
 
     ``batch_size`` > 1: that many seeds (``seed``, ``seed + 1``, ...) in one run, each the image its seed
-    gives alone; the LATENT holds them seed by seed."""
+    gives alone; the LATENT holds them seed by seed. ``shared_noise`` (a clip, r2r.video): every batch item
+    draws from its own generator seeded with ``seed`` (``r2r.pipeline.SharedSeed``)."""
     import torch
 
     state = _checks.latent_state(latent, "Sampler")
@@ -198,14 +200,22 @@ def sample(model, latent, seed=0, steps=10, sampler="euler_ancestral", noise_dev
                                        reference_for(control.reference, state, "Sampler"), cache=control.cache,
                                        callback=bar.step)
     with _host.Progress(plan.evaluations * len(seeds), desc="R2R sampler") as bar:
-        latents = pipe.sample(state.prepared, state.encoded, residuals, plan, seeds=seeds, noise_device=noise_device,
-                              callback=lambda i, n: bar.update(1), preview=lambda i, x0: bar.update(0, x0))
+        if shared_noise:
+            from ..r2r.pipeline import SharedSeed
+
+            latents = pipe.sample(state.prepared, state.encoded, residuals, plan, SharedSeed(int(seed), noise_device),
+                                  callback=lambda i, n: bar.update(1), preview=lambda i, x0: bar.update(0, x0))
+        else:
+            latents = pipe.sample(state.prepared, state.encoded, residuals, plan, seeds=seeds,
+                                  noise_device=noise_device, callback=lambda i, n: bar.update(1),
+                                  preview=lambda i, x0: bar.update(0, x0))
     samples = (latents / state.encoded.scaling_factor).detach().to(_host.intermediate_device(), torch.float32)
     out_state = _checks.sampled_state(state, samples, "R2R Sampler")
     return {"samples": samples, LATENT_KEY: out_state}
 
 
-def decode(clear_vae, latent, paste_back=True, feather=-1, fullres_mode="auto", legacy=None, node_id=None):
+def decode(clear_vae, latent, paste_back=True, feather=-1, fullres_mode="auto", legacy=None, node_id=None,
+           temporal="independent", keyframe_interval=8):
     """Clear-VAE decode with the composite's skips; back to the original size, background pasted back.
 
     Accepts the LATENT of R2R Sampler and the one KSampler returns on the R2R path. ``feather``:
@@ -222,6 +232,17 @@ def decode(clear_vae, latent, paste_back=True, feather=-1, fullres_mode="auto", 
     with torch.inference_mode():
         working = pipe.decode(z.to(torch.float32) * state.encoded.scaling_factor, state.encoded, state.prepared)
         _host.check_interrupt()
+    if temporal in ("smoothed", "keyframes"):  # a clip: the colour transforms over time (r2r.video.run.restore_clip)
+        from ..r2r.video.run import restore_clip
+
+        if not paste_back:
+            raise R2RUserError(f"R2R Clear-VAE Decode: temporal {temporal} changes the object's colours inside the "
+                               "mask, so it always pastes the background back; switch paste_back on.")
+        with _host.Progress(int(z.shape[0]), desc="R2R clip restore") as bar:
+            restored = restore_clip(working.cpu(), state.prepared, temporal, int(keyframe_interval),
+                                    feather=int(feather), progress=lambda d, n, phase: bar.update(
+                                        max(0, d - bar.value) if phase == "output" else 0))
+        return _convert.nchw_to_image(restored)
     restored = pipe.restore(working.cpu(), state.prepared, paste_back=bool(paste_back),
                             feather=None if int(feather) < 0 else int(feather), fullres_mode=fullres_mode)
     return _convert.nchw_to_image(restored)

@@ -16,8 +16,9 @@ from collections import OrderedDict
 
 from comfy_api.v0_0_2 import io
 
+from ..r2r.errors import R2RUserError
 from ..r2r.imaging import fingerprint
-from . import _checks, _convert, _host, flow
+from . import _checks, _convert, _host, flow, video
 from ._schema import (
     R2RControllerType,
     R2RModelType,
@@ -130,6 +131,7 @@ class R2RHarmonize(R2RNode):
                 param_input("objects", optional=True, tooltip=OBJECTS_TIP),
                 param_input("crop", optional=True, tooltip=CROP_TIP),
                 param_input("context", optional=True),
+                *video.temporal_inputs(),
             ],
             outputs=[io.Image.Output(display_name="image", tooltip="The harmonized picture at the composite's "
                                                                    "original size.")],
@@ -140,7 +142,8 @@ class R2RHarmonize(R2RNode):
     def execute(cls, model, clear_vae, controller, image, mask, seed=0, steps=10, sampler="euler_ancestral",
                 max_side=0, strength=1.0, invert_mask=False, paste_back=True, feather=-1, resize_mode="fit",
                 fullres_mode="auto", reference_mask=None, reference_image=None, reference_image_mask=None,
-                noise_device="cpu", objects="together", crop="none", context=2.0):
+                noise_device="cpu", objects="together", crop="none", context=2.0, temporal="independent",
+                keyframe_interval=8, empty_frames="skip"):
         node = "Harmonize"
         check_sampling(node, seed, steps, sampler, noise_device)
         check_working(node, max_side, resize_mode)
@@ -148,7 +151,19 @@ class R2RHarmonize(R2RNode):
         check_param("strength", strength, node)
         for name, value in (("objects", objects), ("crop", crop), ("context", context)):
             check_param(name, value, node)
+        video.check_temporal(node, temporal, keyframe_interval, empty_frames)
         node_id = cls.hidden.unique_id if cls.hidden else None
+        if temporal != "independent":  # a clip: r2r.video over the node's models (nodes/video.py)
+            if (objects, crop) != ("together", "none"):
+                raise R2RUserError(f"R2R {node}: temporal {temporal} harmonizes a clip with objects 'together' "
+                                   "and crop 'none'; set those, or temporal 'independent'.")
+            settings = dict(seed=seed, steps=steps, sampler=sampler, max_side=max_side, strength=strength,
+                            invert_mask=invert_mask, paste_back=paste_back, feather=feather,
+                            resize_mode=resize_mode, fullres_mode=fullres_mode, noise_device=noise_device)
+            return io.NodeOutput(video.harmonize_r2r(
+                model, clear_vae, controller, image, mask, settings,
+                (reference_mask, reference_image, reference_image_mask),
+                (temporal, keyframe_interval, empty_frames), node, node_id))
         comp, m, _ = flow.read_inputs(image, mask, invert_mask, node=node)
         reference = flow.make_reference(reference_mask, reference_image, reference_image_mask, node)
         _checks.check_kind(model, "R2R_MODEL", "model", node)
@@ -186,7 +201,6 @@ def _at_composite_size(reference, comp, node: str):
 def _check_reference(reference, comp, max_side, resize_mode, node: str) -> None:
     """The reference checked (photo size, region, batch) before the encoder runs."""
     from ..r2r.devices import resolve_max_side
-    from ..r2r.errors import R2RUserError
     from ..r2r.imaging import compute_geometry
     from ..r2r.pipeline.reference import check_reference
 

@@ -23,6 +23,7 @@ figure the ``keyframes`` speed-up is measured on.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 
@@ -191,28 +192,79 @@ class R2REngine:
     def params(self, frames, masks, refs, indices, shared: bool) -> list[np.ndarray]:
         start = time.perf_counter()
         working, prepared = self._decoded(frames, masks, refs, indices, shared)
-        top, bottom, left, right = prepared.geometry.padding
-        h, w = prepared.geometry.working_size
-        low = working[..., top:h - bottom, left:w - right].float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
-        comp = (prepared.composite_pm1.float() * 0.5 + 0.5)[..., top:h - bottom, left:w - right]
-        comp = comp.clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
-        out = []
-        for k, m in enumerate(masks):
-            mask_low = transforms.resize_to(m[..., None], low.shape[1:3])[..., 0]
-            out.append(transforms.fit_object_transform(comp[k], low[k], mask_low, self.grid))
+        out = fit_decoded(working, prepared, masks, self.grid)
         self.model_seconds += time.perf_counter() - start
         return out
 
     def apply(self, frame: np.ndarray, mask: np.ndarray, params: np.ndarray) -> np.ndarray:
-        import torch
-
-        from ..imaging import pasteback
-
         feather = self.feather
         if feather is None:
+            from ..imaging import pasteback
+
             feather = pasteback.default_feather(self._geometry(mask.shape))
-        alpha = pasteback.feather_alpha(torch.from_numpy(mask)[None, None], int(feather))[0, 0].numpy()
-        box = transforms.object_box(mask)
-        if box is None:
-            return frame.astype(np.float32, copy=True)
-        return transforms.apply_object_transform(frame, alpha, box, params)
+        return apply_transform(frame, mask, params, int(feather))
+
+
+class DecodedEngine:
+    """The transform modes over results already decoded (the four-node chain's Clear-VAE Decode): ``params``
+    fits frame ``i``'s transform from ``working[i]`` of ``prepared``; nothing runs a network."""
+
+    name = "decoded"
+    uses_noise = False
+    paste_back = True
+
+    def __init__(self, working, prepared, feather: int | None = None, grid: int = transforms.GRID):
+        from ..imaging import pasteback
+
+        self.working, self.prepared, self.grid = working, prepared, int(grid)
+        self.feather = pasteback.default_feather(prepared.geometry) if feather is None or feather < 0 else \
+            int(feather)
+        self.model_seconds = 0.0
+
+    def mask_problem(self, mask: np.ndarray) -> str | None:
+        return empty_mask_problem(mask)
+
+    def chunk_frames(self, size) -> int:
+        return int(self.working.shape[0])
+
+    def params(self, frames, masks, refs, indices, shared: bool) -> list[np.ndarray]:
+        start = time.perf_counter()
+        idx = list(indices)
+        sub = self.prepared.expand(int(self.working.shape[0]))
+        picked = dataclasses.replace(sub, composite_pm1=sub.composite_pm1[idx])
+        out = fit_decoded(self.working[idx], picked, masks, self.grid)
+        self.model_seconds += time.perf_counter() - start
+        return out
+
+    def apply(self, frame: np.ndarray, mask: np.ndarray, params: np.ndarray) -> np.ndarray:
+        return apply_transform(frame, mask, params, self.feather)
+
+
+def fit_decoded(working, prepared, masks, grid: int = transforms.GRID) -> list[np.ndarray]:
+    """The object-relative transform (:mod:`r2r.video.transforms`) of each decoded working image
+    (``[B,3,h,w]`` on ``prepared``'s canvas) against the composite as the model saw it, inside ``masks``
+    (the frames' ``HxW`` masks at full resolution)."""
+    top, bottom, left, right = prepared.geometry.padding
+    h, w = prepared.geometry.working_size
+    low = working[..., top:h - bottom, left:w - right].float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+    comp = (prepared.composite_pm1.float() * 0.5 + 0.5)[..., top:h - bottom, left:w - right]
+    comp = comp.clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+    out = []
+    for k, m in enumerate(masks):
+        mask_low = transforms.resize_to(m[..., None], low.shape[1:3])[..., 0]
+        out.append(transforms.fit_object_transform(comp[k], low[k], mask_low, grid))
+    return out
+
+
+def apply_transform(frame: np.ndarray, mask: np.ndarray, params: np.ndarray, feather: int) -> np.ndarray:
+    """``params`` applied to the full-resolution frame inside the mask feathered by ``feather`` px (as the
+    pipeline's paste-back: :func:`r2r.imaging.pasteback.feather_alpha`)."""
+    import torch
+
+    from ..imaging import pasteback
+
+    box = transforms.object_box(mask)
+    if box is None:
+        return frame.astype(np.float32, copy=True)
+    alpha = pasteback.feather_alpha(torch.from_numpy(mask)[None, None], int(feather))[0, 0].numpy()
+    return transforms.apply_object_transform(frame, alpha, box, params)

@@ -57,10 +57,20 @@ class VideoInfo:
     audio_codec: str | None
 
 
-def _open(path, option: str):
-    import av
+def _av():
+    """PyAV (ComfyUI installs it; elsewhere ``pip install av``)."""
+    try:
+        import av
+    except ImportError:
+        raise R2RUserError("Reading and writing video files needs PyAV, which is not installed here: pip install av "
+                           "(ComfyUI's own requirements include it).") from None
+    return av
 
+
+def _open(path, option: str):
     from ..fileio import check_input_file
+
+    av = _av()
 
     check_input_file(path, kind=option)
     try:
@@ -94,8 +104,7 @@ class VideoFrames:
         self.count: int | None = None  # known after the first full read
 
     def read(self, indices: Iterable[int] | None = None):
-        import av
-
+        av = _av()
         wanted = None if indices is None else sorted(set(int(i) for i in indices))
         if wanted is not None and not wanted:
             return
@@ -167,9 +176,9 @@ class VideoWriter:
         self._source = self._audio_out = self._resampler = None
 
     def __enter__(self):
-        import av
-
         from ..fileio import atomic_writer
+
+        av = _av()
 
         self._writer = atomic_writer(self.path, what="output video")
         tmp = self._writer.__enter__()
@@ -190,8 +199,7 @@ class VideoWriter:
 
     def write(self, frame: np.ndarray) -> None:
         """One ``HxWx3`` frame (uint8, or float in [0, 1])."""
-        import av
-
+        av = _av()
         if frame.dtype != np.uint8:
             frame = np.clip(np.rint(frame * 255.0), 0, 255).astype(np.uint8)
         out = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
@@ -231,8 +239,7 @@ class VideoWriter:
 
     def _open_audio(self) -> None:
         """Add the audio stream before the first packet is written (a container's streams are fixed then)."""
-        import av
-
+        av = _av()
         self._source = av.open(str(self.audio_from))
         if not self._source.streams.audio:
             self._source.close()

@@ -225,3 +225,27 @@ def harmonize_frames(clip: Clip, engine, **kwargs) -> np.ndarray:
     for i, frame in job:
         out[i] = frame
     return out
+
+
+def restore_clip(working, prepared, temporal: str, keyframe_interval: int = 8, feather: int | None = None,
+                 smoothing: float = tm.DEFAULT_SMOOTHING, cut_threshold: float = DEFAULT_CUT_THRESHOLD,
+                 progress: Callable | None = None):
+    """``restore`` for a clip whose frames were decoded together (the four-node chain): ``smoothed`` /
+    ``keyframes`` act on the colour transforms fitted from ``working`` (``[N,3,h,w]`` on ``prepared``'s
+    canvas), cuts found on the original frames -> ``[N,3,H,W]`` float32 at the original size."""
+    import torch
+
+    from .clip import ArrayFrames, ArrayMasks
+    from .engines import DecodedEngine
+
+    if temporal not in ("smoothed", "keyframes"):
+        raise R2RUserError(f"restore_clip is for temporal smoothed or keyframes; got {temporal!r} (the other modes "
+                           "restore each frame with the pipeline's restore).")
+    n = int(working.shape[0])
+    prepared = prepared.expand(n)
+    clip = Clip(ArrayFrames(prepared.original_composite, channels_first=True),
+                ArrayMasks(prepared.original_mask))
+    out = harmonize_frames(clip, DecodedEngine(working, prepared, feather), temporal=temporal,
+                           keyframe_interval=keyframe_interval, empty_frames="stop", smoothing=smoothing,
+                           cut_threshold=cut_threshold, progress=progress)
+    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()

@@ -22,6 +22,8 @@ import numpy as np
 from .clip import Clip, FunctionFrames, FunctionMasks
 
 EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "assets" / "examples"
+#: the bundled example clips (made by r2r/assets/make_clip.py)
+CLIPS_DIR = Path(__file__).resolve().parents[1] / "assets" / "clips"
 #: the known colour change of the pasted object: Lab gain and offset (brighter, magenta-blue cast)
 CAST = (np.array([0.9, 1.3, 1.3], np.float32), np.array([8.0, 10.0, -22.0], np.float32))
 
@@ -156,3 +158,31 @@ def foreground_error(out: np.ndarray, clip: SyntheticClip, i: int, erode: int = 
     inner = cv2.erode((clip.mask(i) >= 0.5).astype(np.uint8), kernel).astype(bool)
     diff = (out[inner].astype(np.float64) - clip.truth(i)[inner].astype(np.float64)) * 255.0
     return float((diff ** 2).sum()), int(diff.size)
+
+
+def example_clip_names() -> list[str]:
+    """The bundled example clips (``<name>.json`` with its frame and mask sheets beside it)."""
+    if not CLIPS_DIR.is_dir():
+        return []
+    return sorted(p.stem for p in CLIPS_DIR.glob("*.json")
+                  if (CLIPS_DIR / f"{p.stem}_frames.jpg").is_file() and (CLIPS_DIR / f"{p.stem}_masks.png").is_file())
+
+
+def read_example_clip(name: str):
+    """A bundled example clip -> ``(frames [N,H,W,3] uint8, masks [N,H,W] uint8 (255 = object), fps)``."""
+    import json
+
+    from ..errors import R2RUserError
+    from ..fileio import read_image, read_mask
+
+    if name not in example_clip_names():
+        raise R2RUserError(f"No bundled example clip {name!r} in {CLIPS_DIR}; the bundled clips are "
+                           f"{', '.join(example_clip_names()) or 'missing (reinstall the pack)'}.")
+    meta = json.loads((CLIPS_DIR / f"{name}.json").read_text(encoding="utf-8"))
+    sheet = read_image(CLIPS_DIR / f"{name}_frames.jpg")
+    mask_sheet = read_mask(CLIPS_DIR / f"{name}_masks.png")
+    (h, w), cols, n = meta["size"], int(meta["columns"]), int(meta["frames"])
+    cells = [divmod(i, cols) for i in range(n)]
+    frames = np.stack([sheet[r * h:(r + 1) * h, c * w:(c + 1) * w] for r, c in cells])
+    masks = np.stack([mask_sheet[r * h:(r + 1) * h, c * w:(c + 1) * w] for r, c in cells])
+    return frames, masks, float(meta["fps"])
