@@ -201,7 +201,8 @@ def test_keyframes_cost_a_quarter_of_the_model_time(r2r_runs):
     _, runs = r2r_runs
     ind, key = runs["independent"][3], runs["keyframes"][3]
     assert key.keyframes == [0, 8, 16, 23] and key.model_frames == 4 and ind.model_frames == 24
-    assert key.model_seconds <= 0.25 * ind.model_seconds, (key.model_seconds, ind.model_seconds)
+    # the process's CPU time: the wall time of this shared machine also counts other jobs
+    assert key.model_cpu_seconds <= 0.25 * ind.model_cpu_seconds, (key.model_cpu_seconds, ind.model_cpu_seconds)
 
 
 def test_frames_go_through_the_model_in_chunks_and_stream_out(pipe):

@@ -17,8 +17,8 @@ frame. Parameters are flat float arrays that blend linearly.
   whose frames and masks repeat the previous chunk's reuse its controller residuals
   (:class:`~r2r.pipeline.ResidualCache`; the residuals depend on the frame's hint, not on the noise).
 
-``model_seconds`` counts the time spent making outputs / parameters (the networks for R2R), the
-figure the ``keyframes`` speed-up is measured on.
+``model_seconds`` (wall) and ``model_cpu_seconds`` (this process's CPU time) count the time spent making
+outputs / parameters (the networks for R2R), the figures the ``keyframes`` speed-up is measured on.
 """
 
 from __future__ import annotations
@@ -37,6 +37,22 @@ from .clip import empty_mask_problem
 log = logging.getLogger(__name__)
 
 
+class _Timed:
+    """Adds the wall time and the process CPU time of a block to an engine's ``model_seconds`` /
+    ``model_cpu_seconds`` (CPU time: what the work cost this process, whatever else the machine runs)."""
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    def __enter__(self):
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def __exit__(self, *exc):
+        self.engine.model_seconds += time.perf_counter() - self.wall
+        self.engine.model_cpu_seconds += time.process_time() - self.cpu
+        return False
+
+
 class StatisticsEngine:
     """The weight-free Lab-statistics harmonizer (``strength`` 0..1; optional reference photo)."""
 
@@ -46,7 +62,7 @@ class StatisticsEngine:
     def __init__(self, strength: float = 1.0, reference_image=None, reference_image_mask=None):
         self.strength = check("statistics_strength", strength, "strength")
         self.reference_image, self.reference_image_mask = reference_image, reference_image_mask
-        self.model_seconds = 0.0
+        self.model_seconds = self.model_cpu_seconds = 0.0
 
     def mask_problem(self, mask: np.ndarray) -> str | None:
         return empty_mask_problem(mask)
@@ -57,21 +73,19 @@ class StatisticsEngine:
     def params(self, frames, masks, refs, indices, shared: bool) -> list[np.ndarray]:
         from ..blending.harmonizer import statistics_params
 
-        start, out = time.perf_counter(), []
-        for frame, mask, ref in zip(frames, masks, refs):
-            gain, offset = statistics_params(frame, mask, self.strength, reference_mask=ref,
-                                             reference_image=self.reference_image,
-                                             reference_image_mask=self.reference_image_mask)
-            out.append(np.concatenate([gain, offset]).astype(np.float32))
-        self.model_seconds += time.perf_counter() - start
+        out = []
+        with _Timed(self):
+            for frame, mask, ref in zip(frames, masks, refs):
+                gain, offset = statistics_params(frame, mask, self.strength, reference_mask=ref,
+                                                 reference_image=self.reference_image,
+                                                 reference_image_mask=self.reference_image_mask)
+                out.append(np.concatenate([gain, offset]).astype(np.float32))
         return out
 
     def outputs(self, frames, masks, refs, indices, shared: bool) -> list[np.ndarray]:
         params = self.params(frames, masks, refs, indices, shared)
-        start = time.perf_counter()
-        out = [self.apply(f, m, p) for f, m, p in zip(frames, masks, params)]
-        self.model_seconds += time.perf_counter() - start
-        return out
+        with _Timed(self):
+            return [self.apply(f, m, p) for f, m, p in zip(frames, masks, params)]
 
     def apply(self, frame: np.ndarray, mask: np.ndarray, params: np.ndarray) -> np.ndarray:
         from ..blending.harmonizer import apply_statistics
@@ -103,7 +117,7 @@ class R2REngine:
         self.scheduler = scheduler if scheduler is None else check("scheduler", scheduler, "scheduler")
         self.paste_back, self.reference, self.grid = bool(paste_back), reference, int(grid)
         self.fixed_chunk = chunk_frames
-        self.model_seconds = 0.0
+        self.model_seconds = self.model_cpu_seconds = 0.0
         self._cache = None
 
     @property
@@ -181,20 +195,16 @@ class R2REngine:
         return working, prepared
 
     def outputs(self, frames, masks, refs, indices, shared: bool) -> list[np.ndarray]:
-        start = time.perf_counter()
-        working, prepared = self._decoded(frames, masks, refs, indices, shared)
-        images = self.pipe.restore(working, prepared, paste_back=self.paste_back, feather=self.feather,
-                                   fullres_mode=self.fullres_mode)
-        out = [images[k].permute(1, 2, 0).float().cpu().numpy() for k in range(images.shape[0])]
-        self.model_seconds += time.perf_counter() - start
-        return out
+        with _Timed(self):
+            working, prepared = self._decoded(frames, masks, refs, indices, shared)
+            images = self.pipe.restore(working, prepared, paste_back=self.paste_back, feather=self.feather,
+                                       fullres_mode=self.fullres_mode)
+            return [images[k].permute(1, 2, 0).float().cpu().numpy() for k in range(images.shape[0])]
 
     def params(self, frames, masks, refs, indices, shared: bool) -> list[np.ndarray]:
-        start = time.perf_counter()
-        working, prepared = self._decoded(frames, masks, refs, indices, shared)
-        out = fit_decoded(working, prepared, masks, self.grid)
-        self.model_seconds += time.perf_counter() - start
-        return out
+        with _Timed(self):
+            working, prepared = self._decoded(frames, masks, refs, indices, shared)
+            return fit_decoded(working, prepared, masks, self.grid)
 
     def apply(self, frame: np.ndarray, mask: np.ndarray, params: np.ndarray) -> np.ndarray:
         feather = self.feather
@@ -219,7 +229,7 @@ class DecodedEngine:
         self.working, self.prepared, self.grid = working, prepared, int(grid)
         self.feather = pasteback.default_feather(prepared.geometry) if feather is None or feather < 0 else \
             int(feather)
-        self.model_seconds = 0.0
+        self.model_seconds = self.model_cpu_seconds = 0.0
 
     def mask_problem(self, mask: np.ndarray) -> str | None:
         return empty_mask_problem(mask)
@@ -228,13 +238,11 @@ class DecodedEngine:
         return int(self.working.shape[0])
 
     def params(self, frames, masks, refs, indices, shared: bool) -> list[np.ndarray]:
-        start = time.perf_counter()
-        idx = list(indices)
-        sub = self.prepared.expand(int(self.working.shape[0]))
-        picked = dataclasses.replace(sub, composite_pm1=sub.composite_pm1[idx])
-        out = fit_decoded(self.working[idx], picked, masks, self.grid)
-        self.model_seconds += time.perf_counter() - start
-        return out
+        with _Timed(self):
+            idx = list(indices)
+            sub = self.prepared.expand(int(self.working.shape[0]))
+            picked = dataclasses.replace(sub, composite_pm1=sub.composite_pm1[idx])
+            return fit_decoded(self.working[idx], picked, masks, self.grid)
 
     def apply(self, frame: np.ndarray, mask: np.ndarray, params: np.ndarray) -> np.ndarray:
         return apply_transform(frame, mask, params, self.feather)

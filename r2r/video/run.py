@@ -56,6 +56,7 @@ class ClipReport:
     model_frames: int = 0
     keyframes: list[int] = field(default_factory=list)
     model_seconds: float = 0.0
+    model_cpu_seconds: float = 0.0
     seconds: float = 0.0
 
     @property
@@ -118,12 +119,13 @@ class ClipJob:
             self.progress(done, total, phase)
 
     def __iter__(self):
-        start, model0 = time.perf_counter(), self.engine.model_seconds
+        start, model0, cpu0 = time.perf_counter(), self.engine.model_seconds, self.engine.model_cpu_seconds
         self.report.chunk_frames = max(1, int(self.engine.chunk_frames(self.info.size)))
         try:
             yield from (self._transform_modes() if self.transformed else self._direct())
         finally:
             self.report.model_seconds = self.engine.model_seconds - model0
+            self.report.model_cpu_seconds = self.engine.model_cpu_seconds - cpu0
             self.report.seconds = time.perf_counter() - start
 
     def _run(self, batch, method, memo: dict):
