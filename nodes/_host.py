@@ -56,6 +56,48 @@ def register_model_folder() -> None:
         extensions.update(MODEL_EXTENSIONS)
 
 
+def _pack_folder_name() -> str:
+    """The pack's folder name under custom_nodes, as ComfyUI's template listing keys it (the link's name when
+    the pack is linked in: ComfyUI imports it from that path, which abspath keeps)."""
+    return os.path.basename(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def order_templates(order) -> bool:
+    """Make GET /workflow_templates list this pack's templates in ``order`` (names not in it follow,
+    alphabetically). The 1.27 frontend shows a pack's templates in the order the server lists them, which
+    is the folder's directory order (arbitrary on ext4), and it reads no index file for custom nodes; so an
+    aiohttp middleware re-sorts this pack's entry of that one route's JSON (other packs' lists are left
+    as they are; any surprise leaves the response untouched). Returns whether it was installed."""
+    if not in_comfyui():
+        return False
+    server = sys.modules.get("server")
+    instance = getattr(getattr(server, "PromptServer", None), "instance", None)
+    folder = _pack_folder_name()
+    if instance is None or getattr(instance.app, "frozen", False):
+        return False
+    import json
+
+    from aiohttp import web
+
+    rank = {name: i for i, name in enumerate(order)}
+
+    @web.middleware
+    async def sort_r2r_templates(request, handler):
+        response = await handler(request)
+        if request.method != "GET" or request.path not in ("/workflow_templates", "/api/workflow_templates"):
+            return response
+        try:
+            listing = json.loads(response.body)
+            names = listing[folder]
+            listing[folder] = sorted(names, key=lambda n: (rank.get(n, len(rank)), n))
+            return web.json_response(listing, status=response.status)
+        except Exception:  # noqa: BLE001 -- a listing we do not understand is passed on unchanged
+            return response
+
+    instance.app.middlewares.append(sort_r2r_templates)
+    return True
+
+
 def model_dirs() -> list[str]:
     """Every folder where R2R weights are looked for, in priority order."""
     if in_comfyui():
