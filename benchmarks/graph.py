@@ -2,6 +2,7 @@
 
     python benchmarks/graph.py --size 512 --steps 2          # CPU, fp32, full-size random weights
     python benchmarks/graph.py --size 256 --steps 1          # quick check
+    python benchmarks/graph.py --as-delivered                # the starter template exactly as shipped
 
 What it runs (each flow in its own process, never two at once):
 
@@ -27,6 +28,10 @@ batch is what an artist does in the graph: queue the same composite with four se
 then three new-seed re-runs), composed from the measured runs as ``first + 3 x reseed``, against
 four official calls (``4 x`` one measured call). The image check compares the first run (seed
 ``--seed``) with the official flow's image for that seed, both quantised as ComfyUI's SaveImage does.
+
+``--as-delivered`` runs the basic template exactly as shipped (its max_side, steps and dtype; only the
+release name is set, pointing at the weights) twice, a first run and a new seed, and reports wall and
+CPU seconds and the load average (no official flow): the figure an artist waits for.
 
 Prints a summary and, last, one JSON line (keys: first_run_time_ratio, reseed_time_ratio,
 restrength_time_ratio, variations_time_ratio, peak_memory_ratio, same_seed_max_abs_diff, ...).
@@ -58,8 +63,16 @@ PACK_LINK = "ComfyUI-R2R"
 RELEASE_NAME = "region2region"
 EXAMPLE = "astronaut"
 BASIC_TEMPLATES = ("r2r_harmonize_basic.json", "Harmonize a pasted object.json")
-BASIC_CHAIN = {"R2RCheckpointLoader", "R2RClearVAEEncode", "R2RMACAControllerApply", "R2RSampler",
-               "R2RClearVAEDecode"}
+#: the four-node chain by role: node ids (version 2 first; templates before the version-2 nodes use the V1 ids)
+CHAIN_ROLES = {"loader": ("R2RCheckpointLoader",), "encode": ("R2RClearVAEEncode",),
+               "apply": ("R2RMACAControllerApplyV2", "R2RMACAControllerApply"), "sampler": ("R2RSampler",),
+               "decode": ("R2RClearVAEDecodeV2", "R2RClearVAEDecode")}
+ROLES = {**CHAIN_ROLES, "example": ("R2RExampleImage",), "save": ("SaveImage",)}
+
+
+def is_basic_chain(types) -> bool:
+    """Every role of the four-node chain is present (in either version)."""
+    return all(set(ids) & set(types) for ids in CHAIN_ROLES.values())
 GIB = 1024 ** 3
 
 
@@ -72,7 +85,7 @@ def find_basic_template(folder: Path) -> Path:
     found = []
     for path in sorted(folder.glob("*.json")):
         types = {n.get("type") for n in json.loads(path.read_text()).get("nodes", [])}
-        if BASIC_CHAIN <= types and not types & {"R2RHarmonize", "KSampler", "LoadImageMask"}:
+        if is_basic_chain(types) and not types & {"R2RHarmonize", "KSampler", "LoadImageMask"}:
             found.append(path)
     if len(found) != 1:
         raise SystemExit(f"graph.py: cannot tell which workflow in {folder} is the basic template "
@@ -264,8 +277,9 @@ class Server:
 def _phases(events, wall, cpu, prompt, steps) -> dict:
     """Per-node wall/CPU seconds and the sampler's controller / U-Net phases.
 
-    The R2R Sampler reports ``2 x steps`` progress units when it runs the controller (the controller's
-    steps first, then the denoising steps) and ``steps`` when the residuals were reused."""
+    The R2R Sampler's bar counts the controller's steps on their own (1..steps) when the controller runs, then
+    the denoising steps (1..steps); the residuals reused: only the denoising steps. (Before the version-2
+    nodes one bar counted ``2 x steps``; that form is read too.)"""
     nodes = [e for e in events if e[0] == "node"]
     per_node = {}
     for i, (_, node, _, _, w, c) in enumerate(nodes):
@@ -279,7 +293,12 @@ def _phases(events, wall, cpu, prompt, steps) -> dict:
         raise SystemExit(f"graph.py: the sampler's progress events are incomplete ({len(progress)} received); "
                          "cannot split its time into controller and U-Net phases.")
     end = progress[-1]
-    if end[3] == 2 * steps:
+    restart = next((i for i in range(1, len(progress)) if progress[i][2] <= progress[i - 1][2]), None)
+    if restart is not None and end[3] == steps:  # the controller's own count, then the denoising steps
+        split = progress[restart - 1]
+        out.update(controller_ran=True, controller_wall_s=split[4] - start[4], controller_cpu_s=split[5] - start[5],
+                   unet_wall_s=end[4] - split[4], unet_cpu_s=end[5] - split[5])
+    elif end[3] == 2 * steps:
         split = next(e for e in progress if e[2] >= steps)
         out.update(controller_ran=True, controller_wall_s=split[4] - start[4], controller_cpu_s=split[5] - start[5],
                    unet_wall_s=end[4] - split[4], unet_cpu_s=end[5] - split[5])
@@ -293,29 +312,35 @@ def _phases(events, wall, cpu, prompt, steps) -> dict:
 
 # ----------------------------------------------------------------------------- the benchmark
 def configure(api: dict, args) -> tuple[dict, dict]:
-    """The template's API prompt set to the benchmark's settings; returns (prompt, node id per class)."""
-    ids = {}
-    for node_id, node in api.items():
-        ids.setdefault(node["class_type"], []).append(node_id)
-    wanted = sorted(BASIC_CHAIN | {"R2RExampleImage", "SaveImage"})
-    bad = [c for c in wanted if len(ids.get(c, [])) != 1]
+    """The template's API prompt set to the benchmark's settings; returns (prompt, node id per role: loader,
+    encode, apply, sampler, decode, example, save). ``args.as_delivered``: only the weights (the release name,
+    no download) and the output prefix are set; everything else stays as the template has it."""
+    one, bad = {}, []
+    for role, class_ids in ROLES.items():
+        found = [k for k, n in api.items() if n["class_type"] in class_ids]
+        if len(found) != 1:
+            bad.append("/".join(class_ids))
+        else:
+            one[role] = found[0]
     if bad:
-        raise SystemExit(f"graph.py: the workflow must hold exactly one of each of {wanted}; these are missing or "
-                         f"repeated: {bad}. Pass the basic template with --workflow.")
-    one = {c: ids[c][0] for c in wanted}
-    api[one["R2RCheckpointLoader"]]["inputs"].update(checkpoint=RELEASE_NAME, dtype="fp32", download_if_missing=False)
-    api[one["R2RExampleImage"]]["inputs"].update(example=EXAMPLE)
-    api[one["R2RClearVAEEncode"]]["inputs"].update(max_side=args.size, invert_mask=False, resize_mode="fit")
-    api[one["R2RSampler"]]["inputs"].update(steps=args.steps, sampler="euler_ancestral")
-    api[one["R2RClearVAEDecode"]]["inputs"].update(paste_back=True, feather=-1, fullres_mode="auto")
-    api[one["SaveImage"]]["inputs"].update(filename_prefix="r2r_bench/graph")
+        raise SystemExit(f"graph.py: the workflow must hold exactly one node of each role {sorted(ROLES)}; these "
+                         f"are missing or repeated: {bad}. Pass the basic template with --workflow.")
+    api[one["loader"]]["inputs"].update(checkpoint=RELEASE_NAME, download_if_missing=False)
+    api[one["save"]]["inputs"].update(filename_prefix="r2r_bench/graph")
+    if getattr(args, "as_delivered", False):
+        return api, one
+    api[one["loader"]]["inputs"].update(dtype="fp32")
+    api[one["example"]]["inputs"].update(example=EXAMPLE)
+    api[one["encode"]]["inputs"].update(max_side=args.size, invert_mask=False, resize_mode="fit")
+    api[one["sampler"]]["inputs"].update(steps=args.steps, sampler="euler_ancestral")
+    api[one["decode"]]["inputs"].update(paste_back=True, feather=-1, fullres_mode="auto")
     return api, one
 
 
 def with_settings(api: dict, one: dict, seed: int, strength: float) -> dict:
     prompt = json.loads(json.dumps(api))
-    prompt[one["R2RSampler"]]["inputs"]["seed"] = seed
-    prompt[one["R2RMACAControllerApply"]]["inputs"]["strength"] = strength
+    prompt[one["sampler"]]["inputs"]["seed"] = seed
+    prompt[one["apply"]]["inputs"]["strength"] = strength
     return prompt
 
 
@@ -373,6 +398,38 @@ def summarise(args, official: dict, runs: dict, base: dict, held: dict, diff: di
     }
 
 
+def as_delivered(args, workflow: Path) -> int:
+    """The template as an artist runs it: a first run (loading included) and a new-seed run."""
+    print(f"[graph] starting ComfyUI ({args.comfyui_dir}) with {workflow.name}, as delivered ...", flush=True)
+    server = Server(args)
+    try:
+        api, one = configure(server.to_api(workflow), args)
+        inputs = api[one["sampler"]]["inputs"]
+        steps, seed = int(inputs["steps"]), int(inputs["seed"])
+        runs = {}
+        for name, s in (("first", seed), ("reseed", seed + 1)):
+            print(f"[graph] {name}: seed {s} ...", flush=True)
+            runs[name] = r = server.run(with_settings(api, one, s, api[one["apply"]]["inputs"]["strength"]),
+                                        one["sampler"], steps)
+            print(f"  {r['wall_s']:.1f} s wall ({r['cpu_s']:.1f} CPU s); controller {r['controller_wall_s']:.1f} s, "
+                  f"U-Net {r['unet_wall_s']:.1f} s; peak RSS {(r['peak_rss_bytes'] or 0) / GIB:.2f} GiB", flush=True)
+    finally:
+        server.stop()
+    load = os.getloadavg()
+    result = {"benchmark": "graph", "as_delivered": True, "workflow": workflow.name, "steps": steps,
+              "max_side": api[one["encode"]]["inputs"].get("max_side"),
+              "dtype": api[one["loader"]]["inputs"].get("dtype"), "weights": args.weights,
+              "first_run_wall_s": round(runs["first"]["wall_s"], 1), "reseed_wall_s": round(runs["reseed"]["wall_s"], 1),
+              "first_run_cpu_s": round(runs["first"]["cpu_s"], 1), "reseed_cpu_s": round(runs["reseed"]["cpu_s"], 1),
+              "load_average_after": [round(x, 2) for x in load], "cpus": os.cpu_count(),
+              "server_start_s": round(server.start_s, 1),
+              "runs": {k: {x: v for x, v in r.items() if x != "images"} for k, r in runs.items()}}
+    print(f"[graph] as delivered: first run {result['first_run_wall_s']} s, new seed {result['reseed_wall_s']} s "
+          f"(load average {load[0]:.2f} on {os.cpu_count()} CPUs)", flush=True)
+    print(json.dumps(result))
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", type=int, default=512, help="the working resolution (Encode's max_side)")
@@ -387,6 +444,9 @@ def main(argv=None) -> int:
                    or str(ROOT.parent / "shared" / "tools" / "comfy-harness"))
     p.add_argument("--venv", default=os.environ.get("R2R_COMFY_VENV") or sys.prefix)
     p.add_argument("--port", type=int, default=8251)
+    p.add_argument("--as-delivered", action="store_true",
+                   help="time the template exactly as delivered (its max_side, steps, dtype; only the weights are "
+                        "set): a first run and a new-seed run, wall and CPU seconds; no official flow")
     p.add_argument("--official-worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--save-output", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -412,6 +472,8 @@ def main(argv=None) -> int:
         args.weights = str(bench.make_random_weights(Path(args.weights_cache)))
     else:
         bench.ensure_prompt_cache(Path(args.weights))
+    if args.as_delivered:
+        return as_delivered(args, workflow)
     with tempfile.TemporaryDirectory() as td:
         official_npy = os.path.join(td, "official.npy")
         official = run_official_subprocess(args, official_npy)
@@ -427,7 +489,7 @@ def main(argv=None) -> int:
                     ("restrength", args.seed + 1, args.restrength))
             for name, seed, strength in plan:
                 print(f"[graph] {name}: seed {seed}, strength {strength} ...", flush=True)
-                runs[name] = r = server.run(with_settings(api, one, seed, strength), one["R2RSampler"], args.steps)
+                runs[name] = r = server.run(with_settings(api, one, seed, strength), one["sampler"], args.steps)
                 r.update(steps=args.steps, seed=seed, strength=strength)
                 print(f"  {r['cpu_s']:.1f} CPU s ({r['wall_s']:.1f} s wall); controller {r['controller_cpu_s']:.1f}, "
                       f"U-Net {r['unet_cpu_s']:.1f} CPU s; peak RSS {(r['peak_rss_bytes'] or 0) / GIB:.2f} GiB; "

@@ -8,7 +8,7 @@
   required then optional; a control-after-generate value follows seed-like widgets and is not sent;
   Notes are skipped);
 * :meth:`ComfyServer.run` queues a prompt over the websocket and records what a browser would see
-  (progress messages, binary preview images, the history entry).
+  (progress messages, binary preview images, texts shown on nodes, the history entry).
 
 Only the standard library and aiohttp (a ComfyUI requirement) are used.
 """
@@ -31,6 +31,7 @@ import uuid
 UI_ONLY = {"Note", "MarkdownNote"}
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 BINARY_PREVIEW_IMAGE = 1  # ComfyUI's BinaryEventTypes.PREVIEW_IMAGE
+BINARY_TEXT = 3  # ComfyUI's BinaryEventTypes.TEXT: a text shown on a node (PromptServer.send_progress_text)
 
 
 def free_port() -> int:
@@ -114,7 +115,7 @@ class ComfyServer:
         import aiohttp
 
         cid = uuid.uuid4().hex
-        out = {"progress": [], "previews": [], "error": None, "validation": None, "prompt_id": None}
+        out = {"progress": [], "previews": [], "texts": [], "error": None, "validation": None, "prompt_id": None}
         async with aiohttp.ClientSession() as s:
             ws_url = self.url.replace("http", "ws", 1) + f"/ws?clientId={cid}"
             async with s.ws_connect(ws_url, max_msg_size=0) as ws:
@@ -131,6 +132,9 @@ class ComfyServer:
                         event = int.from_bytes(msg.data[:4], "big")
                         if event == BINARY_PREVIEW_IMAGE:
                             out["previews"].append((int.from_bytes(msg.data[4:8], "big"), len(msg.data) - 8))
+                        elif event == BINARY_TEXT:  # (node id, text) as the frontend shows it on the node
+                            n = int.from_bytes(msg.data[4:8], "big")
+                            out["texts"].append((msg.data[8:8 + n].decode(), msg.data[8 + n:].decode("utf-8")))
                         continue
                     if msg.type != aiohttp.WSMsgType.TEXT:
                         raise RuntimeError(f"websocket closed: {msg}")

@@ -29,15 +29,19 @@ PROMPT = {"1": {"class_type": "R2RClearVAEEncode"}, "5": {"class_type": "R2RSamp
           "6": {"class_type": "R2RClearVAEDecode"}}
 
 
-def _events(controller: bool, steps: int = 2):
-    """Encode at 0 s, sampler at 10 s, (controller 2 s/step), U-Net 5 s/step, decode after; cpu = 2 x wall."""
+def _events(controller: bool, steps: int = 2, one_bar: bool = False):
+    """Encode at 0 s, sampler at 10 s, (controller 2 s/step), U-Net 5 s/step, decode after; cpu = 2 x wall.
+    The controller's steps count on their own (1..steps, then the denoising 1..steps); ``one_bar``: the form
+    before the version-2 nodes, one bar of 2 x steps."""
     ev = [("node", "1", 0, 0, 0.0, 0.0), ("node", "5", 0, 0, 10.0, 20.0)]
-    t, total = 10.0, 2 * steps if controller else steps
+    t, total = 10.0, 2 * steps if controller and one_bar else steps
     value = 0
     if controller:
         for _ in range(steps):
             t, value = t + 2.0, value + 1
             ev.append(("progress", "5", value, total, t, 2 * t))
+        if not one_bar:
+            value = 0
     for _ in range(steps):
         t, value = t + 5.0, value + 1
         ev.append(("progress", "5", value, total, t, 2 * t))
@@ -45,8 +49,9 @@ def _events(controller: bool, steps: int = 2):
     return ev, t + 10.0
 
 
-def test_phases_split_controller_and_unet(graph):
-    ev, wall = _events(controller=True)
+@pytest.mark.parametrize("one_bar", [False, True])
+def test_phases_split_controller_and_unet(graph, one_bar):
+    ev, wall = _events(controller=True, one_bar=one_bar)
     out = graph._phases(ev, wall, 2 * wall, PROMPT, 2)
     assert out["controller_ran"] and out["controller_wall_s"] == pytest.approx(4.0)
     assert out["unet_wall_s"] == pytest.approx(10.0) and out["unet_cpu_s"] == pytest.approx(20.0)
@@ -67,6 +72,8 @@ def test_phases_refuses_incomplete_progress(graph):
         graph._phases(ev[:-2], wall, wall, PROMPT, 2)
     with pytest.raises(SystemExit, match="progress units"):
         graph._phases(ev, wall, wall, PROMPT, 3)
+    with pytest.raises(SystemExit, match="progress units"):
+        graph._phases(_events(controller=True, one_bar=True)[0], wall, wall, PROMPT, 3)
 
 
 def test_ten_step_estimate_adds_the_measured_per_step_cost(graph):
@@ -77,19 +84,32 @@ def test_ten_step_estimate_adds_the_measured_per_step_cost(graph):
 
 def test_finds_and_configures_the_basic_template(graph, tmp_path):
     path = graph.find_basic_template(ROOT / "example_workflows")
+    assert path.name == "Harmonize a pasted object.json"
     types = {n["type"] for n in json.loads(path.read_text())["nodes"]}
-    assert graph.BASIC_CHAIN <= types and "R2RExampleImage" in types
-    api = {str(n["id"]): {"class_type": n["type"], "inputs": {}} for n in json.loads(path.read_text())["nodes"]
-           if n["type"] not in ("Note", "MarkdownNote")}
+    assert graph.is_basic_chain(types) and "R2RExampleImage" in types
+    # the templates before the version-2 nodes are found and configured the same way
+    assert graph.find_basic_template(ROOT / "tests" / "data" / "pre_v2_templates").name == path.name
+
+    def api_of(p):
+        return {str(n["id"]): {"class_type": n["type"], "inputs": {"seed": 3, "steps": 10, "strength": 1.0,
+                                                                   "max_side": 0}}
+                for n in json.loads(p.read_text())["nodes"] if n["type"] not in ("Note", "MarkdownNote")}
+
     args = argparse.Namespace(size=320, steps=3)
-    prompt, one = graph.configure(api, args)
-    assert prompt[one["R2RClearVAEEncode"]]["inputs"]["max_side"] == 320
-    assert prompt[one["R2RSampler"]]["inputs"]["steps"] == 3
-    assert prompt[one["R2RCheckpointLoader"]]["inputs"]["checkpoint"] == graph.RELEASE_NAME
-    reseeded = graph.with_settings(prompt, one, 7, 0.5)
-    assert reseeded[one["R2RSampler"]]["inputs"]["seed"] == 7 and "seed" not in prompt[one["R2RSampler"]]["inputs"]
-    assert reseeded[one["R2RMACAControllerApply"]]["inputs"]["strength"] == 0.5
-    del api[one["R2RSampler"]]
+    for p in (path, ROOT / "tests" / "data" / "pre_v2_templates" / path.name):
+        api = api_of(p)
+        prompt, one = graph.configure(api, args)
+        assert prompt[one["encode"]]["inputs"]["max_side"] == 320
+        assert prompt[one["sampler"]]["inputs"]["steps"] == 3
+        assert prompt[one["loader"]]["inputs"]["checkpoint"] == graph.RELEASE_NAME
+        reseeded = graph.with_settings(prompt, one, 7, 0.5)
+        assert reseeded[one["sampler"]]["inputs"]["seed"] == 7 and prompt[one["sampler"]]["inputs"]["seed"] == 3
+        assert reseeded[one["apply"]]["inputs"]["strength"] == 0.5
+    # as delivered: only the weights and the output prefix change
+    prompt, one = graph.configure(api_of(path), argparse.Namespace(size=320, steps=3, as_delivered=True))
+    assert prompt[one["encode"]]["inputs"]["max_side"] == 0 and prompt[one["sampler"]]["inputs"]["steps"] == 10
+    assert prompt[one["loader"]]["inputs"]["checkpoint"] == graph.RELEASE_NAME
+    del api[one["sampler"]]
     with pytest.raises(SystemExit, match="R2RSampler"):
         graph.configure(api, args)
 

@@ -40,7 +40,8 @@ V1_WORKFLOWS = sorted(f[:-5] for f in os.listdir(V1_DIR) if f.endswith(".json"))
 FRONTEND_DIR = os.path.join(PACK_ROOT, "tests", "data", "frontend_prompts")
 FAST = {"R2RClearVAEEncode": {"max_side": 128}, "R2RHarmonize": {"max_side": 128, "steps": 2},
         "R2RSampler": {"steps": 2}, "KSampler": {"steps": 2}}
-EXAMPLE_SIZES = {"astronaut": (448, 448), "coffee": (448, 299), "motorcycle": (448, 302)}
+EXAMPLE_SIZES = {"astronaut": (448, 448), "coffee": (448, 299), "motorcycle": (448, 302), "cup_cutout": (150, 142),
+                 "rocket_background": (448, 299)}
 
 
 def _python():
@@ -160,12 +161,16 @@ def test_template_runs_as_delivered(server, name):
     scale = [n["widgets_values"][1] for n in wf["nodes"] if n["type"] == "ImageScaleBy"]
     if scale:
         w, h = round(w * scale[0]), round(h * scale[0])
+    sizes = {(w, h), EXAMPLE_SIZES[example]}
+    for n in wf["nodes"]:
+        if n["type"] == "ImageStitch":  # before | after side by side (right; image2 scaled to image1's height)
+            sizes.add((w + n["widgets_values"][2] + int(h * (w / h)), h))
     files = _output_images(server, history)
     assert files
     for f in files:
         with Image.open(f) as im:
             if "r2r_datasets" not in f:
-                assert im.size in ((w, h), EXAMPLE_SIZES[example]), f"{f}: {im.size}"
+                assert im.size in sizes, f"{f}: {im.size}"
     if name == "Make a harmonization training set":
         root = os.path.join(server.base, "output", "r2r_datasets", "MyHarmony")
         with open(os.path.join(root, "train.jsonl"), encoding="utf-8") as fh:

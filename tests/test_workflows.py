@@ -20,8 +20,11 @@ from comfy_pack import PACK_ROOT, node_classes
 NODES = node_classes()
 WF_DIR = os.path.join(PACK_ROOT, "example_workflows")
 V1_DIR = os.path.join(PACK_ROOT, "tests", "data", "v1_workflows")
+#: the templates as shipped before the version-2 nodes (they must still load and give the same images)
+PRE_V2_DIR = os.path.join(PACK_ROOT, "tests", "data", "pre_v2_templates")
 WORKFLOWS = sorted(f for f in os.listdir(WF_DIR) if f.endswith(".json"))
 V1_WORKFLOWS = sorted(f for f in os.listdir(V1_DIR) if f.endswith(".json"))
+PRE_V2_WORKFLOWS = sorted(f for f in os.listdir(PRE_V2_DIR) if f.endswith(".json"))
 CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
 MAX_RES = 16384
 
@@ -42,6 +45,24 @@ CORE = {
                        ("operation", ["multiply", "add", "subtract", "and", "or", "xor"], {})],
                       {"destination": "MASK", "source": "MASK"}, ["MASK"]),
     "MaskToImage": ([], {"mask": "MASK"}, ["IMAGE"]),
+    # core video nodes (comfy_extras/nodes_video.py); CreateVideo's optional audio socket is left out (never linked)
+    "CreateVideo": ([("fps", "FLOAT", {"min": 1.0, "max": 120.0})], {"images": "IMAGE"}, ["VIDEO"]),
+    "SaveVideo": ([("filename_prefix", "STRING", {}), ("format", ["auto", "mp4"], {}), ("codec", ["auto", "h264"], {})],
+                  {"video": "VIDEO"}, []),
+    "ImageCompositeMasked": ([("x", "INT", {"min": 0, "max": MAX_RES}), ("y", "INT", {"min": 0, "max": MAX_RES}),
+                              ("resize_source", "BOOLEAN", {})],
+                             {"destination": "IMAGE", "source": "IMAGE", "mask": "MASK"}, ["IMAGE"]),
+    "GrowMask": ([("expand", "INT", {"min": -MAX_RES, "max": MAX_RES}), ("tapered_corners", "BOOLEAN", {})],
+                 {"mask": "MASK"}, ["MASK"]),
+    "FeatherMask": ([(side, "INT", {"min": 0, "max": MAX_RES}) for side in ("left", "top", "right", "bottom")],
+                    {"mask": "MASK"}, ["MASK"]),
+    "GetImageSize": ([], {"image": "IMAGE"}, ["INT", "INT", "INT"]),
+    "ImageStitch": ([("direction", ["right", "down", "left", "up"], {}), ("match_image_size", "BOOLEAN", {}),
+                     ("spacing_width", "INT", {"min": 0, "max": 1024, "step": 2}),
+                     ("spacing_color", ["white", "black", "red", "green", "blue"], {})],
+                    {"image1": "IMAGE", "image2": "IMAGE"}, ["IMAGE"]),
+    "PrimitiveInt": ([("value", "INT", {"min": -(2 ** 63) + 1, "max": 2 ** 63 - 1}), ("value:control", "CONTROL", {})],
+                     {}, ["INT"]),
     "KSampler": ([("seed", "INT", {"min": 0, "max": 0xFFFFFFFFFFFFFFFF}), ("seed:control", "CONTROL", {}),
                   ("steps", "INT", {"min": 1, "max": 10000}), ("cfg", "FLOAT", {"min": 0.0, "max": 100.0}),
                   ("sampler_name", "NAME", {}), ("scheduler", "NAME", {}), ("denoise", "FLOAT", {"min": 0.0, "max": 1.0})],
@@ -76,7 +97,8 @@ def _spec(node_type):
         return _our_spec(NODES[node_type])
     if node_type in CORE:
         widgets, sockets, outputs = CORE[node_type]
-        return widgets, sockets, outputs, set(sockets)
+        optional = {"image2", "mask"} if node_type in ("ImageStitch", "ImageCompositeMasked") else set()
+        return widgets, sockets, outputs, set(sockets) - optional
     raise AssertionError(f"unknown node type {node_type!r}: not ours and not a core node the workflows may use")
 
 
@@ -130,13 +152,16 @@ def check_workflow(path):
         linked = {i["name"]: i for i in node.get("inputs", []) if i.get("link") is not None}
         missing = required - set(linked)
         assert not missing, f"{filename}: {t} has unconnected required inputs {missing}"
+        widget_types = {w[0]: w[1] for w in widgets}
         for name, inp in linked.items():
-            assert name in sockets, f"{filename}: {t} has no socket {name!r}"
+            # a widget may be driven by a link of its type (the frontend's widget input, e.g. an Int node's x)
+            expected = sockets.get(name, widget_types.get(name) if inp.get("widget") else None)
+            assert expected is not None, f"{filename}: {t} has no socket {name!r}"
             link = links[inp["link"]]
             _, origin, slot, target, _tslot, ltype = link
             assert target == node["id"]
             origin_outputs = _spec(nodes[origin]["type"])[2]
-            assert origin_outputs[slot] == sockets[name] == ltype, f"{filename}: link {link} into {t}.{name}"
+            assert origin_outputs[slot] == expected == ltype, f"{filename}: link {link} into {t}.{name}"
     return wf
 
 
@@ -146,7 +171,7 @@ def test_template_is_valid_and_runs_as_delivered(filename):
     types = [n["type"] for n in wf["nodes"]]
     # as delivered: no file the user must place (Load Image names a file in the input folder)
     assert "LoadImage" not in types and "LoadImageMask" not in types, filename
-    assert "R2RExampleImage" in types, filename
+    assert "R2RExampleImage" in types or "R2RExampleClip" in types, filename  # a bundled picture or clip
     notes = [n for n in wf["nodes"] if n["type"] in ("Note", "MarkdownNote")]
     assert notes, f"{filename}: no Note saying what to replace"
     text = notes[0]["widgets_values"][0]
@@ -176,19 +201,28 @@ def test_v1_era_workflow_still_maps_onto_the_v3_schemas(filename):
     assert dict(zip(names, decode["widgets_values"]))["fullres_mode"] == decode["widgets_values"][-1]
 
 
+@pytest.mark.parametrize("filename", PRE_V2_WORKFLOWS)
+def test_pre_version_2_template_still_maps_onto_the_schemas(filename):
+    """The templates as shipped before the version-2 nodes (V1 MACA Controller Apply / Clear-VAE Decode)."""
+    wf = check_workflow(os.path.join(PRE_V2_DIR, filename))
+    assert {n["type"] for n in wf["nodes"]} & {"R2RMACAControllerApply", "R2RClearVAEDecode", "R2RHarmonize",
+                                                "R2RWeightFreeHarmonize", "R2RRandomPoissonBlend"}
+
+
 def test_templates_cover_every_node_and_the_promised_cases():
     used = set()
     for f in WORKFLOWS:
         with open(os.path.join(WF_DIR, f), encoding="utf-8") as fh:
             used |= {n["type"] for n in json.load(fh)["nodes"]}
-    for node_id in ("R2RCheckpointLoader", "R2RExampleImage", "R2RClearVAEEncode", "R2RMACAControllerApply",
-                    "R2RSampler", "R2RClearVAEDecode", "R2RHarmonize", "R2RWeightFreeHarmonize",
+    for node_id in ("R2RCheckpointLoader", "R2RExampleImage", "R2RClearVAEEncode", "R2RMACAControllerApplyV2",
+                    "R2RSampler", "R2RClearVAEDecodeV2", "R2RHarmonize", "R2RWeightFreeHarmonize",
                     "R2RRandomPoissonBlend", "R2RSaveHarmonizationDataset"):
         assert node_id in used, node_id
-    assert len(WORKFLOWS) >= 5
+    assert not used & {"R2RMACAControllerApply", "R2RClearVAEDecode"}, "templates use the deprecated V1 nodes"
+    assert len(WORKFLOWS) >= 7
     with open(os.path.join(WF_DIR, "Harmonize a pasted object.json"), encoding="utf-8") as f:
         basic = json.load(f)
-    decode = next(n for n in basic["nodes"] if n["type"] == "R2RClearVAEDecode")
+    decode = next(n for n in basic["nodes"] if n["type"] == "R2RClearVAEDecodeV2")
     assert decode["widgets_values"][-1] == "auto"  # fullres_mode: the default
     with open(os.path.join(WF_DIR, "Make a harmonization training set.json"), encoding="utf-8") as f:
         training = json.load(f)
