@@ -41,7 +41,7 @@ FRONTEND_DIR = os.path.join(PACK_ROOT, "tests", "data", "frontend_prompts")
 FAST = {"R2RClearVAEEncode": {"max_side": 128}, "R2RHarmonize": {"max_side": 128, "steps": 2},
         "R2RSampler": {"steps": 2}, "KSampler": {"steps": 2}}
 EXAMPLE_SIZES = {"astronaut": (448, 448), "coffee": (448, 299), "motorcycle": (448, 302), "cup_cutout": (150, 142),
-                 "rocket_background": (448, 299)}
+                 "rocket_background": (448, 299), "astronaut_objects": (448, 448)}
 
 
 def _python():
