@@ -88,7 +88,7 @@ def panel(img: Image.Image, picture, box, label: str = ""):
 
 def caption(img: Image.Image, text: str):
     draw = ImageDraw.Draw(img)
-    draw.multiline_text((SIZE // 2, SIZE - 12), text, fill=MUTED, font=font(16), anchor="md", align="center",
+    draw.multiline_text((SIZE // 2, SIZE - 10), text, fill=MUTED, font=font(18), anchor="md", align="center",
                         spacing=4)
 
 
@@ -134,8 +134,15 @@ def boxes(img: Image.Image, labels, y: int):
 # ----------------------------------------------------------------------------- one function per template
 def starter():
     rgb, mask = load("astronaut")
-    return two_up(outline(rgb, mask), weight_free(rgb, mask), "composite + mask (outlined)", "after*",
-                  "* " + STAND_IN, title="the four-node R2R chain, step by step")
+    img = canvas()
+    ImageDraw.Draw(img).text((SIZE // 2, 12), "start here: the R2R chain, step by step", fill=ACCENT, font=font(19),
+                             anchor="ma")
+    panel(img, rgb, (8, 40, 242, 210), "composite")
+    panel(img, np.repeat(mask[..., None].astype(np.uint8) * 255, 3, axis=2), (262, 40, 242, 210),
+          "mask: white = pasted object")
+    panel(img, weight_free(rgb, mask), (136, 252, 240, 200), "after*")
+    caption(img, "* " + STAND_IN)
+    return img
 
 
 def reference_region():
