@@ -72,12 +72,11 @@ def order_templates(order) -> bool:
         return False
     server = sys.modules.get("server")
     instance = getattr(getattr(server, "PromptServer", None), "instance", None)
+    web = getattr(server, "web", None)  # ComfyUI's server module holds aiohttp's web (its own dependency)
     folder = _pack_folder_name()
-    if instance is None or getattr(instance.app, "frozen", False):
+    if instance is None or web is None or getattr(instance.app, "frozen", False):
         return False
     import json
-
-    from aiohttp import web
 
     rank = {name: i for i, name in enumerate(order)}
 
