@@ -13,7 +13,7 @@ from ._types import R2RModel
 
 DTYPES = ["auto", "fp32", "fp16", "bf16"]
 _DTYPE_TIP = ("Weight precision. auto = fp16 on a GPU (as the official release runs), fp32 on the CPU. "
-              "bf16 needs a recent GPU.")
+              "bf16 needs a recent GPU; fp16/bf16 on a CPU run several times slower than fp32 (the node warns).")
 LOADER_ALIASES = ("load model", "checkpoint", "region2region", "harmonize", "relight")
 
 
@@ -69,8 +69,9 @@ class R2RCheckpointLoader(R2RNode):
                 io.Combo.Input("dtype", options=DTYPES, default="auto", tooltip=_DTYPE_TIP),
                 io.Boolean.Input("download_if_missing", default=False,
                                  tooltip=f"If the official release is not in models/r2r/{_files.OFFICIAL_NAME}/, "
-                                         f"download it from the Hugging Face hub ({_files.OFFICIAL_REPO}, several "
-                                         "GB). Off: never touch the network."),
+                                         f"download it from the Hugging Face hub ({_files.OFFICIAL_REPO}, about 5.3 "
+                                         "GB; the progress shows on this node, Cancel stops it and the next Run "
+                                         "resumes). Off: never touch the network."),
             ],
             outputs=[
                 R2RModelType.Output(display_name="model", tooltip="The harmonization U-Net with its scheduler and "
