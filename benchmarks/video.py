@@ -219,20 +219,42 @@ def figures(args, syn, runs_dir: Path) -> None:
                 [cv2.IMWRITE_JPEG_QUALITY, 85])
     frames, masks, _ = read_example_clip("drifting_astronaut")
     out = harmonize_frames(Clip(ArrayFrames(frames), ArrayMasks(masks)), StatisticsEngine(), temporal="keyframes")
-    picks = [0, 8, 16, 23]
-    top = np.concatenate([cv2.resize(frames[i], (160, 160), interpolation=cv2.INTER_AREA) for i in picks], axis=1)
-    bottom = np.concatenate([cv2.resize((out[i] * 255 + 0.5).astype(np.uint8), (160, 160),
-                                        interpolation=cv2.INTER_AREA) for i in picks], axis=1)
-    cv2.imwrite(str(runs_dir / "Harmonize a video clip.jpg"),
-                cv2.cvtColor(np.concatenate([top, bottom], axis=0), cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
+    template_thumbnail([frames[i] for i in (0, 8, 16, 23)],
+                       [(out[i] * 255 + 0.5).astype(np.uint8) for i in (0, 8, 16, 23)]
+                       ).save(runs_dir / "Harmonize a video clip.jpg", quality=88)
     print(f"figures written to {runs_dir}")
+
+
+def template_thumbnail(before, after):
+    """The Templates-browser card of 'Harmonize a video clip' (512x512, the look of tools/make_thumbnails.py):
+    four frames of the bundled clip before and after; the "after" is the template's temporal mode run with
+    the weight-free colour match, labelled as a stand-in (R2R's own result needs its weights)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    size, bg, fg, muted, accent = 512, (32, 32, 36), (235, 235, 235), (170, 170, 178), (255, 196, 64)
+    img = Image.new("RGB", (size, size), bg)
+    draw = ImageDraw.Draw(img)
+    draw.text((size // 2, 12), "a video clip without flicker", fill=accent, font=ImageFont.load_default(size=19),
+              anchor="ma")
+    tile, gap = 120, 8
+    x0 = (size - 4 * tile - 3 * gap) // 2
+    for row, (label, frames) in enumerate((("before: frames 0, 8, 16, 23", before), ("after*", after))):
+        y = 44 + row * (tile + 44)
+        draw.text((size // 2, y), label, fill=fg, font=ImageFont.load_default(size=17), anchor="ma")
+        for k, f in enumerate(frames):
+            pic = Image.fromarray(f).resize((tile, tile), Image.LANCZOS)
+            img.paste(pic, (x0 + k * (tile + gap), y + 24))
+    draw.multiline_text((size // 2, size - 10), "* keyframes (every 8th frame, interpolated) with the\nweight-free "
+                        "colour match: a stand-in, R2R's result\nneeds its weights", fill=muted,
+                        font=ImageFont.load_default(size=18), anchor="md", align="center", spacing=4)
+    return img
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--frames", type=int, default=48, help="frames of the weight-free clips")
     p.add_argument("--size", type=int, default=256, help="frame side of the weight-free clips")
-    p.add_argument("--r2r-frames", type=int, default=32, help="frames of the R2R clips")
+    p.add_argument("--r2r-frames", type=int, default=64, help="frames of the R2R clips")
     p.add_argument("--r2r-size", type=int, default=128, help="frame side of the R2R clips")
     p.add_argument("--r2r-max-side", type=int, default=128, help="R2R working resolution")
     p.add_argument("--steps", type=int, default=2, help="denoising steps (official 10; CPU runs use fewer)")

@@ -24,6 +24,7 @@ TEMPLATE_ORDER = (
     "Match the look of another photo",
     "Harmonize several pasted objects",
     "Harmonize a large picture, keep every detail",
+    "Harmonize a video clip",
     "Harmonize with KSampler",
     "Make a harmonization training set",
 )

@@ -150,12 +150,28 @@ def test_templates_thumbnails_and_help_pages_are_served(server):
     assert page.startswith("# R2R Harmonize")
 
 
+def _check_videos(files):
+    """The video template's outputs (Save Video): the bundled clip's 24 frames of 256x256 at 12 fps."""
+    import av
+
+    assert len(files) == 2, files  # the harmonized clip and the clip as it came in
+    for f in files:
+        with av.open(f) as container:
+            stream = container.streams.video[0]
+            frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+            assert len(frames) == 24 and frames[0].shape == (256, 256, 3), (f, len(frames), frames[0].shape)
+            assert float(stream.average_rate) == 12.0, f
+
+
 @pytest.mark.parametrize("name", WORKFLOWS)
 def test_template_runs_as_delivered(server, name):
     wf = _load_ui(os.path.join(WF_DIR, name + ".json"))
     before = set(os.listdir(os.path.join(server.base, "input")))
     history = _ok(server.run(_prompt(server, wf)))
     assert set(os.listdir(os.path.join(server.base, "input"))) == before  # nothing was placed or needed
+    if any(n["type"] == "R2RExampleClip" for n in wf["nodes"]):  # the video template: videos out
+        _check_videos(_output_images(server, history))
+        return
     example = next(n for n in wf["nodes"] if n["type"] == "R2RExampleImage")["widgets_values"][0]
     w, h = EXAMPLE_SIZES[example]
     scale = [n["widgets_values"][1] for n in wf["nodes"] if n["type"] == "ImageScaleBy"]
