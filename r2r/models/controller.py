@@ -144,7 +144,8 @@ class HarmonyController(ControlNetModel):
                 the down path beside the composite (MACA on it as on any composite, its "object" being
                 everything outside its region), and at every MACA block the composite's background
                 statistic comes from the photo's features over its region (:class:`~r2r.models.MACA`).
-                Costs one more item in the down path; the mid block and residuals are the composite's.
+                Costs one more pass of the down path (the photo's own, so the composite's numbers stay those
+                of a run without a reference); the mid block and residuals are the composite's.
 
         Returns:
             (tuple of 12 down residuals, mid residual).
@@ -167,37 +168,34 @@ class HarmonyController(ControlNetModel):
                 f"hint), got shape {tuple(timesteps.shape)}."
             )
         timesteps = timesteps.to(hint.device).expand(b)
-        n_ref = 0
-        if reference_hint is not None:  # the photo rides in the same batch, after the composites
-            n_ref = reference_hint.shape[0]
-            hint = torch.cat([hint, reference_hint.to(hint.device, dtype)])
-            mask = torch.cat([mask, 1 - reference_mask])
-            timesteps = torch.cat([timesteps, timesteps[:n_ref]])
-            encoder_hidden_states = torch.cat([encoder_hidden_states, encoder_hidden_states[:n_ref]])
         emb = self.time_embedding(self.time_proj(timesteps).to(dtype), None)
         # the official controller ignores the noisy latent: the hint embedding alone starts the path
         sample = self.controlnet_cond_embedding(hint)
-        down_res = (sample[:b],)
+        photo = photo_mask = photo_text = None
+        n_ref = 0
+        if reference_hint is not None:
+            # the photo takes its own pass through the down path beside the composite's (not one batch with
+            # it), so the composite's features are computed exactly as without a reference (same batch, same
+            # kernels): the composite as its own photo with its background as the region gives, to the last
+            # bit, the result without a reference
+            n_ref = reference_hint.shape[0]
+            photo = self.controlnet_cond_embedding(reference_hint.to(hint.device, dtype))
+            photo_mask = 1 - reference_mask
+            photo_text = encoder_hidden_states[:n_ref]
+        down_res = (sample,)
         for k, block in enumerate(self.down_blocks):
-            if getattr(block, "has_cross_attention", False):
-                sample, res = block(
-                    hidden_states=sample,
-                    temb=emb,
-                    encoder_hidden_states=encoder_hidden_states,
-                    cross_attention_kwargs=cross_attention_kwargs,
-                )
-            else:
-                sample, res = block(hidden_states=sample, temb=emb)
+            sample, res = self._down(block, sample, emb, encoder_hidden_states, cross_attention_kwargs)
             size = sample.shape[-2:]
             m_k = F.interpolate(mask, size=size)  # nearest, top-left sampling (as the official code)
             r_k = None if reference_mask is None else F.interpolate(reference_mask, size=size)
-            if n_ref:
-                photo = self.PCCAs[k](sample[b:], m_k[b:])
-                sample = torch.cat([self.PCCAs[k](sample[:b], m_k[:b], r_k, reference_features=sample[b:]), photo])
+            if photo is not None:
+                photo, _ = self._down(block, photo, emb[:n_ref], photo_text, cross_attention_kwargs)
+                features = photo  # the photo's features before its own MACA give the statistic
+                photo = self.PCCAs[k](photo, F.interpolate(photo_mask, size=size))
+                sample = self.PCCAs[k](sample, m_k, r_k, reference_features=features)
             else:
                 sample = self.PCCAs[k](sample, m_k, r_k)
-            down_res += tuple(r[:b] for r in res[:-1]) + (sample[:b],)
-        sample, emb, encoder_hidden_states = sample[:b], emb[:b], encoder_hidden_states[:b]
+            down_res += tuple(res[:-1]) + (sample,)
         if self.mid_block is not None:
             if getattr(self.mid_block, "has_cross_attention", False):
                 sample = self.mid_block(
@@ -208,6 +206,14 @@ class HarmonyController(ControlNetModel):
         down = tuple(conv(r) * conditioning_scale for r, conv in zip(down_res, self.controlnet_down_blocks))
         mid = self.controlnet_mid_block(sample) * conditioning_scale
         return down, mid
+
+    @staticmethod
+    def _down(block, sample, emb, text, cross_attention_kwargs):
+        """One down block -> (sample, its residuals)."""
+        if getattr(block, "has_cross_attention", False):
+            return block(hidden_states=sample, temb=emb, encoder_hidden_states=text,
+                         cross_attention_kwargs=cross_attention_kwargs)
+        return block(hidden_states=sample, temb=emb)
 
     def _check_inputs(self, hint, mask, reference_mask, text, reference_hint=None):
         c = self.config.conditioning_channels
