@@ -47,7 +47,8 @@ class _Progress:
     """One ComfyUI progress bar per phase (frames through the model, frames finished); each update checks Cancel."""
 
     def __init__(self, desc: str):
-        self.desc, self.bars = desc, {}
+        self.desc = desc
+        self.bars: dict[str, _host.Progress] = {}
 
     def __call__(self, done, total, phase):
         bar = self.bars.get(phase)
@@ -114,9 +115,9 @@ def harmonize_r2r(model, clear_vae, controller, image, mask, settings: dict, ref
     photo = None
     if reference_image is not None or reference_image_mask is not None:
         photo = flow.make_reference(None, reference_image, reference_image_mask, node)
-        if int(photo.image.shape[0]) != 1:
-            raise R2RUserError(f"R2R {node}: a clip takes one reference_image for all its frames; got "
-                               f"{int(photo.image.shape[0])}.")
+        photos = int(getattr(getattr(photo, "image", None), "shape", (1,))[0])
+        if photos != 1:
+            raise R2RUserError(f"R2R {node}: a clip takes one reference_image for all its frames; got {photos}.")
     for value, kind, name in ((model, "R2R_MODEL", "model"), (clear_vae, "R2R_CLEAR_VAE", "clear_vae"),
                               (controller, "R2R_CONTROLLER", "controller")):
         _checks.check_kind(value, kind, name, node)
@@ -128,7 +129,8 @@ def harmonize_r2r(model, clear_vae, controller, image, mask, settings: dict, ref
                        scheduler=settings["sampler"], noise_device=settings["noise_device"],
                        feather=None if feather < 0 else feather, fullres_mode=settings["fullres_mode"],
                        paste_back=bool(settings["paste_back"]), reference=photo)
-    return run_clip(clip, engine, *clip_settings, node=node, node_id=node_id)
+    temporal, keyframe_interval, empty_frames = clip_settings
+    return run_clip(clip, engine, temporal, keyframe_interval, empty_frames, node=node, node_id=node_id)
 
 
 def harmonize_statistics(image, mask, strength, invert_mask, reference_inputs, clip_settings, node: str):
@@ -156,7 +158,8 @@ def harmonize_statistics(image, mask, strength, invert_mask, reference_inputs, c
         engine = StatisticsEngine(float(strength), **kw)
     except R2RUserError as exc:
         raise R2RUserError(f"R2R {node}: {exc}") from None
-    return run_clip(clip, engine, *clip_settings, node=node)
+    temporal, keyframe_interval, empty_frames = clip_settings
+    return run_clip(clip, engine, temporal, keyframe_interval, empty_frames, node=node)
 
 
 class R2RExampleClip(R2RNode):

@@ -31,7 +31,8 @@ class FrameSource(Protocol):
     """Frames read front to back: ``read(indices)`` yields ``(i, HxWx3 frame)`` for the sorted ``indices``
     (all frames when None). ``count`` is the number of frames when known without reading (else None)."""
 
-    count: int | None
+    @property
+    def count(self) -> int | None: ...
 
     def read(self, indices: Iterable[int] | None = None) -> Iterator[tuple[int, np.ndarray]]: ...
 
@@ -39,7 +40,8 @@ class FrameSource(Protocol):
 class MaskSource(Protocol):
     """Masks: ``count`` (1 = one mask for every frame; None until read for a file) and ``read`` like frames."""
 
-    count: int | None
+    @property
+    def count(self) -> int | None: ...
 
     def read(self, indices: Iterable[int] | None = None) -> Iterator[tuple[int, np.ndarray]]: ...
 
@@ -183,8 +185,8 @@ class _FollowMasks:
     def __init__(self, source: MaskSource):
         self.source = source
         self.single: np.ndarray | None = None
-        self.iterator = None
-        self.current = (-1, None)
+        self.iterator: Iterator[tuple[int, np.ndarray]] | None = None
+        self.current: tuple[int, np.ndarray] = (-1, np.zeros((0, 0), np.float32))
         if source.count == 1:
             self.single = next(iter(source.read([0])))[1]
 
@@ -223,11 +225,10 @@ class ClipInfo:
 
 
 def _count_masks(source: MaskSource) -> int:
+    """The number of masks (a file is read once: its source remembers the count)."""
     if source.count is not None:
         return int(source.count)
-    n = sum(1 for _ in source.read(None))
-    source.count = n
-    return n
+    return sum(1 for _ in source.read(None))
 
 
 def scan(clip: Clip, mask_problem: Callable[[np.ndarray], str | None] | None = None) -> ClipInfo:
@@ -299,13 +300,11 @@ def describe_frames(indices) -> str:
     """``[1, 2, 3, 7]`` -> ``"1-3, 7"`` (long lists shortened)."""
     idx = sorted(indices)
     runs: list[str] = []
-    start = prev = None
-    for i in idx + [None]:
-        if start is not None and (i is None or i != prev + 1):
-            runs.append(str(start) if start == prev else f"{start}-{prev}")
-            start = None
-        if i is not None and start is None:
+    start = 0
+    for k, i in enumerate(idx):
+        if k == 0 or i != idx[k - 1] + 1:
             start = i
-        prev = i
+        if k == len(idx) - 1 or idx[k + 1] != i + 1:
+            runs.append(str(start) if start == i else f"{start}-{i}")
     text = ", ".join(runs[:8])
     return text + (f" and {len(runs) - 8} more ranges" if len(runs) > 8 else "")

@@ -17,12 +17,14 @@ colour transforms are then similar anyway). ``cut_threshold`` 1 turns the detect
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 
 from ..params import PARAMS
 
 #: frames whose histogram distance to the previous frame exceeds this start a new shot (r2r.params)
-DEFAULT_CUT_THRESHOLD = float(PARAMS["cut_threshold"].default)
+DEFAULT_CUT_THRESHOLD = cast(float, PARAMS["cut_threshold"].default)
 #: histogram bins per colour channel (joint histogram: BINS ** 3 cells)
 BINS = 8
 #: thumbnail long side (px) the histograms are taken on
@@ -41,7 +43,7 @@ def frame_signature(frame: np.ndarray, mask: np.ndarray | None = None) -> np.nda
     thumb = cv2.resize(img, size, interpolation=cv2.INTER_AREA) if scale < 1 else img
     weights = np.ones(thumb.shape[:2], np.float32)
     if mask is not None:
-        m = np.clip(mask.astype(np.float32), 0.0, 1.0)
+        m: np.ndarray = np.clip(mask.astype(np.float32), 0.0, 1.0)
         m = cv2.resize(m, (thumb.shape[1], thumb.shape[0]), interpolation=cv2.INTER_AREA) if scale < 1 else m
         background = 1.0 - m
         if float(background.sum()) > 0.05 * background.size:  # else: almost no background, use the frame

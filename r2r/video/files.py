@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -172,8 +173,12 @@ class VideoWriter:
         self.fps, self.size, self.audio_from = Fraction(fps), (int(size[0]), int(size[1])), audio_from
         self.frames = 0
         self.audio = "none"
-        self._writer = self._container = self._stream = None
-        self._source = self._audio_out = self._resampler = None
+        self._writer: Any = None
+        self._container: Any = None
+        self._stream: Any = None
+        self._source: Any = None
+        self._audio_out: Any = None
+        self._resampler: Any = None
 
     def __enter__(self):
         from ..fileio import atomic_writer

@@ -16,13 +16,14 @@ the R2R path, :mod:`r2r.video.transforms`).
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import numpy as np
 
 from ..params import PARAMS
 
 #: the Gaussian's standard deviation in frames (the ``smoothing`` parameter's default, r2r.params)
-DEFAULT_SMOOTHING = float(PARAMS["smoothing"].default)
+DEFAULT_SMOOTHING = cast(float, PARAMS["smoothing"].default)
 #: the kernel is cut at this many standard deviations
 KERNEL_SIGMAS = 3.0
 
@@ -93,10 +94,10 @@ def interpolate(i: int, keys: list[int], params: dict[int, np.ndarray], shot: np
     j = int(np.searchsorted(keys, i))
     before = keys[j - 1] if j > 0 and shot[keys[j - 1]] == shot[i] else None
     after = keys[j] if j < len(keys) and shot[keys[j]] == shot[i] else None
-    if before is None and after is None:
-        return None
-    if before is None or after is None:
-        return params[after if before is None else before]
+    if before is None:
+        return None if after is None else params[after]
+    if after is None:
+        return params[before]
     t = (i - before) / (after - before)
     a, b = params[before], params[after]
     return ((1.0 - t) * a.astype(np.float64) + t * b.astype(np.float64)).astype(a.dtype)
