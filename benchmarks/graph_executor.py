@@ -47,10 +47,11 @@ PACK_LINK = "ComfyUI-R2R"
 RELEASE_NAME = "region2region"
 BASIC = "Harmonize a pasted object"
 KSAMPLER = "Harmonize with KSampler"
-SEED_NODES = {"R2RSampler": "seed", "KSampler": "seed", "R2RHarmonize": "seed"}
-STRENGTH_NODES = {"R2RMACAControllerApply": "strength", "R2RConditioning": "strength", "R2RHarmonize": "strength"}
-SIZE_NODES = {"R2RClearVAEEncode": "max_side", "R2RHarmonize": "max_side"}
-STEP_NODES = {"R2RSampler": "steps", "KSampler": "steps", "R2RHarmonize": "steps"}
+#: node classes (V1 and V2 ids start so) whose input the runs change: (class prefixes, input)
+SEED_NODES = (("R2RSampler", "KSampler", "R2RHarmonize"), "seed")
+STRENGTH_NODES = (("R2RMACAControllerApply", "R2RConditioning", "R2RHarmonize"), "strength")
+SIZE_NODES = (("R2RClearVAEEncode", "R2RHarmonize"), "max_side")
+STEP_NODES = (("R2RSampler", "KSampler", "R2RHarmonize"), "steps")
 RUNS = ("first", "reseed", "restrength")
 
 
@@ -71,6 +72,10 @@ def configure(prompt: dict, args, dtype: str | None) -> dict:
     """The template's prompt with the benchmark's settings (the release name always; the rest unless
     ``--as-delivered``). Returns {"seed": (node, input), "strength": (node, input)} for the re-runs."""
     handles = {}
+
+    def has(t, inputs, spec):
+        return t.startswith(spec[0]) and spec[1] in inputs
+
     for node_id, node in prompt.items():
         t, inputs = node["class_type"], node["inputs"]
         if t in ("R2RCheckpointLoader", "R2RUNetLoader", "R2RClearVAELoader", "R2RControllerLoader"):
@@ -79,18 +84,18 @@ def configure(prompt: dict, args, dtype: str | None) -> dict:
             inputs["download_if_missing"] = False
             if dtype and "dtype" in inputs:
                 inputs["dtype"] = dtype
-        if t in SEED_NODES:
-            handles.setdefault("seed", (node_id, SEED_NODES[t]))
-        if t in STRENGTH_NODES:
-            handles.setdefault("strength", (node_id, STRENGTH_NODES[t]))
+        if has(t, inputs, SEED_NODES):
+            handles.setdefault("seed", (node_id, SEED_NODES[1]))
+        if has(t, inputs, STRENGTH_NODES):
+            handles.setdefault("strength", (node_id, STRENGTH_NODES[1]))
         if args.as_delivered:
             continue
-        if t in SIZE_NODES and args.size:
-            inputs[SIZE_NODES[t]] = args.size
-        if t in STEP_NODES and args.steps:
-            inputs[STEP_NODES[t]] = args.steps
-        if t in SEED_NODES:
-            inputs[SEED_NODES[t]] = args.seed
+        if has(t, inputs, SIZE_NODES) and args.size:
+            inputs[SIZE_NODES[1]] = args.size
+        if has(t, inputs, STEP_NODES) and args.steps:
+            inputs[STEP_NODES[1]] = args.steps
+        if has(t, inputs, SEED_NODES):
+            inputs[SEED_NODES[1]] = args.seed
     return handles
 
 
@@ -239,7 +244,10 @@ def worker(args) -> int:
         t0, c0 = time.perf_counter(), time.process_time()
         if profiler is not None:
             profiler.__enter__()
+        pyprof = _python_profiler() if name in (args.cprofile or ()) else None
         executor.execute(p, name, {"client_id": _Server.client_id}, valid[2])
+        if pyprof is not None:
+            pyprof.disable()
         if device.type == "cuda":
             torch.cuda.synchronize()
         t1, c1 = time.perf_counter(), time.process_time()
@@ -261,6 +269,8 @@ def worker(args) -> int:
                       "previews": sum(1 for x in progress if x[3]), "loads": list(loads)}
         if profiler is not None:
             runs[name]["profile"] = _top_ops(profiler, device)
+        if pyprof is not None:
+            runs[name]["cprofile"] = _top_functions(pyprof)
         print(f"[graph_executor] {args.template} {name}: {t1 - t0:.2f} s wall, {c1 - c0:.1f} CPU s, peak "
               f"{runs[name]['peak_bytes'] / 1024**3:.2f} GiB", file=sys.stderr, flush=True)
     result = {"template": args.template, "device": str(device), "runs": runs,
@@ -285,6 +295,24 @@ def _top_ops(prof, device, n: int = 25) -> list:
              "share": round(getattr(e, key, 0) / total, 4)} for e in rows]
 
 
+def _python_profiler():
+    """cProfile over one run (``--cprofile RUN``): Python-level overhead, function by function."""
+    import cProfile
+
+    prof = cProfile.Profile()
+    prof.enable()
+    return prof
+
+
+def _top_functions(prof, n: int = 30) -> list:
+    import pstats
+
+    stats = pstats.Stats(prof)
+    rows = sorted(stats.stats.items(), key=lambda kv: kv[1][3], reverse=True)[:n]  # cumulative time
+    return [{"function": f"{Path(f).name}:{line}:{fn}", "calls": nc, "tottime_s": round(tt, 4),
+             "cumtime_s": round(ct, 4)} for (f, line, fn), (cc, nc, tt, ct, _) in rows]
+
+
 def _attention_name() -> str:
     import comfy.ldm.modules.attention as attn
 
@@ -300,6 +328,7 @@ def run_template(args, template: str, work: Path) -> dict:
     cmd += ["--as-delivered"] * args.as_delivered + ["--lowvram"] * args.lowvram
     cmd += ["--dtype", args.dtype] if args.dtype else []
     cmd += ["--profile", *args.profile] if args.profile else []
+    cmd += ["--cprofile", *args.cprofile] if args.cprofile else []
     env = {k: v for k, v in os.environ.items() if k != "R2R_HOST"}
     env.setdefault("HF_HUB_OFFLINE", "1")
     t0 = time.perf_counter()
@@ -347,6 +376,7 @@ def main(argv=None) -> int:
     p.add_argument("--timeout", type=float, default=900.0, help="seconds per template")
     p.add_argument("--comfyui-dir", default=os.environ.get("COMFYUI_DIR") or str(ROOT / ".cache" / "ComfyUI"))
     p.add_argument("--profile", nargs="*", default=[], choices=RUNS, help="torch.profiler over these runs")
+    p.add_argument("--cprofile", nargs="*", default=[], choices=RUNS, help="cProfile over these runs")
     p.add_argument("--keep", default=None, help="keep the outputs in this folder")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--template", help=argparse.SUPPRESS)

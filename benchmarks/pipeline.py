@@ -259,15 +259,16 @@ def run_ours(args, prepared, device, dtype, clock, pipe_out: list | None = None)
 def run_resident(args, prepared, device, dtype, clock):
     """R2RPipeline with every network resident (``from_pretrained``; loading reported, not counted, as for
     the official flow): the same stages, timed. Also times one whole ``pipe(composite, mask)`` call
-    (prepare -> restore) as ``end_to_end_s``. ``--compile``: the U-Net through ``torch.compile``."""
-    import torch
-
+    (prepare -> restore) as ``end_to_end_s``. ``--compile``: the U-Net through ``torch.compile``
+    (``--compile-mode``); ``--channels-last``: every network channels-last (r2r.pipeline.speed)."""
     from r2r.pipeline import R2RPipeline
+    from r2r.pipeline.speed import speed_options
 
     with clock.stage("load"):
         pipe = R2RPipeline.from_pretrained(args.weights, torch_dtype=dtype, device=device)
-        if args.compile:
-            pipe.components.unet = torch.compile(pipe.components.unet)
+        if args.compile or args.channels_last:
+            speed_options(pipe.models, channels_last=args.channels_last, compile=args.compile,
+                          compile_mode=args.compile_mode)
     load_time = clock.t["load"]
     clock.untimed_cpu += clock.cpu["load"]  # resident: loaded once, not per call
     clock.t["load"] = clock.cpu["load"] = 0.0
@@ -375,6 +376,9 @@ def main(argv=None) -> int:
                    help="ours: controller timesteps per forward (0 = the pipeline's rule: 1 on CPU, what fits on a GPU)")
     p.add_argument("--warmup", action="store_true", help="run each flow once untimed first (use on GPUs)")
     p.add_argument("--compile", action="store_true", help="resident: torch.compile the U-Net (with --warmup)")
+    p.add_argument("--compile-mode", default="default", choices=("default", "reduce-overhead", "max-autotune"),
+                   help="resident: torch.compile mode (reduce-overhead = CUDA graphs)")
+    p.add_argument("--channels-last", action="store_true", help="resident: channels-last networks")
     p.add_argument("--worker", choices=list(FLOWS), help=argparse.SUPPRESS)
     p.add_argument("--size", type=int, help=argparse.SUPPRESS)
     p.add_argument("--save-output", help=argparse.SUPPRESS)
@@ -400,7 +404,8 @@ def main(argv=None) -> int:
                        "--dtype", args.dtype, "--device", args.device, "--weights", args.weights,
                        "--seed", str(args.seed), "--threads", str(args.threads), "--skips", args.skips,
                        "--residuals", args.residuals, "--timestep-batch", str(args.timestep_batch),
-                       "--save-output", out_path] + ["--warmup"] * args.warmup + ["--compile"] * args.compile
+                       "--save-output", out_path, "--compile-mode", args.compile_mode] + ["--warmup"] * args.warmup \
+                    + ["--compile"] * args.compile + ["--channels-last"] * args.channels_last
                 print(f"[bench] {flow} {size}x{size} {args.dtype} {args.device} steps={args.steps} ...", flush=True)
                 proc = subprocess.run(cmd, capture_output=True, text=True)
                 lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]

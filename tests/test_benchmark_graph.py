@@ -125,3 +125,52 @@ def test_same_seed_difference_uses_saveimage_quantisation(graph, tmp_path):
     np.save(tmp_path / "off.npy", np.clip(img + 0.1, 0, 1))
     assert graph.same_seed_difference(str(tmp_path / "a.png"), str(tmp_path / "off.npy"))[
         "same_seed_max_abs_diff"] > 0.05
+
+
+# ----------------------------------------------------------------------------- benchmarks/graph_executor.py
+@pytest.fixture(scope="module")
+def executor_bench():
+    spec = importlib.util.spec_from_file_location("bench_graph_executor", ROOT / "benchmarks" / "graph_executor.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _prompt(sampler="R2RSampler", apply="R2RMACAControllerApplyV2"):
+    return {"1": {"class_type": "R2RCheckpointLoader", "inputs": {"checkpoint": "x", "dtype": "auto",
+                                                                  "download_if_missing": True}},
+            "3": {"class_type": "R2RClearVAEEncode", "inputs": {"max_side": 1024}},
+            "4": {"class_type": apply, "inputs": {"strength": 1.0}},
+            "5": {"class_type": sampler, "inputs": {"seed": 7, "steps": 10}}}
+
+
+def test_executor_configures_runs_for_v1_v2_and_ksampler_templates(executor_bench):
+    args = argparse.Namespace(size=256, steps=2, seed=3, restrength=0.5, as_delivered=False)
+    for sampler, apply in (("R2RSampler", "R2RMACAControllerApply"), ("R2RSampler", "R2RMACAControllerApplyV2"),
+                           ("KSampler", "R2RConditioning")):
+        prompt = _prompt(sampler, apply)
+        handles = executor_bench.configure(prompt, args, "fp16")
+        assert handles == {"seed": ("5", "seed"), "strength": ("4", "strength")}
+        assert prompt["1"]["inputs"] == {"checkpoint": executor_bench.RELEASE_NAME, "dtype": "fp16",
+                                         "download_if_missing": False}
+        assert prompt["3"]["inputs"]["max_side"] == 256 and prompt["5"]["inputs"] == {"seed": 3, "steps": 2}
+        reseed = executor_bench.variant(prompt, handles, "reseed", args)
+        restrength = executor_bench.variant(prompt, handles, "restrength", args)
+        assert reseed["5"]["inputs"]["seed"] == 4 and reseed["4"]["inputs"]["strength"] == 1.0
+        assert restrength["5"]["inputs"]["seed"] == 4 and restrength["4"]["inputs"]["strength"] == 0.5
+        assert prompt["5"]["inputs"]["seed"] == 3  # the first run's prompt is untouched
+    delivered = _prompt()
+    executor_bench.configure(delivered, argparse.Namespace(size=256, steps=2, seed=3, as_delivered=True), None)
+    assert delivered["3"]["inputs"]["max_side"] == 1024 and delivered["5"]["inputs"]["seed"] == 7
+    assert executor_bench.variant({"1": {"class_type": "X", "inputs": {}}}, {}, "reseed", args) is None
+
+
+def test_executor_summary_compares_ksampler_with_basic(executor_bench):
+    runs = {executor_bench.BASIC: {"runs": {"first": {"cpu_s": 10.0, "wall_s": 5.0}, "reseed": {"cpu_s": 4.0,
+                                                                                                 "wall_s": 2.0}}},
+            executor_bench.KSAMPLER: {"runs": {"first": {"cpu_s": 9.0, "wall_s": 6.0}, "reseed": {"cpu_s": 4.2,
+                                                                                                  "wall_s": 2.2}}}}
+    out = executor_bench.summary(runs)
+    assert out == {"ksampler_vs_basic_first_cpu": 0.9, "ksampler_vs_basic_first_wall": 1.2,
+                   "ksampler_vs_basic_reseed_cpu": 1.05, "ksampler_vs_basic_reseed_wall": 1.1}
+    assert executor_bench.summary({executor_bench.BASIC: {"error": "x"}}) == {}
