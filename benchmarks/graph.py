@@ -293,7 +293,7 @@ def _phases(events, wall, cpu, prompt, steps) -> dict:
         raise SystemExit(f"graph.py: the sampler's progress events are incomplete ({len(progress)} received); "
                          "cannot split its time into controller and U-Net phases.")
     end = progress[-1]
-    restart = next((i for i in range(1, len(progress)) if progress[i][2] <= progress[i - 1][2]), None)
+    restart = next((i for i in range(1, len(progress)) if progress[i][2] < progress[i - 1][2]), None)
     if restart is not None and end[3] == steps:  # the controller's own count, then the denoising steps
         split = progress[restart - 1]
         out.update(controller_ran=True, controller_wall_s=split[4] - start[4], controller_cpu_s=split[5] - start[5],

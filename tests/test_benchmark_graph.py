@@ -45,6 +45,7 @@ def _events(controller: bool, steps: int = 2, one_bar: bool = False):
     for _ in range(steps):
         t, value = t + 5.0, value + 1
         ev.append(("progress", "5", value, total, t, 2 * t))
+        ev.append(("progress", "5", value, total, t, 2 * t))  # the same value again: a preview sent with it
     ev.append(("node", "6", 0, 0, t + 0.5, 2 * (t + 0.5)))
     return ev, t + 10.0
 
@@ -69,7 +70,7 @@ def test_phases_with_reused_residuals(graph):
 def test_phases_refuses_incomplete_progress(graph):
     ev, wall = _events(controller=True)
     with pytest.raises(SystemExit, match="incomplete"):
-        graph._phases(ev[:-2], wall, wall, PROMPT, 2)
+        graph._phases(ev[:-3], wall, wall, PROMPT, 2)  # the last step (and its preview) missing
     with pytest.raises(SystemExit, match="progress units"):
         graph._phases(ev, wall, wall, PROMPT, 3)
     with pytest.raises(SystemExit, match="progress units"):
