@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
-import json
 import os
 import stat
 import tempfile
@@ -30,6 +29,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from .errors import R2RUserError
+from .own_outputs import with_marker
 
 #: marker inside the names of files that are still being written (``name.tmp-<pid>``)
 TEMP_MARKER = ".tmp-"
@@ -39,8 +39,6 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 MAX_STREAM_BYTES = 1 << 30
 #: how long a pipe may stay silent (nothing written to it yet) before reading it gives up, in seconds
 STREAM_IDLE_S = 20.0
-#: the key and value r2r puts in the JSON reports it writes (how a later run recognises its own report)
-REPORT_KEY = "written_by"
 
 
 class OutputWriteError(R2RUserError, OSError):
@@ -252,23 +250,6 @@ def check_inside(path, folder, what: str = "output") -> Path:
     return Path(path)
 
 
-def report_marker(tool: str) -> dict:
-    """The entry r2r puts first in a JSON report written by ``tool`` (see :func:`is_own_report`)."""
-    return {REPORT_KEY: tool}
-
-
-def is_own_report(path, tool: str, max_bytes: int = 512 << 20) -> bool:
-    """True when ``path`` is a JSON report that ``tool`` wrote earlier (it may replace it without asking)."""
-    try:
-        if not stat.S_ISREG(os.stat(path).st_mode) or os.path.getsize(path) > max_bytes:
-            return False
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and data.get(REPORT_KEY) == tool
-
-
 def check_output_file(path, *, inputs: Iterable = (), overwrite: bool = False,
                       replaceable: Callable[[Path], bool] | None = None, extensions: Iterable[str] | None = None,
                       what: str = "output file", overwrite_hint: str = "pass --overwrite") -> Path:
@@ -454,11 +435,6 @@ def read_mask(path):
     return data
 
 
-#: the text key r2r writes into the PNG/JPEG images a command produces (how a later run of that command
-#: recognises its own earlier result and may replace it without --overwrite)
-IMAGE_MARKER = b"r2r-output"
-
-
 def encode_image(rgb_uint8, ext: str, jpeg_quality: int = 95, marker: str | None = None) -> bytes:
     """``HxWx3 uint8`` RGB -> the bytes of an image file of type ``ext`` (``.png``, ``.jpg``, ...).
 
@@ -474,36 +450,7 @@ def encode_image(rgb_uint8, ext: str, jpeg_quality: int = 95, marker: str | None
     if not ok:
         raise R2RUserError(f"OpenCV could not encode the image as {ext}; try .png.")
     data = buf.tobytes()
-    return data if marker is None else _with_marker(data, ext, marker)
-
-
-def _marker_text(marker: str) -> bytes:
-    return IMAGE_MARKER + b"\0" + marker.encode("ascii")
-
-
-def _with_marker(data: bytes, ext: str, marker: str) -> bytes:
-    import struct
-    import zlib
-
-    text = _marker_text(marker)
-    if ext == ".png":  # a tEXt chunk right after IHDR (8-byte signature + 25-byte IHDR chunk)
-        chunk = b"tEXt" + text
-        return data[:33] + struct.pack(">I", len(text)) + chunk + struct.pack(">I", zlib.crc32(chunk)) + data[33:]
-    if ext in (".jpg", ".jpeg"):  # a COM segment right after SOI
-        return data[:2] + b"\xff\xfe" + struct.pack(">H", len(text) + 2) + text + data[2:]
-    return data  # .webp/.bmp/.tif: no marker (such an earlier result needs --overwrite to be replaced)
-
-
-def is_own_image(path, marker: str, head_bytes: int = 4096) -> bool:
-    """True when ``path`` is an image r2r wrote with ``marker`` (its PNG text chunk or JPEG comment)."""
-    try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            return False
-        with open(path, "rb") as fh:
-            head = fh.read(head_bytes)
-    except OSError:
-        return False
-    return _marker_text(marker) in head
+    return data if marker is None else with_marker(data, ext, marker)
 
 
 def write_image(path, rgb_uint8, jpeg_quality: int = 95, marker: str | None = None) -> Path:

@@ -157,7 +157,8 @@ def check_out_file(path, inputs, option: str = "--out", *, overwrite: bool = Fal
     not a read-only file, not an existing file other than this command's own earlier result unless
     ``overwrite``) -- checked before the work that produces it. ``marker``: the command whose earlier
     results (recognised by the marker :func:`save_result` writes into them) may be replaced."""
-    from ..fileio import IMAGE_EXTENSIONS, check_output_file, is_own_image
+    from ..fileio import IMAGE_EXTENSIONS, check_output_file
+    from ..own_outputs import is_own_image
 
     path = Path(path)
     check_output_file(path, inputs=inputs, overwrite=overwrite, replaceable=lambda p: is_own_image(p, marker),

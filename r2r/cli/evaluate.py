@@ -27,7 +27,7 @@ def add_arguments(p) -> None:
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
-#: what the JSON reports of this command carry under r2r.fileio.REPORT_KEY
+#: what the JSON reports of this command carry under r2r.own_outputs.REPORT_KEY
 TOOL = "python -m r2r evaluate"
 
 
@@ -37,7 +37,8 @@ def check_args(args) -> None:
     predictions) and replaces no file but an earlier report unless ``--overwrite``."""
     from ..dataset.layouts import check_folder, find_split_file, read_split
     from ..errors import R2RUserError
-    from ..fileio import check_output_file, is_own_report
+    from ..fileio import check_output_file
+    from ..own_outputs import is_own_report
     from ..metrics import index_predictions
 
     if not args.full_resolution and args.resolution < 7:
@@ -59,7 +60,8 @@ def check_args(args) -> None:
 def run(args) -> int:
     import json
 
-    from ..fileio import atomic_write_text, report_marker
+    from ..fileio import atomic_write_text
+    from ..own_outputs import report_marker
     from ..metrics import evaluate, format_table
 
     check_args(args)

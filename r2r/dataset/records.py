@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import R2RUserError
-from ..fileio import atomic_write_text, is_own_report, report_marker
+from ..fileio import atomic_write_text
+from ..own_outputs import is_own_report, report_marker
 
 
 @dataclass
