@@ -38,8 +38,8 @@ def check_args(args) -> None:
     from ..dataset.layouts import check_folder, find_split_file, read_split
     from ..errors import R2RUserError
     from ..fileio import check_output_file
-    from ..own_outputs import is_own_report
     from ..metrics import index_predictions
+    from ..own_outputs import is_own_report
 
     if not args.full_resolution and args.resolution < 7:
         raise R2RUserError(f"--resolution must be >= 7 (the SSIM window), got {args.resolution}")
@@ -61,8 +61,8 @@ def run(args) -> int:
     import json
 
     from ..fileio import atomic_write_text
-    from ..own_outputs import report_marker
     from ..metrics import evaluate, format_table
+    from ..own_outputs import report_marker
 
     check_args(args)
     rep = evaluate(
