@@ -18,6 +18,7 @@ Nothing here imports ComfyUI at import time; ``R2R_HOST=plain`` forces plain mod
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
@@ -90,7 +91,11 @@ def order_templates(order) -> bool:
             names = listing[folder]
             listing[folder] = sorted(names, key=lambda n: (rank.get(n, len(rank)), n))
             return web.json_response(listing, status=response.status)
-        except Exception:  # noqa: BLE001 -- a listing we do not understand is passed on unchanged
+        except Exception as exc:  # noqa: BLE001 -- a listing we do not understand is passed on unchanged, said once
+            if not getattr(sort_r2r_templates, "warned", False):
+                sort_r2r_templates.warned = True  # type: ignore[attr-defined]
+                logging.getLogger("r2r.nodes").warning("R2R: templates listed in the server's order (%s: %s)",
+                                                       type(exc).__name__, exc)
             return response
 
     instance.app.middlewares.append(sort_r2r_templates)
