@@ -122,7 +122,7 @@ def release_bytes(repo: str = _files.OFFICIAL_REPO) -> int:
         wanted, _ = _select_repo_files([e.path for e in entries], RELEASE_COMPONENTS)
         import fnmatch
 
-        total = sum(e.size for e in entries if any(fnmatch.fnmatch(e.path, w) for w in wanted))
+        total = sum(int(getattr(e, "size", 0) or 0) for e in entries if any(fnmatch.fnmatch(e.path, w) for w in wanted))
         return int(total) or NOMINAL_BYTES
     except Exception:  # noqa: BLE001 -- only the bar's length: the download itself reports real failures
         return NOMINAL_BYTES
