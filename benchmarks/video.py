@@ -155,7 +155,7 @@ def memory_child(args) -> int:
         engine = StatisticsEngine()
     else:
         pipe, _ = load_pipe(args)
-        engine = r2r_engine(pipe, args)
+        engine = r2r_engine(pipe, args, args.chunk_frames)
     cuda = args.device.startswith("cuda")
     if cuda:
         import torch
@@ -254,7 +254,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--frames", type=int, default=48, help="frames of the weight-free clips")
     p.add_argument("--size", type=int, default=256, help="frame side of the weight-free clips")
-    p.add_argument("--r2r-frames", type=int, default=64, help="frames of the R2R clips")
+    p.add_argument("--r2r-frames", type=int, default=96, help="frames of the R2R clips")
     p.add_argument("--r2r-size", type=int, default=128, help="frame side of the R2R clips")
     p.add_argument("--r2r-max-side", type=int, default=128, help="R2R working resolution")
     p.add_argument("--steps", type=int, default=2, help="denoising steps (official 10; CPU runs use fewer)")
@@ -265,6 +265,7 @@ def main(argv=None) -> int:
     p.add_argument("--memory-frames", type=int, nargs=2, default=[20, 200])
     p.add_argument("--memory-size", type=int, default=512)
     p.add_argument("--memory-mode", default="smoothed", choices=MODES)
+    p.add_argument("--chunk-frames", type=int, default=None, help="R2R frames per chunk (default: by free memory)")
     p.add_argument("--memory-engines", nargs="+", default=["statistics", "r2r"], choices=("statistics", "r2r"),
                    help="harmonizers whose peak memory is measured (the dry run: statistics only)")
     p.add_argument("--memory-engine", default="r2r", choices=("r2r", "statistics"), help=argparse.SUPPRESS)

@@ -285,6 +285,8 @@ def test_bad_clips_are_refused_before_any_work():
         (Clip(ArrayFrames(frames), ArrayMasks(masks)), {"temporal": "flow"}, "temporal must be one of"),
         (Clip(ArrayFrames(frames * 2), ArrayMasks(masks)), {}, r"outside \[0, 1\]"),
         (Clip(ArrayFrames(frames), ArrayMasks(np.zeros_like(masks))), {}, "None of the 4 frames"),
+        (Clip(ArrayFrames(frames), ArrayMasks(masks), ArrayMasks(np.zeros_like(masks[0]))), {},
+         "reference mask of frame 0 is empty"),
     ]
     for clip, kw, message in cases:
         kw = {"temporal": "keyframes", **kw}

@@ -62,3 +62,22 @@ def test_the_peak_memory_measure_sees_frames_kept_in_memory(tmp_path):
     kept = peak(8, "keep"), peak(64, "keep")
     assert streamed[1] <= 1.10 * streamed[0], streamed
     assert kept[1] > 1.10 * kept[0], kept  # 56 more frames of 256x256 float32 held: the measure sees them
+
+
+@pytest.mark.slow
+def test_r2r_peak_memory_does_not_grow_with_the_clip(tiny_release, tmp_path):
+    """The benchmark's memory measure on the R2R path (tiny release, shared_noise: every frame through the
+    model): 18 frames peak where 6 do (each length in its own process, chunks of 3 frames). The full figure
+    (20 vs 200 frames of 512x512, smoothed) is the benchmark's."""
+
+    def peak(n):
+        cmd = [sys.executable, str(ROOT / "benchmarks" / "video.py"), "--memory-child", str(n), "--memory-engine",
+               "r2r", "--memory-size", "96", "--memory-mode", "shared_noise", "--steps", "1", "--r2r-max-side", "64",
+               "--weights", str(tiny_release), "--weights-cache", str(tmp_path), "--chunk-frames", "3"]
+        res = subprocess.run(cmd, capture_output=True, text=True, check=True, env={**__import__("os").environ,
+                                                                                  "PYTHONPATH": str(ROOT)})
+        return json.loads(res.stdout.strip().splitlines()[-1])
+
+    small, large = peak(6), peak(18)
+    assert small["frames"] == 6 and large["frames"] == 18
+    assert large["peak_rss_mib"] <= 1.10 * small["peak_rss_mib"], (small, large)

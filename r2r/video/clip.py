@@ -265,6 +265,9 @@ def scan(clip: Clip, mask_problem: Callable[[np.ndarray], str | None] | None = N
             if tuple(r.shape) != size:
                 raise R2RUserError(f"The reference mask of frame {i} is {r.shape[1]}x{r.shape[0]} (WxH) but the "
                                    f"frames are {size[1]}x{size[0]}; give reference masks of the frames' size.")
+            if not (r > 0).any():
+                raise R2RUserError(f"The reference mask of frame {i} is empty; mark the region whose colours the "
+                                   "object should take in white (or leave the reference masks out).")
         as_frame(f, i)
         if m is not None:
             why = problem(m)
