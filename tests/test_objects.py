@@ -69,7 +69,10 @@ def test_components_in_reading_order_with_soft_edges_to_the_nearest():
     m[0, 5:12, 40:55] = 1  # upper right: first
     m[0, 24, 5:15] = 0.3  # a soft edge just above the lower object
     m[0, 5:12, 39] = 0.2  # and left of the upper one
-    parts = components(m)
+    objs = components(m)
+    assert [o.box for o in objs] == [Box(5, 12, 39, 55), Box(24, 35, 5, 15)]  # the soft edges belong to them
+    whole = Box(0, 40, 0, 60)
+    parts = torch.cat([o.within(whole) for o in objs])
     assert parts.shape == (2, 1, 40, 60)
     assert bool(parts[0, 0, 8, 45] == 1) and bool(parts[1, 0, 30, 10] == 1)
     assert float(parts[1, 0, 24, 10]) == pytest.approx(0.3) and float(parts[0, 0, 24, 10]) == 0
@@ -77,14 +80,16 @@ def test_components_in_reading_order_with_soft_edges_to_the_nearest():
     assert torch.equal(parts.sum(0), m)  # every pixel in exactly one object, values kept
     single = torch.zeros(1, 40, 60)
     single[0, 10:20, 10:20] = 1
-    assert torch.equal(components(single), single[None])
+    (one,) = components(single)
+    assert one.box == Box(10, 20, 10, 20) and torch.equal(one.within(whole)[0], single)
+    assert torch.equal(one.within(Box(15, 40, 0, 12))[0, 0], single[0, 15:40, 0:12])  # cut to another box
 
 
 def test_split_objects_batch_rules():
     _, masks = scene()
-    assert [g.shape[0] for g in split_objects(masks, 1)] == [2]  # a MASK batch for one picture: its objects
-    assert [g.shape[0] for g in split_objects(union(masks), 1)] == [2]  # its separate parts
-    assert [g.shape[0] for g in split_objects(torch.cat([union(masks), masks[:1]]), 2)] == [2, 1]
+    assert [len(g) for g in split_objects(masks, 1)] == [2]  # a MASK batch for one picture: its objects
+    assert [len(g) for g in split_objects(union(masks), 1)] == [2]  # its separate parts
+    assert [len(g) for g in split_objects(torch.cat([union(masks), masks[:1]]), 2)] == [2, 1]
     with pytest.raises(R2RUserError, match="Got 2 masks for 3 composites"):
         split_objects(masks, 3)
     empty = masks.clone()

@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import R2RUserError
+
+if TYPE_CHECKING:
+    import torch
 
 #: the most objects one picture may have with objects=each or crop=per_object
 MAX_OBJECTS = 64
@@ -44,55 +48,97 @@ class Box:
 # ----------------------------------------------------------------------------- objects
 
 
-def components(mask_1hw):
-    """The connected components of one mask ``[1,H,W]`` -> ``[K,1,H,W]`` soft masks (see the module docstring)."""
+@dataclass(frozen=True)
+class ObjectMask:
+    """One object: the box of its pixels (mask > 0) and its soft mask there (``[1,1,h,w]``), so a picture's
+    objects cost no full-size mask each."""
+
+    box: Box
+    soft: torch.Tensor
+
+    def within(self, box: Box):
+        """The object's soft mask in ``box`` (``[1,1,box.h,box.w]``, 0 outside the object)."""
+        import torch
+
+        out = torch.zeros((1, 1, box.height, box.width), dtype=torch.float32, device=self.soft.device)
+        y0, y1 = max(box.y0, self.box.y0), min(box.y1, self.box.y1)
+        x0, x1 = max(box.x0, self.box.x0), min(box.x1, self.box.x1)
+        if y0 < y1 and x0 < x1:
+            out[..., y0 - box.y0:y1 - box.y0, x0 - box.x0:x1 - box.x0] = \
+                self.soft[..., y0 - self.box.y0:y1 - self.box.y0, x0 - self.box.x0:x1 - self.box.x0]
+        return out
+
+
+def object_mask(soft_1hw) -> ObjectMask | None:
+    """A mask ``[1,H,W]`` as one :class:`ObjectMask` (None when it has no pixel > 0)."""
+    box = pixel_box(soft_1hw)
+    return None if box is None else ObjectMask(box, box.of(soft_1hw)[None].float().clone())
+
+
+def components(mask_1hw, where: str = "") -> list:
+    """The connected components of one mask ``[1,H,W]`` -> :class:`ObjectMask` list (the module docstring's
+    rule); more than :data:`MAX_OBJECTS` is refused before any of them is cut out."""
     import cv2
     import torch
+    from scipy import ndimage
 
     soft = mask_1hw[0].detach().to("cpu", torch.float32).numpy()
     binary = (soft >= 0.5).astype(np.uint8)
     n, labels = cv2.connectedComponents(binary, connectivity=8)
     faint = (soft > 0) & (binary == 0)
     if n <= 2 and not (n == 2 and faint.any()):
-        return mask_1hw[None].float()
+        found = object_mask(mask_1hw)
+        return [] if found is None else [found]
+    if n - 1 > MAX_OBJECTS:
+        raise R2RUserError(
+            f"The mask{where} has {n - 1} separate objects; at most {MAX_OBJECTS} are harmonized one by one. Clean "
+            "stray specks off the mask (or close its gaps), or use objects=together.")
     if faint.any():  # soft edge pixels below 0.5 belong to the nearest component
         _, nearest = cv2.distanceTransformWithLabels(1 - binary, cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
         lut = np.zeros(int(nearest.max()) + 1, np.int32)
         lut[nearest[binary > 0]] = labels[binary > 0]
         labels = np.where(faint, lut[nearest], labels)
-    labels = torch.from_numpy(labels).to(mask_1hw.device)
-    ids = torch.arange(1, n, device=mask_1hw.device).view(-1, 1, 1, 1)
-    return torch.where(labels[None, None] == ids, mask_1hw.float()[None], torch.zeros((), device=mask_1hw.device))
+    out = []
+    for k, (rows, cols) in enumerate(ndimage.find_objects(labels), start=1):  # one pass: every label's box
+        box = Box(rows.start, rows.stop, cols.start, cols.stop)
+        keep = torch.from_numpy(box.of(labels) == k).to(mask_1hw.device)
+        out.append(ObjectMask(box, torch.where(keep, box.of(mask_1hw[0]).float(), 0.0)[None, None]))
+    return out
 
 
 def split_objects(mask, batch: int) -> list:
-    """``mask`` ``[M,1,H,W]`` for ``batch`` composites -> per composite its objects ``[K,1,H,W]``."""
+    """``mask`` ``[M,1,H,W]`` for ``batch`` composites -> per composite its objects (:class:`ObjectMask` lists)."""
     m = int(mask.shape[0])
     if batch == 1 and m > 1:
-        groups = [mask.float()]
+        groups = [[object_mask(mask[i]) for i in range(m)]]
     elif m in (1, batch):
-        groups = [components(mask[min(b, m - 1)]) for b in range(batch)]
+        groups = [components(mask[min(b, m - 1)], f" of composite {b + 1}" if batch > 1 else "")
+                  for b in range(batch)]
     else:
         raise R2RUserError(
             f"Got {m} masks for {batch} composites. With objects=each or crop=per_object give one mask per composite "
             "(its separate parts are its objects), or a batch of masks for ONE composite (one object per mask).")
     for b, group in enumerate(groups):
         where = f" of composite {b + 1}" if batch > 1 else ""
-        if int(group.shape[0]) > MAX_OBJECTS:
+        if len(group) > MAX_OBJECTS:
             raise R2RUserError(
-                f"The mask{where} has {group.shape[0]} separate objects; at most {MAX_OBJECTS} are harmonized one by "
+                f"The mask{where} has {len(group)} separate objects; at most {MAX_OBJECTS} are harmonized one by "
                 "one. Clean stray specks off the mask (or close its gaps), or use objects=together.")
-        for i in range(group.shape[0]):
-            if not bool((group[i] >= 0.5).any()):
+        for i, obj in enumerate(group or [None]):
+            if obj is None or not bool((obj.soft >= 0.5).any()):
                 raise R2RUserError(
                     f"The mask of object {i + 1}{where} is empty (no pixel >= 0.5); expected the object in white. "
                     "Remove that mask from the batch or paint the object.")
     return groups
 
 
-def pixel_box(soft_1hw) -> Box:
-    rows = np.flatnonzero((soft_1hw[0] > 0).any(dim=1).cpu().numpy())
-    cols = np.flatnonzero((soft_1hw[0] > 0).any(dim=0).cpu().numpy())
+def pixel_box(soft_1hw) -> Box | None:
+    """The box of the pixels > 0 of ``[1,H,W]`` (None: no such pixel)."""
+    inside = soft_1hw[0] > 0
+    rows = np.flatnonzero(inside.any(dim=1).cpu().numpy())
+    cols = np.flatnonzero(inside.any(dim=0).cpu().numpy())
+    if not len(rows):
+        return None
     return Box(int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1)
 
 

@@ -49,13 +49,13 @@ from dataclasses import dataclass, field
 
 from ..errors import R2RUserError
 from ..params import check
-from .crops import MAX_OBJECTS, Box, components, compose, crop_box, pixel_box, split_objects, target_alpha
+from .crops import MAX_OBJECTS, Box, ObjectMask, components, compose, crop_box, split_objects, target_alpha
 from .reference import Reference
 from .values import R2ROutput
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MAX_OBJECTS", "Box", "ObjectRun", "ObjectsOutput", "check_objects", "components", "crop_box",
+__all__ = ["MAX_OBJECTS", "Box", "ObjectMask", "ObjectRun", "ObjectsOutput", "check_objects", "components", "crop_box",
            "harmonize_objects", "harmonize_statistics_objects", "plan_runs", "split_objects"]
 
 @dataclass(frozen=True)
@@ -93,9 +93,9 @@ def plan_runs(groups, image_hw, objects: str, crop: str, context: float, max_sid
     runs = []
     whole = Box(0, int(image_hw[0]), 0, int(image_hw[1]))
     for item, group in enumerate(groups):
-        count = int(group.shape[0]) if (objects == "each" or crop == "per_object") else 1
+        count = len(group) if (objects == "each" or crop == "per_object") else 1
         for index in range(count):
-            obj_box = pixel_box(group[index]) if count > 1 or crop == "per_object" else whole
+            obj_box = group[index].box if count > 1 or crop == "per_object" else whole
             box = whole if crop == "none" else crop_box(obj_box, image_hw, context, max_side, resize_mode, feather)
             run = ObjectRun(item, index, count, box, obj_box)
             runs.append(run)
@@ -127,20 +127,22 @@ def plan_runs(groups, image_hw, objects: str, crop: str, context: float, max_sid
     return runs
 
 
-def run_masks(run: ObjectRun, group, objects: str):
+def run_masks(run: ObjectRun, group: list, objects: str):
     """``(mask, target, others, background)`` of a run, in its box (``[1,1,h,w]`` each; ``background`` None
     when the default background applies): ``mask`` is the harmonizer's foreground, ``target`` the object's
     own soft mask (what the run pastes), ``others`` the other objects' pixels (>= 0.5)."""
     import torch
 
-    own = run.box.of(group[run.index:run.index + 1]).float()
-    if run.count == 1 and group.shape[0] > 1:  # together without crops: the union is the object
-        union = run.box.of(group).amax(dim=0, keepdim=True).float()
-        return union, union, torch.zeros_like(union, dtype=torch.bool), None
-    parts = run.box.of(group).float()
-    union = parts.amax(dim=0, keepdim=True)
-    others_bin = torch.cat([parts[:run.index], parts[run.index + 1:]]) >= 0.5
-    others = others_bin.any(dim=0, keepdim=True) if others_bin.shape[0] else torch.zeros_like(own, dtype=torch.bool)
+    own = group[run.index].within(run.box)
+    union, others = own.clone(), torch.zeros_like(own, dtype=torch.bool)
+    for j, obj in enumerate(group):
+        if j != run.index and obj.box.y0 < run.box.y1 and run.box.y0 < obj.box.y1 and \
+                obj.box.x0 < run.box.x1 and run.box.x0 < obj.box.x1:
+            part = obj.within(run.box)
+            torch.maximum(union, part, out=union)
+            others |= part >= 0.5
+    if run.count == 1 and len(group) > 1:  # together without crops: the union is the object
+        return union, union, torch.zeros_like(others), None
     if objects == "together":
         return union, own, others, None
     background = (1.0 - union) if bool(others.any()) else None
