@@ -127,7 +127,8 @@ class R2RWeightFreeHarmonize(R2RNode):
             display_name="R2R Color Match (weight-free)",
             category="R2R",
             description="Colour match (color match) without a model: matches the pasted object's colours to the "
-                        "background of the composite (or to reference_mask's region) "
+                        "background of the composite (or to reference_mask's region, or to another photo: "
+                        "reference_image) "
                         "with simple colour statistics: no model, no download, instant. A baseline, and a "
                         "fallback when the R2R weights are not available.",
             inputs=[

@@ -109,7 +109,8 @@ class R2RHarmonize(R2RNode):
                         "MACA controller, sampling and "
                         "Clear-VAE decode with paste-back in one node. Same result as the four separate nodes; "
                         "a new seed reuses the encoding and the controller's work. Optional: match the look of "
-                        "another photo (reference_image).",
+                        "another photo (reference_image), and harmonize several pasted objects each on its own, "
+                        "each in its own crop (objects, crop).",
             inputs=[
                 R2RModelType.Input("model", tooltip="The R2R model from the R2R Checkpoint Loader."),
                 clear_vae_in(),
