@@ -142,6 +142,10 @@ def test_bad_input_is_refused_before_any_work(clip_files, tmp_path, capsys, monk
     from PIL import Image
 
     Image.fromarray(np.full((50, 60), 255, np.uint8)).save(tmp_path / "small_mask.png")
+    make_video(tmp_path / "whole.mkv", [syn.frame(i) for i in range(16)])
+    whole = (tmp_path / "whole.mkv").read_bytes()
+    (tmp_path / "cut_short.mkv").write_bytes(whole[: len(whole) // 2])  # a download that stopped half-way
+    (tmp_path / "whole.mkv").unlink()
     video, masks = str(root / "clip.mp4"), str(root / "masks.mkv")
     cases = [
         (["--video", video, "--mask", masks, "--out", str(tmp_path / "exists.mp4")], "already exists"),
@@ -157,6 +161,8 @@ def test_bad_input_is_refused_before_any_work(clip_files, tmp_path, capsys, monk
          "frames' size"),
         (["--video", video, "--mask", str(tmp_path / "empty_masks.mkv"), "--out", str(tmp_path / "o6.mp4"),
           "--empty-frames", "stop"], "frames 3"),
+        (["--video", str(tmp_path / "cut_short.mkv"), "--mask", masks, "--out", str(tmp_path / "o8.mp4")],
+         "but 16 masks"),
         (["--video", video, "--mask", masks, "--out", str(tmp_path / "o7.gif")], "extension"),
         (["--video", video, "--mask", masks, "--out", video, "--overwrite"], "also an input"),
     ]
@@ -166,7 +172,7 @@ def test_bad_input_is_refused_before_any_work(clip_files, tmp_path, capsys, monk
         assert message in err, (argv, err)
     assert (tmp_path / "exists.mp4").read_bytes() == b"keep me"
     assert sorted(os.listdir(tmp_path)) == sorted(["exists.mp4", "text.mp4", "short_masks.mkv", "empty_masks.mkv",
-                                                   "audio_only.m4a", "small_mask.png"])
+                                                   "audio_only.m4a", "small_mask.png", "cut_short.mkv"])
 
 
 def test_overwrite_and_interrupt(clip_files, tmp_path, monkeypatch, capsys):
