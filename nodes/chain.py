@@ -44,8 +44,8 @@ from ._schema import (
 
 HARMONIZE = "Harmonize (relight / colour-match) a pasted object"
 SAMPLER_TEMPORAL_TIP = ("For a clip (the frames as a batch): shared_noise, smoothed and keyframes give every frame the "
-                        "same noise, so identical frames give identical results; independent = each batch item its own "
-                        "noise (as before). Set the same mode on Clear-VAE Decode.")
+                        "same noise, so identical frames give the same result (up to rounding); independent = each "
+                        "batch item its own noise (as before). Set the same mode on Clear-VAE Decode.")
 DECODE_TEMPORAL_TIP = ("For a clip (the frames as a batch): smoothed = the colour change smoothed over time within "
                        "each shot; keyframes = the colour change of every keyframe_interval-th frame (and at cuts) "
                        "interpolated between them; independent / shared_noise = each frame restored on its own. "
