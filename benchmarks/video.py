@@ -205,7 +205,7 @@ def figures(args, syn, runs_dir: Path) -> None:
         out = harmonize_frames(syn.clip(), StatisticsEngine(), temporal=mode)
         rows.append((mode, [out[i] for i in picks]))
     rows.append(("truth", [syn.truth(i) for i in picks]))
-    tile = 128
+    tile = 112
     label_w = 110
     sheet = np.full((len(rows) * tile, label_w + len(picks) * tile, 3), 255, np.uint8)
     for r, (name, frames) in enumerate(rows):
@@ -216,7 +216,7 @@ def figures(args, syn, runs_dir: Path) -> None:
             sheet[r * tile:(r + 1) * tile, label_w + c * tile:label_w + (c + 1) * tile] = small
     runs_dir.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(runs_dir / "video_modes.jpg"), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR),
-                [cv2.IMWRITE_JPEG_QUALITY, 85])
+                [cv2.IMWRITE_JPEG_QUALITY, 82])
     frames, masks, _ = read_example_clip("drifting_astronaut")
     out = harmonize_frames(Clip(ArrayFrames(frames), ArrayMasks(masks)), StatisticsEngine(), temporal="keyframes")
     template_thumbnail([frames[i] for i in (0, 8, 16, 23)],
