@@ -13,10 +13,12 @@ identity    the composite as its own reference photo with its background as the 
             ``identity_max_abs_diff`` of the two pictures (the invariant: <= 1e-6).
 per_object  a ``--big`` picture (default 4000x3000: the bundled rocket photo enlarged, three copies of the
             bundled cup cut-out pasted at ~300 px, each recoloured) harmonized with ``objects="each",
-            crop="per_object"`` vs one whole-picture run at the same ``max_side``: wall time and peak memory
-            (CPU: the process's resident high-water mark, reset before each run through
-            /proc/self/clear_refs; CUDA: max allocated), ``per_object_time_ratio`` and
-            ``per_object_peak_memory_ratio``.
+            crop="per_object"`` vs one whole-picture run at the same ``max_side``, each in its own process
+            (what one flow leaves in the allocator never counts for the other): wall time and peak memory
+            (CPU: the process's resident high-water mark, reset through /proc/self/clear_refs after loading
+            and a warm-up call; CUDA: max allocated), ``per_object_time_ratio`` and
+            ``per_object_peak_memory_ratio`` (of the peaks, networks included) and
+            ``per_object_peak_above_networks_ratio`` (of what each run adds to the loaded process).
 
 The networks stay loaded (``R2RPipeline.from_pretrained``); loading is not counted; a small warm-up call
 runs first. Prints a summary and, last, one JSON line.
@@ -101,6 +103,19 @@ def _reset_peak(device) -> None:
         pass
 
 
+def _current(device) -> int:
+    """Memory in use now (the base a peak is measured from)."""
+    import torch
+
+    if device.type == "cuda":
+        return int(torch.cuda.memory_allocated(device))
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
+
+
 def _peak(device) -> int:
     import torch
 
@@ -180,11 +195,9 @@ def run(args) -> dict:
     identity = float((plain.images - same.images).abs().max())
 
     width, height = args.big
-    big, big_mask = big_inputs(width, height)
-    whole_s, whole_peak, _ = timed(lambda: pipe(big, big_mask, **call), device)
-    crops_s, crops_peak, crops = timed(lambda: pipe(big, big_mask, objects="each", crop="per_object", **call),
-                                       device)
-    boxes = [f"{r.box.width}x{r.box.height}" for r in crops.runs]
+    whole = isolated("whole", args)
+    crops = isolated("per_object", args)
+    whole_s, whole_peak, crops_s, crops_peak = whole["s"], whole["peak"], crops["s"], crops["peak"]
     return {
         "benchmark": "reference", "device": str(device), "dtype": str(pipe.dtype).replace("torch.", ""),
         "weights": source if args.weights else ("full-size random" if args.full_size else "tiny random"),
@@ -193,12 +206,53 @@ def run(args) -> dict:
         "reference_step_time_ratio": ref_step / plain_step,
         "call_s": plain_call, "call_with_reference_s": ref_call, "reference_call_time_ratio": ref_call / plain_call,
         "identity_max_abs_diff": identity,
-        "big_picture": f"{width}x{height}", "objects": len(crops.runs), "crops": boxes,
+        "big_picture": f"{width}x{height}", "objects": len(crops["crops"]), "crops": crops["crops"],
         "whole_picture_s": whole_s, "per_object_s": crops_s, "per_object_time_ratio": crops_s / whole_s,
         "whole_picture_peak_bytes": whole_peak, "per_object_peak_bytes": crops_peak,
         "per_object_peak_memory_ratio": crops_peak / whole_peak,
+        "per_object_peak_above_networks_ratio": (crops_peak - crops["base"]) / max(1, whole_peak - whole["base"]),
+        "whole_picture_peak_above_networks_bytes": whole_peak - whole["base"],
+        "per_object_peak_above_networks_bytes": crops_peak - crops["base"],
         "peak_memory": "max allocated" if device.type == "cuda" else "resident high-water mark (VmHWM, reset per run)",
     }
+
+
+def isolated(kind: str, args) -> dict:
+    """One big-picture run (``whole`` | ``per_object``) in a fresh process -> its seconds, peak bytes and crops."""
+    import subprocess
+
+    argv = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--device", args.device, "--dtype",
+            args.dtype, "--steps", str(args.steps), "--max-side", str(args.max_side), "--big",
+            f"{args.big[0]}x{args.big[1]}", "--seed", str(args.seed), "--threads", str(args.threads),
+            "--weights-cache", args.weights_cache] + (["--weights", args.weights] if args.weights else []) + \
+        (["--full-size"] if args.full_size else [])
+    res = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if res.returncode != 0:
+        raise SystemExit(f"benchmarks/reference.py: the {kind} run failed:\n{res.stderr[-3000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def worker(args) -> int:
+    """The body of :func:`isolated`: load, warm up, reset the peak, one timed run, one JSON line."""
+    import torch
+
+    from r2r.devices import resolve_max_side
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        pipe, _ = load_pipeline(args, Path(tmp))
+    comp, mask, _ = small_inputs()
+    pipe(comp, mask, num_inference_steps=1, generator=0, max_side=64)  # warm-up (allocator, kernels)
+    call = dict(num_inference_steps=args.steps, generator=args.seed, max_side=resolve_max_side(args.max_side,
+                                                                                                pipe.device))
+    big, big_mask = big_inputs(*args.big)
+    extra = {"objects": "each", "crop": "per_object"} if args.worker == "per_object" else {}
+    base = _current(pipe.device)
+    seconds, peak, out = timed(lambda: pipe(big, big_mask, **call, **extra), pipe.device)
+    crops = [f"{r.box.width}x{r.box.height}" for r in getattr(out, "runs", [])]
+    print(json.dumps({"s": seconds, "peak": peak, "base": base, "crops": crops}))
+    return 0
 
 
 def _size(text: str):
@@ -225,9 +279,12 @@ def main(argv=None) -> int:
     p.add_argument("--repeat", type=int, default=3, help="controller timings: the median of this many runs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--worker", choices=("whole", "per_object"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.steps < 1 or args.repeat < 1:
         p.error("--steps and --repeat must be >= 1")
+    if args.worker:
+        return worker(args)
     result = run(args)
     gib = 1024 ** 3
     print(f"[reference] {result['weights']} on {result['device']} ({result['dtype']}), {args.steps} steps, "
@@ -239,7 +296,10 @@ def main(argv=None) -> int:
     print(f"  {result['big_picture']}, {result['objects']} objects (crops {', '.join(result['crops'])}): "
           f"whole picture {result['whole_picture_s']:.1f} s / {result['whole_picture_peak_bytes'] / gib:.2f} GiB, "
           f"per_object {result['per_object_s']:.1f} s / {result['per_object_peak_bytes'] / gib:.2f} GiB: "
-          f"time x{result['per_object_time_ratio']:.2f}, peak memory x{result['per_object_peak_memory_ratio']:.2f}")
+          f"time x{result['per_object_time_ratio']:.2f}, peak memory x{result['per_object_peak_memory_ratio']:.2f} "
+          f"(above the loaded networks: {result['whole_picture_peak_above_networks_bytes'] / gib:.2f} vs "
+          f"{result['per_object_peak_above_networks_bytes'] / gib:.2f} GiB, "
+          f"x{result['per_object_peak_above_networks_ratio']:.2f})")
     print(json.dumps(result))
     return 0
 

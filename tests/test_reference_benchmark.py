@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 KEYS = ("reference_step_time_ratio", "reference_call_time_ratio", "per_object_time_ratio",
-        "per_object_peak_memory_ratio", "identity_max_abs_diff")
+        "per_object_peak_memory_ratio", "per_object_peak_above_networks_ratio", "identity_max_abs_diff")
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def test_dry_run_prints_every_ratio(bench, capsys, one_thread):
     out = capsys.readouterr().out
     result = json.loads(out.strip().splitlines()[-1])
     assert result["benchmark"] == "reference" and result["weights"] == "tiny random"
-    for key in KEYS[:4]:
+    for key in KEYS[:5]:
         assert result[key] > 0, key
     assert result["identity_max_abs_diff"] <= 1e-6  # the composite as its own reference photo: no change
     assert result["objects"] == 3 and len(result["crops"]) == 3

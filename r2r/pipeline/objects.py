@@ -280,7 +280,7 @@ def harmonize_objects(pipe, composite, mask, *, objects: str = "each", crop: str
                                  alpha.to(out.device)))
             done += plan.evaluations
         outs.append(out)
-    return ObjectsOutput(images=torch.cat(outs), working_images=None, runs=runs)
+    return ObjectsOutput(images=outs[0] if len(outs) == 1 else torch.cat(outs), working_images=None, runs=runs)
 
 
 def _reference_count(reference: Reference) -> int:
@@ -353,4 +353,4 @@ def harmonize_statistics_objects(composite, mask, strength: float = 1.0, *, obje
             region = run.box.of(out)
             region.copy_(compose(region, run.box.of(original), result, run_mask, target_alpha(target, others, 0)))
         outs.append(original if out is None else out)
-    return torch.cat(outs)
+    return outs[0] if len(outs) == 1 else torch.cat(outs)
