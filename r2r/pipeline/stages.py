@@ -178,7 +178,8 @@ class Stages:
 
         def inputs():
             nonlocal controller
-            controller = self.models.get("controller", self.controller_memory(prepared, batch))
+            photos = 0 if reference is None or reference.photo is None else reference.batch_size  # their own pass
+            controller = self.models.get("controller", self.controller_memory(prepared, batch + photos))
             p = prepared.expand(batch)
             ref_mask, ref_hint = (None, None) if reference is None else reference.controller_inputs(device, dtype)
             return (controller, p.hint.to(device, dtype), p.latent_mask.to(device, dtype),
