@@ -187,6 +187,8 @@ def worker(args) -> int:
     cli.cpu = args.device == "cpu"
     cli.lowvram = bool(args.lowvram)
     cli.preview_method = comfy.cli_args.LatentPreviewMethod.Latent2RGB
+    if args.attention != "auto":  # ComfyUI's --use-{quad,split,pytorch}-cross-attention
+        setattr(cli, f"use_{args.attention}_cross_attention", True)
     import comfy.model_management as mm
     import comfy.utils
     import execution
@@ -202,8 +204,9 @@ def worker(args) -> int:
     os.makedirs(base / "input", exist_ok=True)
     models = base / "models_r2r"
     models.mkdir(exist_ok=True)
-    if not (models / RELEASE_NAME).exists():
-        os.symlink(Path(args.weights).resolve(), models / RELEASE_NAME)
+    if (models / RELEASE_NAME).is_symlink():  # a work folder used before: this run's weights
+        (models / RELEASE_NAME).unlink()
+    os.symlink(Path(args.weights).resolve(), models / RELEASE_NAME)
     folder_paths.folder_names_and_paths["r2r"] = ([str(models)], set())
     link = base / PACK_LINK
     if not link.exists():
@@ -227,6 +230,9 @@ def worker(args) -> int:
         lambda value, total, preview, prompt_id=None, node_id=None: progress.append(
             (str(node_id or server.last_node_id), int(value), int(total), preview is not None, time.perf_counter(), time.process_time())))
     wf = json.loads((WF_DIR / f"{args.template}.json").read_text(encoding="utf-8"))
+    if any(n["type"] not in nodes.NODE_CLASS_MAPPINGS and n["type"] not in ("Note", "MarkdownNote")
+           for n in wf["nodes"]):  # core nodes of comfy_extras (SolidMask, PrimitiveInt, ...): main.py loads them
+        asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
     prompt = ui_to_api(wf, object_info(nodes))
     handles = configure(prompt, args, args.dtype)
     executor = execution.PromptExecutor(server, cache_type=execution.CacheType.CLASSIC)
@@ -325,7 +331,7 @@ def run_template(args, template: str, work: Path) -> dict:
            "--weights", args.weights, "--comfyui-dir", args.comfyui_dir, "--device", args.device,
            "--size", str(args.size), "--steps", str(args.steps), "--seed", str(args.seed),
            "--restrength", str(args.restrength), "--cap-gib", str(args.cap_gib), "--runs", *args.runs]
-    cmd += ["--as-delivered"] * args.as_delivered + ["--lowvram"] * args.lowvram
+    cmd += ["--as-delivered"] * args.as_delivered + ["--lowvram"] * args.lowvram + ["--attention", args.attention]
     cmd += ["--dtype", args.dtype] if args.dtype else []
     cmd += ["--profile", *args.profile] if args.profile else []
     cmd += ["--cprofile", *args.cprofile] if args.cprofile else []
@@ -374,6 +380,8 @@ def main(argv=None) -> int:
     p.add_argument("--cap-gib", type=float, default=0.0, help="CUDA: limit the process to this many GiB")
     p.add_argument("--lowvram", action="store_true", help="ComfyUI's --lowvram")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds per template")
+    p.add_argument("--attention", default="auto", choices=("auto", "quad", "split", "pytorch"),
+                   help="ComfyUI's attention option (auto: its own choice for the device)")
     p.add_argument("--comfyui-dir", default=os.environ.get("COMFYUI_DIR") or str(ROOT / ".cache" / "ComfyUI"))
     p.add_argument("--profile", nargs="*", default=[], choices=RUNS, help="torch.profiler over these runs")
     p.add_argument("--cprofile", nargs="*", default=[], choices=RUNS, help="cProfile over these runs")

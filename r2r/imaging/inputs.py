@@ -31,7 +31,7 @@ def _concat(items, convert, name: str, fix: str):
     import torch
 
     if not items:
-        raise R2RUserError(f"The {name} list is empty; pass at least one.")
+        raise R2RUserError(f"The {name} list is empty; pass at least one image.")
     parts = [convert(x, name) for x in items]
     sizes = {tuple(p.shape[-2:]) for p in parts}
     if len(sizes) > 1:
