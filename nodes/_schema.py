@@ -1,8 +1,9 @@
 """What every R2R node shares on ComfyUI's V3 node API (``comfy_api.v0_0_2``).
 
 * the pack's socket types (``R2R_MODEL``, ``R2R_CLEAR_VAE``, ``R2R_CONTROLLER``) as ``io.Custom``;
-* :class:`R2RNode`, the base class: search aliases (``SEARCH_ALIASES``) go into the schema where
-  ComfyUI's ``io.Schema`` has the field (newer than 0.3.64) and into ``/object_info`` as
+* :class:`R2RNode`, the base class: a node's id, name, menu and search words come from its row in
+  ``_catalog.CARDS`` and its description from its docstring; the search words go into the schema
+  where ComfyUI's ``io.Schema`` has the field (newer than 0.3.64) and into ``/object_info`` as
   ``search_aliases`` in any case;
 * the input specs several nodes share (one definition: the same ranges and tooltips everywhere).
 
@@ -13,11 +14,13 @@ true inside ComfyUI; tests add the ComfyUI source tree, see tests/comfy_pack.py)
 from __future__ import annotations
 
 import dataclasses
+import inspect
 
 from comfy_api.v0_0_2 import io
 
 from ..r2r.errors import R2RUserError
 from ..r2r.params import AUTO_MAX_SIDE, PARAMS, check, check_choice
+from ._catalog import CARDS
 from ._types import R2R_CLEAR_VAE, R2R_CONTROLLER, R2R_MODEL
 
 R2RModelType = io.Custom(R2R_MODEL)
@@ -32,20 +35,28 @@ _SCHEMA_HAS_ALIASES = "search_aliases" in {f.name for f in dataclasses.fields(io
 class R2RNode(io.ComfyNode):
     """Base of every R2R node: ``define_schema`` builds its schema with :meth:`schema`."""
 
-    #: words the node search should find this node by (besides its name)
-    SEARCH_ALIASES: tuple[str, ...] = ()
-
     @classmethod
     def schema(cls, **fields) -> io.Schema:
+        """The node's schema: id, name, menu, search words and deprecation from its row in
+        ``_catalog.CARDS``, the description from the class docstring (unless ``description`` is
+        given), then ``fields`` (inputs, outputs, hidden, ...)."""
+        card = CARDS[cls.__name__]
+        fields = {"node_id": cls.__name__, "display_name": card.display_name, "category": card.category,
+                  "description": " ".join(inspect.cleandoc(cls.__doc__ or "").split()),
+                  "is_deprecated": card.deprecated, **fields}
         if _SCHEMA_HAS_ALIASES:
-            fields["search_aliases"] = list(cls.SEARCH_ALIASES)
+            fields["search_aliases"] = list(card.search_aliases)
         return io.Schema(**fields)
+
+    @classmethod
+    def display_name(cls) -> str:
+        return CARDS[cls.__name__].display_name
 
     @classmethod
     def GET_NODE_INFO_V1(cls) -> dict:  # noqa: N802 (ComfyUI's name)
         # ComfyUI 0.3.64's schema has no search_aliases: publish them in /object_info ourselves
         info = super().GET_NODE_INFO_V1()
-        info.setdefault("search_aliases", list(cls.SEARCH_ALIASES))
+        info.setdefault("search_aliases", list(CARDS[cls.__name__].search_aliases))
         return info
 
 

@@ -70,18 +70,15 @@ def check_output(node, feather, fullres_mode):
 
 
 class R2RClearVAEEncode(R2RNode):
-    SEARCH_ALIASES = ("vae encode", "encode composite", "clear vae", "harmonize")
+    """Harmonize (relight / colour-match) a pasted object, step 1: reads the composite (the picture with the pasted
+    object) and its mask (the only node of the R2R chain that does) and encodes the composite with the Clear-VAE
+    at the working resolution. The LATENT carries the composite and mask on to the sampler and to Clear-VAE
+    Decode.
+    """
 
     @classmethod
     def define_schema(cls):
         return cls.schema(
-            node_id="R2RClearVAEEncode",
-            display_name="R2R Clear-VAE Encode (pasted composite)",
-            category="R2R/vae",
-            description=f"{HARMONIZE}, step 1: reads the composite (the picture with the pasted object) and its "
-                        "mask (the only node of the R2R chain that does) and encodes the composite with the "
-                        "Clear-VAE at the working resolution. The LATENT carries the composite and mask on to the "
-                        "sampler and to Clear-VAE Decode.",
             inputs=[clear_vae_in(), image_in(), mask_in(), max_side_in(), invert_in(), resize_in()],
             outputs=[io.Latent.Output(display_name="latent",
                                       tooltip="The composite's Clear-VAE latent (unscaled posterior mean) plus "
@@ -99,7 +96,7 @@ class R2RClearVAEEncode(R2RNode):
         return io.NodeOutput(flow.encode(clear_vae, comp, m, max_side, resize_mode))
 
 
-def _apply_schema(node_id, display_name, legacy: bool, deprecated: bool = False):
+def _apply_schema(node: type[R2RNode], legacy: bool):
     inputs = [
         R2RModelType.Input("model", tooltip="The R2R model from the R2R Checkpoint Loader (or U-Net Loader)."),
         R2RControllerType.Input("controller", tooltip="The Harmony Controller from an R2R loader."),
@@ -108,10 +105,7 @@ def _apply_schema(node_id, display_name, legacy: bool, deprecated: bool = False)
     if legacy:
         inputs += [image_in(tooltip=LEGACY_TIP, optional=True), mask_in(tooltip=LEGACY_TIP, optional=True),
                    invert_in(tooltip=LEGACY_TIP, optional=True)]
-    return R2RNode.schema(
-        node_id=node_id,
-        display_name=display_name,
-        category="R2R/conditioning",
+    return node.schema(
         description=f"{HARMONIZE}, step 2: attaches the Harmony Controller to the R2R model. MACA steers the "
                     "object's colours and light with the statistics of the background, of reference_mask's "
                     "region, or of another photo (reference_image, optionally its reference_image_mask region) "
@@ -119,7 +113,6 @@ def _apply_schema(node_id, display_name, legacy: bool, deprecated: bool = False)
         inputs=inputs + reference_inputs(),
         outputs=[R2RModelType.Output(display_name="model",
                                      tooltip="The R2R model with the controller attached (for R2R Sampler).")],
-        is_deprecated=deprecated,
     )
 
 
@@ -133,12 +126,9 @@ def _apply(model, controller, strength, reference_mask, reference_image, referen
 class R2RMACAControllerApply(R2RNode):
     """Version 1 (deprecated): the old image/mask/invert_mask inputs stay so saved workflows load."""
 
-    SEARCH_ALIASES = ()
-
     @classmethod
     def define_schema(cls):
-        return _apply_schema("R2RMACAControllerApply", "R2R MACA Controller Apply (old)", legacy=True,
-                             deprecated=True)
+        return _apply_schema(cls, legacy=True)
 
     @classmethod
     def execute(cls, model, controller, strength=1.0, image=None, mask=None, invert_mask=False,
@@ -147,13 +137,9 @@ class R2RMACAControllerApply(R2RNode):
 
 
 class R2RMACAControllerApplyV2(R2RNode):
-    SEARCH_ALIASES = ("controlnet", "harmony controller", "maca", "reference region", "color reference",
-                      "match look of photo", "reference photo", "harmonize")
-
     @classmethod
     def define_schema(cls):
-        return _apply_schema("R2RMACAControllerApplyV2", "R2R MACA Controller Apply",
-                             legacy=False)
+        return _apply_schema(cls, legacy=False)
 
     @classmethod
     def execute(cls, model, controller, strength=1.0, reference_mask=None, reference_image=None,
@@ -162,18 +148,15 @@ class R2RMACAControllerApplyV2(R2RNode):
 
 
 class R2RSampler(R2RNode):
-    SEARCH_ALIASES = ("sampler", "denoise", "ksampler", "harmonize")
+    """Harmonize (relight / colour-match) a pasted object, step 3: the exact R2R denoising loop (empty prompt, no
+    CFG) on the Clear-VAE latent of the composite, seed-compatible with the official code. Defaults are the
+    official ones: Euler-ancestral, 10 steps. batch_size > 1 makes that many variations (seeds seed, seed+1,
+    ...) in one run. Shows latent previews; can be cancelled between steps.
+    """
 
     @classmethod
     def define_schema(cls):
         return cls.schema(
-            node_id="R2RSampler",
-            display_name="R2R Sampler",
-            category="R2R/sampling",
-            description=f"{HARMONIZE}, step 3: the exact R2R denoising loop (empty prompt, no CFG) on the "
-                        "Clear-VAE latent of the composite, seed-compatible with the official code. Defaults are "
-                        "the official ones: Euler-ancestral, 10 steps. batch_size > 1 makes that many variations "
-                        "(seeds seed, seed+1, ...) in one run. Shows latent previews; can be cancelled between steps.",
             inputs=[
                 R2RModelType.Input("model", tooltip="The R2R model, usually with the controller attached by MACA "
                                                     "Controller Apply (without it the U-Net runs alone)."),
@@ -202,7 +185,7 @@ class R2RSampler(R2RNode):
                                          shared_noise=temporal != "independent"))
 
 
-def _decode_schema(node_id, display_name, legacy: bool, deprecated: bool = False):
+def _decode_schema(node: type[R2RNode], legacy: bool):
     inputs = [clear_vae_in(), io.Latent.Input("latent", tooltip="The LATENT from R2R Sampler (or KSampler).")]
     if legacy:  # the V1 widgets were invert_mask, paste_back, feather, fullres_mode in this order
         inputs += [image_in(tooltip=LEGACY_TIP, optional=True), mask_in(tooltip=LEGACY_TIP, optional=True),
@@ -211,10 +194,7 @@ def _decode_schema(node_id, display_name, legacy: bool, deprecated: bool = False
     if not legacy:
         inputs += [param_input("temporal", optional=True, tooltip=DECODE_TEMPORAL_TIP),
                    param_input("keyframe_interval", optional=True)]
-    return R2RNode.schema(
-        node_id=node_id,
-        display_name=display_name,
-        category="R2R/vae",
+    return node.schema(
         description=f"{HARMONIZE}, step 4: decodes the sampled latent with the Clear-VAE, re-injecting the "
                     "composite's encoder skips, brings the result back to the original resolution and pastes the "
                     "original background back through a feathered mask. Takes the LATENT of R2R Sampler or of "
@@ -223,7 +203,6 @@ def _decode_schema(node_id, display_name, legacy: bool, deprecated: bool = False
         outputs=[io.Image.Output(display_name="image", tooltip="The harmonized picture at the composite's "
                                                                "original size.")],
         hidden=[io.Hidden.unique_id],
-        is_deprecated=deprecated,
     )
 
 
@@ -241,11 +220,9 @@ def _decode(node_id, clear_vae, latent, paste_back, feather, fullres_mode, legac
 class R2RClearVAEDecode(R2RNode):
     """Version 1 (deprecated): the old image/mask/invert_mask inputs stay so saved workflows load."""
 
-    SEARCH_ALIASES = ()
-
     @classmethod
     def define_schema(cls):
-        return _decode_schema("R2RClearVAEDecode", "R2R Clear-VAE Decode (old)", legacy=True, deprecated=True)
+        return _decode_schema(cls, legacy=True)
 
     @classmethod
     def execute(cls, clear_vae, latent, image=None, mask=None, invert_mask=False, paste_back=True, feather=-1,
@@ -255,11 +232,9 @@ class R2RClearVAEDecode(R2RNode):
 
 
 class R2RClearVAEDecodeV2(R2RNode):
-    SEARCH_ALIASES = ("vae decode", "decode", "paste back", "clear vae", "harmonize")
-
     @classmethod
     def define_schema(cls):
-        return _decode_schema("R2RClearVAEDecodeV2", "R2R Clear-VAE Decode", legacy=False)
+        return _decode_schema(cls, legacy=False)
 
     @classmethod
     def execute(cls, clear_vae, latent, paste_back=True, feather=-1, fullres_mode="auto", temporal="independent",

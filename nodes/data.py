@@ -28,19 +28,15 @@ def _np_mask(m_b1hw_i):
 
 
 class R2RRandomPoissonBlend(R2RNode):
-    SEARCH_ALIASES = ("poisson blend", "training data", "synthetic composite", "dataset", "augment", "blend")
+    """Random Poisson Blending (RPB): makes a training composite from a real photo by Poisson-blending the object
+    with colours and light taken from another region (a random one, or reference_image / reference_mask when
+    connected). Outputs the composite, its mask and the real photo (the ground truth). Batch-aware; seed + batch
+    index make each item reproducible.
+    """
 
     @classmethod
     def define_schema(cls):
         return cls.schema(
-            node_id="R2RRandomPoissonBlend",
-            display_name="R2R Random Poisson Blend",
-            category="R2R/data",
-            description="Random Poisson Blending (RPB): makes a training composite from a real photo by "
-                        "Poisson-blending the object with colours and light taken from another region (a random "
-                        "one, or reference_image / reference_mask when connected). Outputs the composite, its "
-                        "mask and the real photo (the ground truth). Batch-aware; seed + batch index make each "
-                        "item reproducible.",
             inputs=[
                 io.Image.Input("image", tooltip="The real photo(s) (IMAGE, 0..1)."),
                 io.Mask.Input("mask", tooltip=MASK_TIP),
@@ -117,20 +113,15 @@ class R2RRandomPoissonBlend(R2RNode):
 
 
 class R2RWeightFreeHarmonize(R2RNode):
-    SEARCH_ALIASES = ("harmonize", "color match", "colour match", "match colors", "relight", "composite", "blend",
-                      "no model")
+    """Colour match (color match) without a model: matches the pasted object's colours to the background of the
+    composite (or to reference_mask's region, or to another photo: reference_image) with simple colour
+    statistics: no model, no download, instant. A baseline, and a fallback when the R2R weights are not
+    available.
+    """
 
     @classmethod
     def define_schema(cls):
         return cls.schema(
-            node_id="R2RWeightFreeHarmonize",
-            display_name="R2R Color Match (weight-free)",
-            category="R2R",
-            description="Colour match (color match) without a model: matches the pasted object's colours to the "
-                        "background of the composite (or to reference_mask's region, or to another photo: "
-                        "reference_image) "
-                        "with simple colour statistics: no model, no download, instant. A baseline, and a "
-                        "fallback when the R2R weights are not available.",
             inputs=[
                 io.Image.Input("image", tooltip="The composite(s) (IMAGE, 0..1)."),
                 io.Mask.Input("mask", tooltip="Where the pasted object is: white (1) = the object."),
@@ -233,19 +224,15 @@ def _match_photo(comp, m, strength, reference_mask, reference_image, reference_i
 
 
 class R2RSaveHarmonizationDataset(R2RNode):
-    SEARCH_ALIASES = ("save dataset", "training set", "iharmony4", "rpharmony", "export triplets")
+    """Appends (composite, mask, real) triplets to a dataset folder in the RPHarmony / iHarmony4 layout
+    (<folder>/<subset>/composite_images|masks|real_images + train/test .jsonl and .txt). Files are written
+    atomically and the index files stay consistent, so a graph run many times (or several at once) builds a
+    training set. The folder is relative to ComfyUI's output folder.
+    """
 
     @classmethod
     def define_schema(cls):
         return cls.schema(
-            node_id="R2RSaveHarmonizationDataset",
-            display_name="R2R Save Harmonization Dataset",
-            category="R2R/data",
-            description="Appends (composite, mask, real) triplets to a dataset folder in the RPHarmony / iHarmony4 "
-                        "layout (<folder>/<subset>/composite_images|masks|real_images + train/test .jsonl and "
-                        ".txt). Files are written atomically and the index files stay consistent, so a graph run "
-                        "many times (or several at once) builds a training set. The folder is relative to "
-                        "ComfyUI's output folder.",
             is_output_node=True,
             inputs=[
                 io.Image.Input("composite", tooltip="The composites (e.g. from Random Poisson Blend)."),

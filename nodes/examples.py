@@ -50,20 +50,16 @@ def example_names() -> list[str]:
 
 
 class R2RExampleImage(R2RNode):
-    SEARCH_ALIASES = ("example", "sample image", "demo", "test image", "composite", "harmonize")
+    """A ready-made composite (a photo whose object was recoloured so it does not fit) and its mask, bundled with
+    the pack, to try R2R without preparing files; or the pieces to paste one together in the graph: a cut-out
+    with its mask (cup_cutout) and a background photo (rocket_background). To use your own picture, replace this
+    node with Load Image and paint the object in the MaskEditor (right-click -> Open in MaskEditor).
+    """
 
     @classmethod
     def define_schema(cls):
         names = example_names()
         return cls.schema(
-            node_id="R2RExampleImage",
-            display_name="R2R Example Image",
-            category="R2R",
-            description="A ready-made composite (a photo whose object was recoloured so it does not fit) and its "
-                        "mask, bundled with the pack, to try R2R without preparing files; or the pieces to paste "
-                        "one together in the graph: a cut-out with its mask (cup_cutout) and a background photo "
-                        "(rocket_background). To use your own picture, replace this node with Load Image and "
-                        "paint the object in the MaskEditor (right-click -> Open in MaskEditor).",
             inputs=[
                 io.Combo.Input("example", options=names, default=names[0] if names else None,
                                tooltip="Which bundled example. Composites (the object recoloured so it does not "

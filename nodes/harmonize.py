@@ -44,8 +44,6 @@ from ._schema import (
 from ._types import ControlSettings
 from .chain import check_output, check_sampling, check_working
 
-HARMONIZE_ALIASES = ("harmonize", "harmonization", "relight", "color match", "colour match", "composite",
-                     "blend", "match lighting", "paste object", "region2region", "match look of photo")
 OBJECTS_TIP = ("together = the mask is one object; each = every object on its own (every separate part of the "
                "mask, or every mask of a MASK batch for this one picture), against the background without the other "
                "objects; later masks win where they overlap.")
@@ -96,21 +94,16 @@ MEMO = HarmonizeMemo()
 
 
 class R2RHarmonize(R2RNode):
-    SEARCH_ALIASES = HARMONIZE_ALIASES
+    """Harmonize a pasted object: makes an object pasted into a photo (a composite) look like it belongs there
+    (relight, colour / color match, tone) with the R2R model — Clear-VAE encode, MACA controller, sampling and
+    Clear-VAE decode with paste-back in one node. Same result as the four separate nodes; a new seed reuses the
+    encoding and the controller's work. Optional: match the look of another photo (reference_image), and
+    harmonize several pasted objects each on its own, each in its own crop (objects, crop).
+    """
 
     @classmethod
     def define_schema(cls):
         return cls.schema(
-            node_id="R2RHarmonize",
-            display_name="R2R Harmonize (relight, color match)",
-            category="R2R",
-            description="Harmonize a pasted object: makes an object pasted into a photo (a composite) look like it "
-                        "belongs there (relight, colour / color match, tone) with the R2R model — Clear-VAE encode, "
-                        "MACA controller, sampling and "
-                        "Clear-VAE decode with paste-back in one node. Same result as the four separate nodes; "
-                        "a new seed reuses the encoding and the controller's work. Optional: match the look of "
-                        "another photo (reference_image), and harmonize several pasted objects each on its own, "
-                        "each in its own crop (objects, crop).",
             inputs=[
                 R2RModelType.Input("model", tooltip="The R2R model from the R2R Checkpoint Loader."),
                 clear_vae_in(),

@@ -82,17 +82,14 @@ def build_conditioning(prompt_embeds, concat_latent, latent_mask, control=None, 
 
 
 class R2RUNetToModel(R2RNode):
-    SEARCH_ALIASES = ("ksampler", "model", "unet", "inpainting model", "sd1.5", "harmonize")
+    """The R2R U-Net (an SD-1.5 inpainting U-Net) as a core MODEL for KSampler, KSampler (Advanced),
+    SamplerCustomAdvanced and model patches. Pair it with R2R Conditioning. For the exact, seed-compatible R2R
+    result use R2R Sampler instead.
+    """
 
     @classmethod
     def define_schema(cls):
         return cls.schema(
-            node_id="R2RUNetToModel",
-            display_name="R2R Model for KSampler",
-            category="R2R/ksampler",
-            description="The R2R U-Net (an SD-1.5 inpainting U-Net) as a core MODEL for KSampler, KSampler "
-                        "(Advanced), SamplerCustomAdvanced and model patches. Pair it with R2R Conditioning. "
-                        "For the exact, seed-compatible R2R result use R2R Sampler instead.",
             inputs=[R2RModelType.Input("model", tooltip="The R2R model from the R2R Checkpoint Loader (or U-Net "
                                                         "Loader).")],
             outputs=[io.Model.Output(display_name="MODEL", tooltip="The R2R U-Net as a ComfyUI SD1.5 inpainting "
@@ -109,19 +106,15 @@ class R2RUNetToModel(R2RNode):
 
 
 class R2RConditioning(R2RNode):
-    SEARCH_ALIASES = ("conditioning", "controlnet", "harmony controller", "maca", "inpaint conditioning",
-                      "ksampler", "harmonize")
+    """Everything KSampler needs to run R2R: positive/negative conditioning with R2R's empty prompt, the composite
+    latent and the mask as the inpainting inputs, and the Harmony Controller (MACA) attached like a ControlNet;
+    plus the LATENT to sample (zeros; Clear-VAE Decode decodes KSampler's result). Use cfg 1.0: R2R has no
+    negative prompt.
+    """
 
     @classmethod
     def define_schema(cls):
         return cls.schema(
-            node_id="R2RConditioning",
-            display_name="R2R Conditioning",
-            category="R2R/ksampler",
-            description="Everything KSampler needs to run R2R: positive/negative conditioning with R2R's empty "
-                        "prompt, the composite latent and the mask as the inpainting inputs, and the Harmony "
-                        "Controller (MACA) attached like a ControlNet; plus the LATENT to sample (zeros; "
-                        "Clear-VAE Decode decodes KSampler's result). Use cfg 1.0: R2R has no negative prompt.",
             inputs=[
                 R2RModelType.Input("model", tooltip="The R2R model (for its empty-prompt embedding)."),
                 io.Latent.Input("latent", tooltip="The LATENT of R2R Clear-VAE Encode."),

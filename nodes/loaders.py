@@ -14,7 +14,6 @@ from ._types import R2RModel
 DTYPES = ["auto", "fp32", "fp16", "bf16"]
 _DTYPE_TIP = ("Weight precision. auto = fp16 on a GPU (as the official release runs), fp32 on the CPU. "
               "bf16 needs a recent GPU; fp16/bf16 on a CPU run several times slower than fp32 (the node warns).")
-LOADER_ALIASES = ("load model", "checkpoint", "region2region", "harmonize", "relight")
 
 
 def _torch_dtype(name: str, node: str = "", node_id=None):
@@ -47,14 +46,9 @@ def _release_choices() -> list[str]:
 
 
 class R2RCheckpointLoader(R2RNode):
-    SEARCH_ALIASES = LOADER_ALIASES
-
     @classmethod
     def define_schema(cls):
         return cls.schema(
-            node_id="R2RCheckpointLoader",
-            display_name="R2R Checkpoint Loader",
-            category="R2R/loaders",
             description=(
                 "Loads an R2R release from models/r2r/<name>/ (the official Hugging Face layout: "
                 "stable-diffusion-inpainting/ + clear_vae/). Gives the R2R model (U-Net, scheduler, cached "
@@ -148,9 +142,6 @@ class _PartLoader(R2RNode):
     KIND = ""
     LABEL = ""
     RELEASE_SUBPATH = ""
-    NODE_ID = ""
-    DISPLAY_NAME = ""
-    DESCRIPTION_TEXT = ""
     OUTPUT_TYPE = None
     OUTPUT_TIP = ""
 
@@ -178,8 +169,7 @@ class _PartLoader(R2RNode):
     @classmethod
     def define_schema(cls):
         return cls.schema(
-            node_id=cls.NODE_ID, display_name=cls.DISPLAY_NAME, category="R2R/loaders",
-            description=cls.DESCRIPTION_TEXT, inputs=cls._inputs(),
+            inputs=cls._inputs(),
             outputs=[cls.OUTPUT_TYPE.Output(display_name=cls.KIND if cls.KIND != "unet" else "model",
                                             tooltip=cls.OUTPUT_TIP)],
             hidden=[io.Hidden.unique_id],
@@ -196,20 +186,19 @@ class _PartLoader(R2RNode):
 
     @classmethod
     def execute(cls, name, dtype="auto"):
-        choice(dtype, DTYPES, "dtype", cls.DISPLAY_NAME.removeprefix("R2R "))
+        choice(dtype, DTYPES, "dtype", cls.display_name().removeprefix("R2R "))
         path = _files.resolve(name)
         if path is None:
             raise _files.not_found(name, cls.LABEL, "a diffusers folder, a .safetensors file or an SD-format .ckpt")
-        model = cls._load(path, _torch_dtype(dtype, cls.DISPLAY_NAME, _node_id(cls)))
+        model = cls._load(path, _torch_dtype(dtype, cls.display_name(), _node_id(cls)))
         return io.NodeOutput(_host.ManagedModel(model, cls.KIND))
 
 
 class R2RClearVAELoader(_PartLoader):
-    SEARCH_ALIASES = ("load vae", "clear vae", "region2region")
-    NODE_ID = "R2RClearVAELoader"
-    DISPLAY_NAME = "R2R Clear-VAE Loader"
-    DESCRIPTION_TEXT = ("Loads a Clear-VAE on its own (a diffusers folder such as <release>/clear_vae, a "
-                        ".safetensors file or the SD-format clear_vae.ckpt) from models/r2r/.")
+    """Loads a Clear-VAE on its own (a diffusers folder such as <release>/clear_vae, a .safetensors file or the
+    SD-format clear_vae.ckpt) from models/r2r/.
+    """
+
     OUTPUT_TYPE = R2RClearVAEType
     OUTPUT_TIP = "The Clear-VAE."
     KIND = "clear_vae"
@@ -224,12 +213,10 @@ class R2RClearVAELoader(_PartLoader):
 
 
 class R2RControllerLoader(_PartLoader):
-    SEARCH_ALIASES = ("load controlnet", "harmony controller", "maca", "region2region")
-    NODE_ID = "R2RControllerLoader"
-    DISPLAY_NAME = "R2R Harmony Controller Loader"
-    DESCRIPTION_TEXT = ("Loads a Harmony Controller (with its MACA blocks) on its own: a diffusers folder such as "
-                        "<release>/stable-diffusion-inpainting/controlnet, a .safetensors file or an SD-format "
-                        ".ckpt.")
+    """Loads a Harmony Controller (with its MACA blocks) on its own: a diffusers folder such as
+    <release>/stable-diffusion-inpainting/controlnet, a .safetensors file or an SD-format .ckpt.
+    """
+
     OUTPUT_TYPE = R2RControllerType
     OUTPUT_TIP = "The Harmony Controller."
     KIND = "controller"
@@ -251,14 +238,12 @@ def _cast(model, torch_dtype):
 
 
 class R2RUNetLoader(_PartLoader):
-    SEARCH_ALIASES = ("load unet", "fine-tuned", "region2region")
-    NODE_ID = "R2RUNetLoader"
-    DISPLAY_NAME = "R2R U-Net Loader"
-    DESCRIPTION_TEXT = ("Loads an R2R harmonization U-Net on its own (e.g. a fine-tuned one from the trainer): a "
-                        "diffusers folder such as <release>/stable-diffusion-inpainting/unet, a .safetensors file "
-                        "or an SD-format .ckpt. The scheduler config and the empty-prompt text embedding come "
-                        "from a release folder (text_embedding_from), so the text encoder is not needed again "
-                        "once it is cached there.")
+    """Loads an R2R harmonization U-Net on its own (e.g. a fine-tuned one from the trainer): a diffusers folder
+    such as <release>/stable-diffusion-inpainting/unet, a .safetensors file or an SD-format .ckpt. The scheduler
+    config and the empty-prompt text embedding come from a release folder (text_embedding_from), so the text
+    encoder is not needed again once it is cached there.
+    """
+
     OUTPUT_TYPE = R2RModelType
     OUTPUT_TIP = "The R2R model (U-Net + scheduler + cached empty-prompt embedding)."
     KIND = "unet"
@@ -303,7 +288,7 @@ class R2RUNetLoader(_PartLoader):
             source["prompt_embeds"] = cached
         else:
             source.update(text_encoder=str(paths["text_encoder"]), tokenizer=str(paths["tokenizer"]))
-        comps = weights.load_components(source, torch_dtype=_torch_dtype(dtype, cls.DISPLAY_NAME, _node_id(cls)),
+        comps = weights.load_components(source, torch_dtype=_torch_dtype(dtype, cls.display_name(), _node_id(cls)),
                                         device=_host.offload_device(),
                                         components=("unet",))
         model = R2RModel(

@@ -163,7 +163,11 @@ def harmonize_statistics(image, mask, strength, invert_mask, reference_inputs, c
 
 
 class R2RExampleClip(R2RNode):
-    SEARCH_ALIASES = ("example clip", "video", "sample video", "demo", "frames", "harmonize video")
+    """A short bundled clip (24 frames, 256x256, 12 fps) with a pasted object that moves and does not match the
+    scene, and its mask for every frame — to try harmonizing a video without preparing files. For your own clip
+    use Load Video -> Get Video Components (frames, fps) and a MASK batch (one per frame) or one mask painted on
+    a frame.
+    """
 
     @classmethod
     def define_schema(cls):
@@ -171,13 +175,6 @@ class R2RExampleClip(R2RNode):
 
         names = example_clip_names()
         return cls.schema(
-            node_id="R2RExampleClip",
-            display_name="R2R Example Clip",
-            category="R2R",
-            description="A short bundled clip (24 frames, 256x256, 12 fps) with a pasted object that moves and does "
-                        "not match the scene, and its mask for every frame — to try harmonizing a video without "
-                        "preparing files. For your own clip use Load Video -> Get Video Components (frames, fps) "
-                        "and a MASK batch (one per frame) or one mask painted on a frame.",
             inputs=[io.Combo.Input("clip", options=names, default=names[0] if names else None,
                                    tooltip="Which bundled clip: drifting_astronaut = the astronaut's suit (cold, "
                                            "washed out) drifting over a coffee table.")],

@@ -87,6 +87,16 @@ def test_registry_ids_categories_tooltips():
         assert all(info["output_tooltips"]), node_id
 
 
+def test_the_catalog_names_every_node_once():
+    """One row per node in nodes/_catalog.py, none without a node; descriptions read as one paragraph."""
+    cards = pack_module("nodes._catalog").CARDS
+    assert set(cards) == set(NODES)
+    for node_id, cls in NODES.items():
+        info = cls.GET_NODE_INFO_V1()
+        assert (info["display_name"], info["category"], tuple(info["search_aliases"]), info["deprecated"]) == cards[node_id]
+        assert "\n" not in info["description"] and "  " not in info["description"], node_id
+
+
 def test_extension_entry_point_and_comfy_free_root():
     """The pack root has only the V3 entry point (no NODE_CLASS_MAPPINGS, which would hide it) and
     importing it loads neither ComfyUI nor torch; the entry point lists every node module's classes."""
