@@ -351,6 +351,40 @@ def test_nodes_ksampler_equals_r2r_sampler_and_decodes(r2r_socket_objects):
     assert not torch.equal(pos[0][1]["concat_latent_image"], mean)
 
 
+def test_a_new_seed_on_the_ksampler_path_runs_no_controller(r2r_socket_objects):
+    """Issue 23: the control object memoises the controller's residuals by timestep for one R2R
+    Conditioning output: a new seed (or another sampler on the same timesteps) runs no controller pass
+    and gives what a fresh conditioning gives; a new strength is a new output with its own memo."""
+    flow = pack_module("nodes.flow")
+    model, vae, controller = r2r_socket_objects
+    image, mask = _scene_image()
+    comp, m, _ = flow.read_inputs(image, mask)
+    latent = flow.encode(vae, comp, m, max_side=64)
+    calls = []
+    hook = controller.model.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        (mdl,) = ksp.R2RUNetToModel.execute(model).result
+        pos, neg, lat = ksp.R2RConditioning.execute(model, latent, controller, 0.8, 5, "sample").result
+        first = _ksampler(mdl, pos, neg, None, 1, 4, latent=lat)
+        assert len(calls) == 4  # one controller pass per step (euler, cfg 1)
+        calls.clear()
+        reseeded = _ksampler(mdl, pos, neg, None, 2, 4, latent=lat)
+        other_sampler = _ksampler(mdl, pos, neg, None, 2, 4, sampler="euler_ancestral", latent=lat)
+        assert calls == []  # served from the memo
+        assert not torch.equal(reseeded["samples"], first["samples"])
+        fresh_pos, fresh_neg, _ = ksp.R2RConditioning.execute(model, latent, controller, 0.8, 5, "sample").result
+        fresh = _ksampler(mdl, fresh_pos, fresh_neg, None, 2, 4, latent=lat)
+        assert len(calls) == 4  # a new conditioning output: its own memo
+        assert torch.equal(fresh["samples"], reseeded["samples"])
+        calls.clear()
+        weaker, weaker_neg, _ = ksp.R2RConditioning.execute(model, latent, controller, 0.4, 5, "sample").result
+        _ksampler(mdl, weaker, weaker_neg, None, 2, 4, latent=lat)
+        assert len(calls) == 4  # a new strength is computed, not taken from another memo
+        assert other_sampler["samples"].shape == first["samples"].shape
+    finally:
+        hook.remove()
+
+
 def test_conditioning_without_controller_and_bad_inputs(r2r_socket_objects):
     flow = pack_module("nodes.flow")
     model, vae, controller = r2r_socket_objects
