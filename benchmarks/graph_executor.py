@@ -116,22 +116,6 @@ def variant(prompt: dict, handles: dict, run: str, args) -> dict | None:
 
 
 # ----------------------------------------------------------------------------- the worker (one template)
-class _Server:
-    """What PromptExecutor sends to the server, recorded with wall / CPU times."""
-
-    client_id = "r2r-bench"  # the executor sends its per-node messages only to a client
-    last_node_id = None
-    last_prompt_id = None
-    sockets_metadata: dict = {}
-
-    def __init__(self):
-        self.events = []
-
-    def send_sync(self, event, data, sid=None):
-        if isinstance(data, dict):
-            self.events.append((event, dict(data), time.perf_counter(), time.process_time()))
-
-
 def _peak_reset(device) -> None:
     import torch
 
@@ -193,6 +177,7 @@ def worker(args) -> int:
     import comfy.utils
     import execution
     import folder_paths
+    from comfy_inprocess import RecordingServer
     from comfy_server import ui_to_api
 
     import nodes
@@ -225,7 +210,7 @@ def worker(args) -> int:
 
     mm.load_models_gpu = load_models_gpu  # instrumentation of this benchmark process only
     progress = []
-    server = _Server()
+    server = RecordingServer()
     comfy.utils.set_progress_bar_global_hook(
         lambda value, total, preview, prompt_id=None, node_id=None: progress.append(
             (str(node_id or server.last_node_id), int(value), int(total), preview is not None, time.perf_counter(), time.process_time())))
@@ -251,7 +236,7 @@ def worker(args) -> int:
         if profiler is not None:
             profiler.__enter__()
         pyprof = _python_profiler() if name in (args.cprofile or ()) else None
-        executor.execute(p, name, {"client_id": _Server.client_id}, valid[2])
+        executor.execute(p, name, {"client_id": RecordingServer.client_id}, valid[2])
         if pyprof is not None:
             pyprof.disable()
         if device.type == "cuda":

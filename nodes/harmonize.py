@@ -18,29 +18,8 @@ from comfy_api.v0_0_2 import io
 
 from ..r2r.errors import R2RUserError
 from ..r2r.imaging import fingerprint
-from . import _checks, _convert, _host, flow, video
-from ._schema import (
-    R2RControllerType,
-    R2RModelType,
-    R2RNode,
-    check_param,
-    clear_vae_in,
-    feather_in,
-    fullres_in,
-    image_in,
-    invert_in,
-    mask_in,
-    max_side_in,
-    noise_device_in,
-    param_input,
-    paste_back_in,
-    reference_inputs,
-    resize_in,
-    sampler_in,
-    seed_in,
-    steps_in,
-    strength_in,
-)
+from . import _checks, _convert, _host, _schema, flow, video
+from ._schema import R2RNode
 from ._types import ControlSettings
 from .chain import check_output, check_sampling, check_working
 
@@ -105,26 +84,26 @@ class R2RHarmonize(R2RNode):
     def define_schema(cls):
         return cls.schema(
             inputs=[
-                R2RModelType.Input("model", tooltip="The R2R model from the R2R Checkpoint Loader."),
-                clear_vae_in(),
-                R2RControllerType.Input("controller", tooltip="The Harmony Controller from an R2R loader."),
-                image_in(),
-                mask_in(),
-                seed_in(),
-                steps_in(),
-                sampler_in(),
-                max_side_in(),
-                strength_in(),
-                invert_in(),
-                paste_back_in(),
-                feather_in(),
-                resize_in(),
-                fullres_in(),
-                *reference_inputs(),
-                noise_device_in(),
-                param_input("objects", optional=True, tooltip=OBJECTS_TIP),
-                param_input("crop", optional=True, tooltip=CROP_TIP),
-                param_input("context", optional=True),
+                _schema.R2RModelType.Input("model", tooltip="The R2R model from the R2R Checkpoint Loader."),
+                _schema.clear_vae_in(),
+                _schema.R2RControllerType.Input("controller", tooltip="The Harmony Controller from an R2R loader."),
+                _schema.image_in(),
+                _schema.mask_in(),
+                _schema.seed_in(),
+                _schema.steps_in(),
+                _schema.sampler_in(),
+                _schema.max_side_in(),
+                _schema.strength_in(),
+                _schema.invert_in(),
+                _schema.paste_back_in(),
+                _schema.feather_in(),
+                _schema.resize_in(),
+                _schema.fullres_in(),
+                *_schema.reference_inputs(),
+                _schema.noise_device_in(),
+                _schema.param_input("objects", optional=True, tooltip=OBJECTS_TIP),
+                _schema.param_input("crop", optional=True, tooltip=CROP_TIP),
+                _schema.param_input("context", optional=True),
                 *video.temporal_inputs(),
             ],
             outputs=[io.Image.Output(display_name="image", tooltip="The harmonized picture at the composite's "
@@ -142,9 +121,9 @@ class R2RHarmonize(R2RNode):
         check_sampling(node, seed, steps, sampler, noise_device)
         check_working(node, max_side, resize_mode)
         check_output(node, feather, fullres_mode)
-        check_param("strength", strength, node)
+        _schema.check_param("strength", strength, node)
         for name, value in (("objects", objects), ("crop", crop), ("context", context)):
-            check_param(name, value, node)
+            _schema.check_param(name, value, node)
         video.check_temporal(node, temporal, keyframe_interval, empty_frames)
         node_id = cls.hidden.unique_id if cls.hidden else None
         if temporal != "independent":  # a clip: r2r.video over the node's models (nodes/video.py)

@@ -18,10 +18,14 @@ import asyncio
 import json
 import os
 import sys
+import time
 
 
-class _Server:
-    client_id = None
+class RecordingServer:
+    """What ``execution.PromptExecutor`` sends to the server, recorded with wall / CPU times (also used by
+    benchmarks/graph_executor.py)."""
+
+    client_id = "r2r-inprocess"  # the executor sends its per-node messages only to a client
     last_node_id = None
     last_prompt_id = None
     sockets_metadata: dict = {}
@@ -30,7 +34,8 @@ class _Server:
         self.events = []
 
     def send_sync(self, event, data, sid=None):
-        self.events.append(event)
+        if isinstance(data, dict):
+            self.events.append((event, dict(data), time.perf_counter(), time.process_time()))
 
 
 def main(comfyui_dir, pack_dir, models_dir, prompt_path, out_dir, modes):
@@ -92,7 +97,7 @@ def main(comfyui_dir, pack_dir, models_dir, prompt_path, out_dir, modes):
         state["mode"] = mode
         mm.unload_all_models()
         mm.vram_state = {"lowvram": mm.VRAMState.LOW_VRAM, "novram": mm.VRAMState.NO_VRAM}.get(mode, default_state)
-        executor = execution.PromptExecutor(_Server(), cache_type=execution.CacheType.CLASSIC)
+        executor = execution.PromptExecutor(RecordingServer(), cache_type=execution.CacheType.CLASSIC)
         executor.execute(prompt, f"p-{mode}", {}, valid[2])
         runs.append({"mode": mode, "success": executor.success, "vram_state": mm.vram_state.name,
                      "loaded_models": loaded_now(), "outputs": sorted(executor.history_result.get("outputs", {})),

@@ -19,6 +19,8 @@ ComfyUI), so compare exceptions through ``pack_module("r2r.errors")``.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib
 import importlib.util
 import os
@@ -75,3 +77,49 @@ def node_classes() -> dict:
 
     ext = asyncio.run(load_pack().comfy_entrypoint())
     return {cls.GET_SCHEMA().node_id: cls for cls in asyncio.run(ext.get_node_list())}
+
+
+def run_node(node_id: str, *args, **kwargs) -> tuple:
+    """Execute a node class the way ComfyUI does; its outputs as a tuple."""
+    return tuple(_registered()[node_id].execute(*args, **kwargs).args)
+
+
+@functools.cache
+def _registered() -> dict:
+    return node_classes()
+
+
+@contextlib.contextmanager
+def models_folder(release, root):
+    """``root`` made the nodes' models/r2r folder (``R2R_MODELS_DIR``) with ``release`` linked in as
+    'region2region', for as long as the ``with`` lasts."""
+    os.symlink(release, os.path.join(root, "region2region"))
+    old = os.environ.get("R2R_MODELS_DIR")
+    os.environ["R2R_MODELS_DIR"] = str(root)
+    try:
+        yield root
+    finally:
+        if old is None:
+            os.environ.pop("R2R_MODELS_DIR", None)
+        else:
+            os.environ["R2R_MODELS_DIR"] = old
+
+
+def comfy_sampling_in_process():
+    """ComfyUI's own sampling code in this process, set up as ``main.py --cpu`` does, for the modules that
+    run KSampler in-process; returns ComfyUI's ``nodes`` module (KSampler & co.). The ComfyUI tree goes
+    first on ``sys.path`` (``import nodes`` must find ComfyUI's nodes.py, not this repository's nodes/
+    package) and ``--cpu`` is set before ``comfy.model_management`` is imported. Skips the calling module
+    when there is no ComfyUI tree (under CI=true tests/conftest.py turns that skip into a failure)."""
+    tree = comfyui_dir()
+    if not os.path.isfile(os.path.join(tree, "comfy", "model_management.py")):
+        import pytest
+
+        pytest.skip(f"no ComfyUI source tree at {tree} (set COMFYUI_DIR)", allow_module_level=True)
+    if sys.path[:1] != [tree]:
+        sys.path.insert(0, tree)
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = True
+    importlib.import_module("comfy.model_management")
+    return importlib.import_module("nodes")

@@ -158,16 +158,46 @@ def tiny_components(tiny_release):
     return load_components(tiny_release, torch_dtype=torch.float32, device="cpu")
 
 
+@pytest.fixture(scope="session")
+def maca_release(tmp_path_factory) -> Path:
+    """The tiny release with its MACA modules amplified (tests/reference_release.py): where MACA's colour
+    statistics come from shows in the picture."""
+    from reference_release import reference_release
+
+    return reference_release(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for the module: tiny models are dominated by per-op overhead, and two threads on a
+    shared 2-core machine only add contention. Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def comfy_host_mode():
+    """The pack sees ComfyUI's modules (nodes/_host.py: in_comfyui) for the module: for the modules that run
+    ComfyUI's sampling in-process. Test modules that run after it expect the plain host, so R2R_HOST=plain is
+    left behind (unless it was set before)."""
+    from comfy_pack import pack_module
+
+    old = os.environ.pop("R2R_HOST", None)
+    if not pack_module("nodes._host").in_comfyui():
+        raise RuntimeError("comfy_host_mode: ComfyUI's modules are not importable here (comfy_sampling_in_process)")
+    yield
+    os.environ["R2R_HOST"] = old if old is not None else "plain"
+
+
 @pytest.fixture(scope="module")
 def models_dir(tiny_release, tmp_path_factory):
     """A models/r2r folder holding the tiny release as 'region2region', made the nodes' models folder
     (R2R_MODELS_DIR) for the module."""
-    root = tmp_path_factory.mktemp("models_r2r")
-    os.symlink(tiny_release, root / "region2region")
-    old = os.environ.get("R2R_MODELS_DIR")
-    os.environ["R2R_MODELS_DIR"] = str(root)
-    yield root
-    if old is None:
-        os.environ.pop("R2R_MODELS_DIR", None)
-    else:
-        os.environ["R2R_MODELS_DIR"] = old
+    from comfy_pack import models_folder
+
+    with models_folder(tiny_release, tmp_path_factory.mktemp("models_r2r")) as root:
+        yield root

@@ -5,24 +5,19 @@ sets it up, and the same-seed image comparison."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from benchmark_module import load_benchmark
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def graph():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("bench_graph", ROOT / "benchmarks" / "graph.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("graph")
 
 
 PROMPT = {"1": {"class_type": "R2RClearVAEEncode"}, "5": {"class_type": "R2RSampler"},
@@ -131,10 +126,7 @@ def test_same_seed_difference_uses_saveimage_quantisation(graph, tmp_path):
 # ----------------------------------------------------------------------------- benchmarks/graph_executor.py
 @pytest.fixture(scope="module")
 def executor_bench():
-    spec = importlib.util.spec_from_file_location("bench_graph_executor", ROOT / "benchmarks" / "graph_executor.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("graph_executor")
 
 
 def _prompt(sampler="R2RSampler", apply="R2RMACAControllerApplyV2"):

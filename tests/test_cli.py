@@ -3,19 +3,12 @@
 import cv2
 import numpy as np
 import pytest
-import torch
 
 from r2r.cli import main
 from r2r.cli.demo import EXAMPLES_DIR, find_examples
 from r2r.fileio import read_image, read_mask, write_image
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture()

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from comfy_pack import load_pack, node_classes, pack_module
+from comfy_pack import run_node as run
 
 from r2r.errors import R2RUserError as CoreUserError
 from r2r.pipeline import R2RPipeline
@@ -19,10 +20,6 @@ load_pack()
 NODES = node_classes()
 host = pack_module("nodes._host")
 R2RUserError = pack_module("r2r.errors").R2RUserError  # the pack's own class (loaded as ComfyUI loads it)
-
-
-def run(node_id, *args, **kwargs):
-    return tuple(NODES[node_id].execute(*args, **kwargs).args)
 
 
 @pytest.fixture(scope="module")

@@ -16,32 +16,16 @@ device (no weights).
 from __future__ import annotations
 
 import os
-import sys
 
 import pytest
 import torch
+from comfy_pack import comfy_sampling_in_process, pack_module
 
-COMFYUI_DIR = os.environ.get("COMFYUI_DIR") or os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".cache", "ComfyUI")
-if not os.path.isfile(os.path.join(COMFYUI_DIR, "comfy", "model_management.py")):
-    pytest.skip(f"no ComfyUI source tree at {COMFYUI_DIR} (set COMFYUI_DIR)", allow_module_level=True)
-# first on sys.path: `import nodes` below must be ComfyUI's nodes.py, not this repo's nodes/ package
-# (tests/comfy_pack.py may already have appended the tree)
-if sys.path[:1] != [COMFYUI_DIR]:
-    sys.path.insert(0, COMFYUI_DIR)
-
-import comfy.cli_args  # noqa: E402
-
-comfy.cli_args.args.cpu = True  # before comfy.model_management is imported
-
-import comfy.model_management  # noqa: E402, F401
+comfy_nodes = comfy_sampling_in_process()  # ComfyUI's nodes.py (KSampler), ComfyUI first on sys.path, --cpu
 import comfy.samplers  # noqa: E402
 import folder_paths  # noqa: E402, F401
-from comfy_pack import pack_module  # noqa: E402
 
-import nodes as comfy_nodes  # noqa: E402  (ComfyUI's nodes.py: KSampler)
-
-pytestmark = pytest.mark.comfyui
+pytestmark = [pytest.mark.comfyui, pytest.mark.usefixtures("comfy_host_mode")]
 
 ksp = pack_module("nodes.ksampler_path")
 comfy_unet = pack_module("nodes.comfy_unet")
@@ -55,16 +39,6 @@ R2RUserError = pack_module("r2r.errors").R2RUserError
 
 
 # ----------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module", autouse=True)
-def comfy_host_mode():
-    """The pack sees ComfyUI's modules here (nodes/_host.py: in_comfyui). Test modules that run after
-    this one expect the plain host, so leave R2R_HOST=plain behind (unless it was set before)."""
-    old = os.environ.pop("R2R_HOST", None)
-    assert host.in_comfyui()
-    yield
-    os.environ["R2R_HOST"] = old if old is not None else "plain"
 
 
 @pytest.fixture(scope="module")

@@ -7,15 +7,12 @@ from __future__ import annotations
 import pytest
 import torch
 from comfy_pack import load_pack, node_classes, pack_module
+from comfy_pack import run_node as run
 
 load_pack()
 NODES = node_classes()
 host = pack_module("nodes._host")
 flow = pack_module("nodes.flow")
-
-
-def run(node_id, *args, **kwargs):
-    return tuple(NODES[node_id].execute(*args, **kwargs).args)
 
 
 @pytest.fixture(scope="module")

@@ -18,17 +18,13 @@ import numpy as np
 import pytest
 import torch
 from comfy_pack import PACK_ROOT, load_pack, node_classes, pack_module
+from comfy_pack import run_node as run
 
 pack = load_pack()
 NODES = node_classes()
 errors = pack_module("r2r.errors")
 R2RUserError = errors.R2RUserError
 host = pack_module("nodes._host")
-
-
-def run(node_id, *args, **kwargs):
-    """Execute a node class like ComfyUI does; returns its outputs as a tuple."""
-    return tuple(NODES[node_id].execute(*args, **kwargs).args)
 
 
 def options(node_id, name):  # a combo's current choices as /object_info lists them

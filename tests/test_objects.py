@@ -24,23 +24,15 @@ from r2r.pipeline.objects import (
     split_objects,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
 KW = dict(num_inference_steps=2, generator=5, max_side=128)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
-def pipe(tmp_path_factory):
-    """The tiny release with MACA amplified, so the colour source of each object shows (tests/reference_release.py)."""
-    from reference_release import reference_release
-
-    return R2RPipeline.from_pretrained(str(reference_release(tmp_path_factory)))
+def pipe(maca_release):
+    """The tiny release with MACA amplified, so the colour source of each object shows."""
+    return R2RPipeline.from_pretrained(str(maca_release))
 
 
 def scene(h=96, w=160, boxes=((20, 50, 20, 50), (50, 80, 100, 140))):

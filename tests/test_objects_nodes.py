@@ -4,13 +4,14 @@ the simple case keeping its per-node reuse, and errors named on the node before 
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
-from comfy_pack import load_pack, node_classes, pack_module
+from comfy_pack import load_pack, models_folder, node_classes, pack_module
+from comfy_pack import run_node as run
 
 from r2r import R2RPipeline
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 load_pack()
 NODES = node_classes()
@@ -18,36 +19,10 @@ NodeError = pack_module("r2r.errors").R2RUserError
 KW = dict(seed=3, steps=2, max_side=128)
 
 
-def run(node_id, *args, **kwargs):
-    return tuple(NODES[node_id].execute(*args, **kwargs).args)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
-def release(tmp_path_factory):
-    from reference_release import reference_release
-
-    return reference_release(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def loaded(release, tmp_path_factory):
-    root = tmp_path_factory.mktemp("models_objects")
-    os.symlink(release, root / "region2region")
-    old = os.environ.get("R2R_MODELS_DIR")
-    os.environ["R2R_MODELS_DIR"] = str(root)
-    yield run("R2RCheckpointLoader", "region2region", "fp32", False)
-    if old is None:
-        os.environ.pop("R2R_MODELS_DIR", None)
-    else:
-        os.environ["R2R_MODELS_DIR"] = old
+def loaded(maca_release, tmp_path_factory):
+    with models_folder(maca_release, tmp_path_factory.mktemp("models_objects")):
+        yield run("R2RCheckpointLoader", "region2region", "fp32", False)
 
 
 def scene(h=120, w=200):
@@ -63,11 +38,11 @@ def scene(h=120, w=200):
 
 
 @pytest.mark.parametrize("objects,crop", [("each", "none"), ("each", "per_object"), ("together", "per_object")])
-def test_harmonize_node_objects_equal_the_python_api(loaded, release, objects, crop):
+def test_harmonize_node_objects_equal_the_python_api(loaded, maca_release, objects, crop):
     model, vae, ctrl = loaded
     image, masks, union = scene()
     (node,) = run("R2RHarmonize", model, vae, ctrl, image, union, objects=objects, crop=crop, context=1.5, **KW)
-    pipe = R2RPipeline.from_pretrained(str(release))
+    pipe = R2RPipeline.from_pretrained(str(maca_release))
     api = pipe(image.permute(0, 3, 1, 2), union[:, None], num_inference_steps=2, generator=3, max_side=128,
                objects=objects, crop=crop, context=1.5).images
     assert node.shape == image.shape

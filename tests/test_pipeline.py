@@ -10,16 +10,9 @@ from r2r.devices import resolve_device, resolve_dtype
 from r2r.errors import R2RUserError
 from r2r.pipeline import R2RPipeline, noise_source
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
 SD = "stable-diffusion-inpainting"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # tiny models are dominated by per-op overhead; 2 threads on a shared 2-core box only add contention
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")

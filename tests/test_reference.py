@@ -9,16 +9,17 @@ statistics come from moves the picture by ~1e-3, far above the 1e-6 of the ident
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 import torch
-from comfy_pack import load_pack, node_classes, pack_module
+from comfy_pack import load_pack, models_folder, node_classes, pack_module
+from comfy_pack import run_node as run
 
 from r2r import R2RPipeline
 from r2r.errors import R2RUserError
 from r2r.pipeline import Reference, SharedSeed
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 load_pack()
 NODES = node_classes()
@@ -27,42 +28,16 @@ STEPS, SEED, SIDE = 2, 7, 128
 IDENTITY_TOL = 1e-6
 
 
-def run(node_id, *args, **kwargs):
-    return tuple(NODES[node_id].execute(*args, **kwargs).args)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+@pytest.fixture(scope="module")
+def pipe(maca_release):
+    return R2RPipeline.from_pretrained(str(maca_release))
 
 
 @pytest.fixture(scope="module")
-def release(tmp_path_factory):
-    from reference_release import reference_release
-
-    return reference_release(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def pipe(release):
-    return R2RPipeline.from_pretrained(str(release))
-
-
-@pytest.fixture(scope="module")
-def loaded(release, tmp_path_factory):
-    """(R2R_MODEL, R2R_CLEAR_VAE, R2R_CONTROLLER) of the release, through the R2R Checkpoint Loader."""
-    root = tmp_path_factory.mktemp("models_reference")
-    os.symlink(release, root / "region2region")
-    old = os.environ.get("R2R_MODELS_DIR")
-    os.environ["R2R_MODELS_DIR"] = str(root)
-    yield run("R2RCheckpointLoader", "region2region", "fp32", False)
-    if old is None:
-        os.environ.pop("R2R_MODELS_DIR", None)
-    else:
-        os.environ["R2R_MODELS_DIR"] = old
+def loaded(maca_release, tmp_path_factory):
+    """(R2R_MODEL, R2R_CLEAR_VAE, R2R_CONTROLLER) of the amplified release, through the R2R Checkpoint Loader."""
+    with models_folder(maca_release, tmp_path_factory.mktemp("models_reference")):
+        yield run("R2RCheckpointLoader", "region2region", "fp32", False)
 
 
 def scene(h=80, w=112, shift=(1.3, 0.7, 0.6)):

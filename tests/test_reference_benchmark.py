@@ -3,12 +3,12 @@ the same script a GPU check runs at full size, so its inputs, measurements and J
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from benchmark_module import load_benchmark
 
 ROOT = Path(__file__).resolve().parent.parent
 KEYS = ("reference_step_time_ratio", "reference_call_time_ratio", "per_object_time_ratio",
@@ -17,10 +17,7 @@ KEYS = ("reference_step_time_ratio", "reference_call_time_ratio", "per_object_ti
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_reference", ROOT / "benchmarks" / "reference.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("reference")
 
 
 @pytest.fixture()

@@ -4,29 +4,13 @@ for the same reference (in-process ComfyUI sampling, --cpu), on the tiny release
 
 from __future__ import annotations
 
-import os
-import sys
-
 import pytest
 import torch
+from comfy_pack import comfy_sampling_in_process, pack_module
 
-COMFYUI_DIR = os.environ.get("COMFYUI_DIR") or os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".cache", "ComfyUI")
-if not os.path.isfile(os.path.join(COMFYUI_DIR, "comfy", "model_management.py")):
-    pytest.skip(f"no ComfyUI source tree at {COMFYUI_DIR} (set COMFYUI_DIR)", allow_module_level=True)
-if sys.path[:1] != [COMFYUI_DIR]:  # `import nodes` below must be ComfyUI's nodes.py
-    sys.path.insert(0, COMFYUI_DIR)
+comfy_nodes = comfy_sampling_in_process()  # ComfyUI's nodes.py (KSampler), ComfyUI first on sys.path, --cpu
 
-import comfy.cli_args  # noqa: E402
-
-comfy.cli_args.args.cpu = True  # before comfy.model_management is imported
-
-import comfy.model_management  # noqa: E402, F401
-from comfy_pack import pack_module  # noqa: E402
-
-import nodes as comfy_nodes  # noqa: E402  (ComfyUI's nodes.py: KSampler)
-
-pytestmark = pytest.mark.comfyui
+pytestmark = [pytest.mark.comfyui, pytest.mark.usefixtures("comfy_host_mode")]
 
 ksp = pack_module("nodes.ksampler_path")
 host = pack_module("nodes._host")
@@ -34,20 +18,10 @@ flow = pack_module("nodes.flow")
 STEPS, SEED, STRENGTH = 10, 1234, 0.9  # 10 steps: diffusers' linspace timesteps are integers (as KSampler's)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def comfy_host_mode():
-    old = os.environ.pop("R2R_HOST", None)
-    assert host.in_comfyui()
-    yield
-    os.environ["R2R_HOST"] = old if old is not None else "plain"
-
-
 @pytest.fixture(scope="module")
-def sockets(tmp_path_factory):
+def sockets(maca_release):
     """(R2R_MODEL, R2R_CLEAR_VAE, R2R_CONTROLLER) of the amplified release, float32."""
-    from reference_release import reference_release
-
-    release = reference_release(tmp_path_factory)
+    release = maca_release
     types = pack_module("nodes._types")
     comps = pack_module("r2r.weights").load_components(release, torch_dtype=torch.float32, device="cpu")
     model = types.R2RModel(unet=host.ManagedModel(comps.unet.eval(), "unet"),

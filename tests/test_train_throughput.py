@@ -3,12 +3,12 @@ same script the GPU check runs with --full-size, so its stage building, rules an
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import pytest
+from benchmark_module import load_benchmark
 from test_training import single_thread  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -17,10 +17,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_train_throughput", ROOT / "benchmarks" / "train_throughput.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("train_throughput")
 
 
 def _json_line(text: str) -> dict:

@@ -4,23 +4,20 @@ measure it uses sees a run that keeps every frame (so 'the same peak for 200 fra
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from benchmark_module import load_benchmark
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_video", ROOT / "benchmarks" / "video.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("video")
 
 
 def test_dry_run_reports_every_figure(bench, capsys, tmp_path, tiny_release):

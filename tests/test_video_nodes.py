@@ -8,16 +8,13 @@ import numpy as np
 import pytest
 import torch
 from comfy_pack import load_pack, node_classes, pack_module
+from comfy_pack import run_node as run
 
 load_pack()
 NODES = node_classes()
 R2RUserError = pack_module("r2r.errors").R2RUserError
 video = pack_module("r2r.video")
 harmonize = pack_module("nodes.harmonize")
-
-
-def run(node_id, *args, **kwargs):
-    return tuple(NODES[node_id].execute(*args, **kwargs).args)
 
 
 @pytest.fixture(scope="module")
