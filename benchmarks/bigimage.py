@@ -151,14 +151,10 @@ def _seams_worker(args) -> dict:
         torch.set_num_threads(args.threads)
     weights = Path(args.weights) / "clear_vae"
     vae = ClearVAE.from_pretrained(weights, torch_dtype=torch.float32, low_cpu_mem_usage=True).eval()
-    if args.nonzero_skips:
-        # random weights leave the zero-initialised skip convs at 0; make the skip path matter
-        g = torch.Generator().manual_seed(0)  # random weights, not sampling noise
-        with torch.no_grad():
-            for blk in vae.decoder.up_blocks:
-                for r in blk.resnets:
-                    w = r.skip_connect.conv.weight
-                    w.copy_(torch.randn(w.shape, generator=g) * 0.02)  # random weights, not sampling noise
+    if args.nonzero_skips:  # random weights leave the zero-initialised skip convs at 0; make the skip path matter
+        from pipeline import make_skips_matter
+
+        make_skips_matter(vae)
     img = cv2.resize(data.astronaut(), (args.size, args.size), interpolation=cv2.INTER_AREA)
     x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 127.5 - 1
     base = _peak_rss()

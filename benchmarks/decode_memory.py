@@ -4,7 +4,7 @@
     python benchmarks/decode_memory.py --size 1024 --device cuda --dtype float16
 
 The full-size Clear-VAE (official config, random weights, non-zero skip convs) encodes a random image, then
-decodes a random latent with those skips, once per variant, each in its own process:
+decodes its latent with those skips, once per variant, each in its own process:
 
 held      the decoder's former way: all 12 filtered skips made first and held through the decode, the raw
           skips held by the caller;
@@ -28,8 +28,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for _path in (str(ROOT), str(ROOT / "benchmarks")):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
 VARIANTS = ("held", "lazy", "consume", "banded")
 
 
@@ -45,6 +46,7 @@ def _rss() -> tuple[int, int]:
 def worker(args) -> int:
     import numpy as np
     import torch
+    from pipeline import make_skips_matter
 
     from r2r.imaging import tiling
     from r2r.models import ClearVAE
@@ -52,14 +54,12 @@ def worker(args) -> int:
     torch.manual_seed(0)  # random weights and inputs, not sampling noise
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     vae = ClearVAE.from_config(ClearVAE.load_config(ROOT / "r2r" / "configs" / "official" / "clear_vae"))
-    for m in vae.modules():  # non-zero skip convs: the skip path matters
-        if hasattr(m, "skip_connect"):
-            torch.nn.init.normal_(m.skip_connect.conv.weight, std=0.02)
+    make_skips_matter(vae)  # non-zero skip convs: the skip path matters
     vae = vae.to(device, dtype).eval()
     x = torch.rand(1, 3, args.size, args.size, device=device, dtype=dtype) * 2 - 1
     with torch.inference_mode():
-        _, skips = vae.encode_with_skips(x)
-        z = torch.randn(1, 4, args.size // 8, args.size // 8, device=device, dtype=dtype)  # not sampling noise
+        posterior, skips = vae.encode_with_skips(x)
+        z = posterior.mean  # the image's own latent (decode's cost does not depend on its values)
         del x
         if device.type == "cuda":
             torch.cuda.synchronize()

@@ -93,6 +93,19 @@ def make_random_weights(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
+def make_skips_matter(vae, seed: int = 0, std: float = 0.02):
+    """Give the Clear-VAE decoder's skip convolutions random non-zero weights (random and freshly
+    initialised weights leave them at zero, so the skip path would cost nothing); returns ``vae``."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)  # random weights, not sampling noise
+    with torch.no_grad():
+        for module in vae.modules():
+            if hasattr(module, "skip_connect"):
+                torch.nn.init.normal_(module.skip_connect.conv.weight, std=std, generator=g)
+    return vae
+
+
 def ensure_prompt_cache(weights: Path) -> None:
     """Compute and cache the release's empty-prompt CLIP embedding once, where r2r's loader looks for it
     (``<release>/r2r_empty_prompt.safetensors``, or the user cache for a read-only folder), so no flow

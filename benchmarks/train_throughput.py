@@ -80,10 +80,11 @@ def _config(stage: str, release: Path, args, precision: str, checkpointing):
 def _batch(stage: str, batch: int, size: int, device, seed: int = 0) -> dict:
     import torch
 
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)  # a synthetic training batch, not sampling noise
     real = torch.rand(batch, 3, size, size, generator=g) * 2 - 1
-    out = {"real": real, "composite": (real + 0.2 * torch.randn(real.shape, generator=g)).clamp(-1, 1),
-           "mask": (torch.rand(batch, 1, size, size, generator=g) > 0.5).float()}
+    mask = (torch.rand(batch, 1, size, size, generator=g) > 0.5).float()
+    gain = 0.6 + 0.8 * torch.rand(batch, 3, 1, 1, generator=g)  # a colour cast inside the mask: a disharmony
+    out = {"real": real, "composite": torch.where(mask > 0, (real + 1) * gain - 1, real).clamp(-1, 1), "mask": mask}
     if stage == "controller":
         out["hint"] = torch.rand(batch, 7, size, size, generator=g)
     return {k: v.to(device) for k, v in out.items()}
@@ -110,6 +111,7 @@ def run_stage(stage: str, release: Path, args, device, variant: str) -> dict:
 
     from training import speed
     from training.stages import build_stage, enable_gradient_checkpointing
+    from training.trainer import item_generators
 
     facts0 = speed.probe_device(device)
     if variant == "baseline":
@@ -122,7 +124,7 @@ def run_stage(stage: str, release: Path, args, device, variant: str) -> dict:
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    torch.manual_seed(0)
+    torch.manual_seed(0)  # the networks' random initialisation, not sampling noise
     module, _ = build_stage(cfg, device, speed.frozen_weight_dtype(precision, device.type))
     params = [p for p in module.net.parameters() if p.requires_grad]
     n_params = sum(p.numel() for p in params)
@@ -146,7 +148,7 @@ def run_stage(stage: str, release: Path, args, device, variant: str) -> dict:
     times = []
     with speed.tf32_enabled(plan.tf32):
         for i in range(args.warmup + args.steps):
-            gens = [torch.Generator().manual_seed(1000 * i + j) for j in range(args.batch)]
+            gens = item_generators(0, i, range(args.batch))  # the trainer's per-item generators
             _sync(device)
             t0 = time.perf_counter()
             with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):

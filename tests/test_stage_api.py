@@ -37,8 +37,7 @@ def test_callers_build_no_scheduler_posterior_or_noise(folder):
     """nodes/, benchmarks/ and the CLI call the stages. Random numbers that are not sampling noise (random
     weights, synthetic training batches) carry a "not sampling noise" comment on their line."""
     hits = []
-    # train_throughput.py feeds the trainer synthetic batches: training, not the pipeline's sampling
-    for path in sorted(p for p in (ROOT / folder).rglob("*.py") if p.name != "train_throughput.py"):
+    for path in sorted((ROOT / folder).rglob("*.py")):
         for i, line in _code_lines(path):
             code = line.split("#", 1)[0]
             if FORBIDDEN_IN_CALLERS.search(code) and "not sampling noise" not in line:

@@ -50,6 +50,12 @@ def _step_seed(seed: int, a: int, b: int, salt: int = 3) -> int:
     return int(np.random.default_rng([int(seed), int(a), int(b), salt]).integers(2**62))
 
 
+def item_generators(seed: int, epoch: int, positions) -> list:
+    """One CPU generator per batch item for its noise, timestep and posterior sample, keyed by the item's
+    place in the epoch order: the same for any number of processes (2 x batch 1 == 1 x batch 2) and on resume."""
+    return [torch.Generator().manual_seed(_step_seed(seed, epoch, pos, 5)) for pos in positions]
+
+
 class Trainer(ValidationMixin):
     def __init__(self, cfg: TrainingConfig, *, resume: str | None = None, stop_after: int | None = None,
                  overwrite: bool = False, force_resume: bool = False, skip_bad_files: bool = False,
@@ -267,9 +273,7 @@ class Trainer(ValidationMixin):
                 self._warn_skipped(batch.pop("skipped"), collective=True)
                 batch = {n: v.to(acc.device, non_blocking=True) for n, v in batch.items()}
                 torch.manual_seed(_step_seed(cfg.seed, st["micro_step"], acc.process_index))  # dropout (exact resume)
-                # noise, timesteps and posterior samples per item, keyed by its place in the epoch order: the
-                # same for any number of processes (2 x batch 1 == 1 x batch 2) and on resume
-                gen = [torch.Generator().manual_seed(_step_seed(cfg.seed, epoch, pos, 5)) for pos in positions]
+                gen = item_generators(cfg.seed, epoch, positions)
                 with acc.accumulate(self.model):
                     with acc.autocast():
                         loss, logs = self.model(batch, gen)
