@@ -123,3 +123,15 @@ def comfy_sampling_in_process():
     comfy.cli_args.args.cpu = True
     importlib.import_module("comfy.model_management")
     return importlib.import_module("nodes")
+
+
+def box_scene(h: int = 80, w: int = 112):
+    """A composite IMAGE ``[1,H,W,3]`` (a smooth gradient with a colour-cast box pasted in) and its MASK
+    ``[1,H,W]``, as ComfyUI passes them to a node."""
+    import torch
+
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
+    img = torch.stack([0.3 + 0.4 * xx, 0.2 + 0.5 * yy, 0.6 - 0.3 * xx], -1)[None]
+    mask = torch.zeros(1, h, w)
+    mask[:, 20:60, 37:74] = 1.0
+    return torch.where(mask[..., None] > 0, img * torch.tensor([1.3, 0.7, 0.6]), img).clamp(0, 1), mask

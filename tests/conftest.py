@@ -180,6 +180,15 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
+def loaded(models_dir):
+    """(R2R_MODEL, R2R_CLEAR_VAE, R2R_CONTROLLER) of the tiny release through the R2R Checkpoint Loader node,
+    fp32 (a module that needs another release defines its own ``loaded``)."""
+    from comfy_pack import run_node
+
+    return run_node("R2RCheckpointLoader", "region2region", "fp32", False)
+
+
+@pytest.fixture(scope="module")
 def comfy_host_mode():
     """The pack sees ComfyUI's modules (nodes/_host.py: in_comfyui) for the module: for the modules that run
     ComfyUI's sampling in-process. Test modules that run after it expect the plain host, so R2R_HOST=plain is

@@ -25,11 +25,6 @@ NODES = node_classes()
 harmonize = pack_module("nodes.harmonize")
 
 
-@pytest.fixture(scope="module")
-def loaded(models_dir):
-    return run("R2RCheckpointLoader", "region2region", "fp32", False)
-
-
 def _scene(h=80, w=112, box=(20, 60, 37, 74)):
     yy, xx = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
     img = torch.stack([0.3 + 0.4 * xx, 0.2 + 0.5 * yy, 0.6 - 0.3 * xx], -1)[None]

@@ -22,11 +22,6 @@ host = pack_module("nodes._host")
 R2RUserError = pack_module("r2r.errors").R2RUserError  # the pack's own class (loaded as ComfyUI loads it)
 
 
-@pytest.fixture(scope="module")
-def loaded(models_dir):
-    return run("R2RCheckpointLoader", "region2region", "fp32", False)
-
-
 def _scene(seed=0, h=64, w=96):
     g = torch.Generator().manual_seed(seed)
     img = torch.rand(1, h, w, 3, generator=g) * 0.8 + 0.1

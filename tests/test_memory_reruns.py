@@ -8,17 +8,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from comfy_pack import load_pack, node_classes, pack_module
+from comfy_pack import box_scene, load_pack, node_classes, pack_module
 from comfy_pack import run_node as run
 
 load_pack()
 NODES = node_classes()
 models = pack_module("r2r.models")
-
-
-@pytest.fixture(scope="module")
-def loaded(models_dir):
-    return run("R2RCheckpointLoader", "region2region", "fp32", False)
 
 
 @pytest.fixture
@@ -42,17 +37,9 @@ def counts(monkeypatch):
     return seen
 
 
-def _scene(h=80, w=112):
-    yy, xx = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
-    img = torch.stack([0.3 + 0.4 * xx, 0.2 + 0.5 * yy, 0.6 - 0.3 * xx], -1)[None]
-    mask = torch.zeros(1, h, w)
-    mask[:, 20:60, 37:74] = 1.0
-    return torch.where(mask[..., None] > 0, img * torch.tensor([1.3, 0.7, 0.6]), img).clamp(0, 1), mask
-
-
 def test_chain_new_seed_runs_no_encoder_or_controller(loaded, counts):
     model, vae, ctrl = loaded
-    image, mask = _scene()
+    image, mask = box_scene()
     (latent,) = run("R2RClearVAEEncode", vae, image, mask, 64, False, "fit")
     (cmodel,) = run("R2RMACAControllerApply", model, ctrl, 1.0)
     (s1,) = run("R2RSampler", cmodel, latent, 1, 3, "euler_ancestral")
@@ -69,7 +56,7 @@ def test_chain_new_seed_runs_no_encoder_or_controller(loaded, counts):
 
 def test_harmonize_node_new_seed_runs_no_encoder_or_controller(loaded, counts):
     model, vae, ctrl = loaded
-    image, mask = _scene(96, 128)  # another composite than the other test's (the node keeps its last one)
+    image, mask = box_scene(96, 128)  # another composite than the other test's (the node keeps its last one)
     run("R2RHarmonize", model, vae, ctrl, image, mask, seed=5, steps=2, max_side=64)
     assert counts["encoder"] == 1 and counts["controller"] == 2
     (again,) = run("R2RHarmonize", model, vae, ctrl, image, mask, seed=6, steps=2, max_side=64)

@@ -6,26 +6,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from comfy_pack import load_pack, node_classes, pack_module
+from comfy_pack import box_scene, load_pack, node_classes, pack_module
 from comfy_pack import run_node as run
 
 load_pack()
 NODES = node_classes()
 host = pack_module("nodes._host")
 flow = pack_module("nodes.flow")
-
-
-@pytest.fixture(scope="module")
-def loaded(models_dir):
-    return run("R2RCheckpointLoader", "region2region", "fp32", False)
-
-
-def _scene(h=80, w=112):
-    yy, xx = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
-    img = torch.stack([0.3 + 0.4 * xx, 0.2 + 0.5 * yy, 0.6 - 0.3 * xx], -1)[None]
-    mask = torch.zeros(1, h, w)
-    mask[:, 20:60, 37:74] = 1.0
-    return torch.where(mask[..., None] > 0, img * torch.tensor([1.3, 0.7, 0.6]), img).clamp(0, 1), mask
 
 
 def _count_controller_calls(ctrl, monkeypatch):
@@ -43,7 +30,7 @@ def _count_controller_calls(ctrl, monkeypatch):
 
 def test_new_seed_reuses_the_residuals_and_matches_a_fresh_run(loaded, monkeypatch):
     model, vae, ctrl = loaded
-    image, mask = _scene()
+    image, mask = box_scene()
     (latent,) = run("R2RClearVAEEncode", vae, image, mask, 64, False, "fit")
     (cmodel,) = run("R2RMACAControllerApply", model, ctrl, 1.0)
     calls = _count_controller_calls(ctrl, monkeypatch)
@@ -71,7 +58,7 @@ def test_new_seed_reuses_the_residuals_and_matches_a_fresh_run(loaded, monkeypat
 @pytest.mark.parametrize("placement", ["host", "recompute"])
 def test_skips_kept_or_recomputed_give_the_same_image(loaded, monkeypatch, placement):
     model, vae, ctrl = loaded
-    image, mask = _scene()
+    image, mask = box_scene()
     monkeypatch.setenv("R2R_NODE_SKIPS", placement)
     (latent,) = run("R2RClearVAEEncode", vae, image, mask, 64, False, "fit")
     assert (latent["r2r"].encoded.skips is None) == (placement == "recompute")
@@ -85,7 +72,7 @@ def test_skips_kept_or_recomputed_give_the_same_image(loaded, monkeypatch, place
 
 def test_bad_skips_setting_is_explained(loaded, monkeypatch):
     _, vae, _ = loaded
-    image, mask = _scene()
+    image, mask = box_scene()
     monkeypatch.setenv("R2R_NODE_SKIPS", "gpu")
     errors = pack_module("r2r.errors")
     with pytest.raises(errors.R2RUserError, match="R2R_NODE_SKIPS must be one of auto, host, recompute"):
@@ -95,7 +82,7 @@ def test_bad_skips_setting_is_explained(loaded, monkeypatch):
 def test_batch_of_reference_masks_with_one_composite(loaded):
     """A batch-B reference mask with a batch-1 composite is broadcast once, in one place (the sampler)."""
     model, vae, ctrl = loaded
-    image, mask = _scene()
+    image, mask = box_scene()
     refs = torch.zeros(2, *mask.shape[1:])
     refs[0, :, :30] = 1
     refs[1, :, 80:] = 1

@@ -36,12 +36,6 @@ def options(node_id, name):  # a combo's current choices as /object_info lists t
 # ----------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="module")
-def loaded(models_dir):
-    model, vae, ctrl = run("R2RCheckpointLoader", "region2region", "fp32", False)
-    return model, vae, ctrl
-
-
 def _scene(b=1, h=80, w=112, seed=0):
     """A composite IMAGE [B,H,W,3] with a smooth background and a colour-shifted box, and its MASK."""
     g = torch.Generator().manual_seed(seed)

@@ -18,11 +18,6 @@ harmonize = pack_module("nodes.harmonize")
 
 
 @pytest.fixture(scope="module")
-def loaded(models_dir):
-    return run("R2RCheckpointLoader", "region2region", "fp32", False)
-
-
-@pytest.fixture(scope="module")
 def example():
     frames, masks, fps = run("R2RExampleClip", "drifting_astronaut")
     return frames, masks, fps
