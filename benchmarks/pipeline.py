@@ -15,7 +15,7 @@ official  all models resident (text encoder included), the empty prompt encoded 
           call, the composite encoded twice (once for the latent, again inside the decode for the
           skips), controller + U-Net at every step, untiled decode -- ref (a.3), same dtype/device,
           diffusers' default attention (SDPA) in both flows. Loading is reported, not counted.
-ours      ``R2RPipeline``'s stages (encode -> residuals -> denoise -> decode) over a phase-loaded
+ours      ``R2RPipeline``'s stages (prepare -> plan -> encode -> residuals -> sample -> decode -> restore) over a phase-loaded
           model source (:class:`r2r.pipeline.model_sources.PhaseLoadedModels`, what ``harmonize_low_memory``
           uses): each network is read from disk straight to its device/dtype when its stage starts
           and dropped when it ends (never two resident together), the cached empty-prompt embedding

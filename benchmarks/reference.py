@@ -41,6 +41,8 @@ for _path in (ROOT, ROOT / "tests", ROOT / "benchmarks"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
+from pipeline import DEFAULT_WEIGHTS_CACHE  # noqa: E402
+
 EXAMPLES = ROOT / "r2r" / "assets" / "examples"
 
 
@@ -270,7 +272,7 @@ def main(argv=None) -> int:
     p.add_argument("--weights", default=None, help="a release folder (default: the tiny random release of the tests)")
     p.add_argument("--full-size", action="store_true", help="full-size random weights (benchmarks/pipeline.py's, "
                    "built once under --weights-cache)")
-    p.add_argument("--weights-cache", default=str(Path.home() / ".cache" / "r2r-bench" / "random-fp32"))
+    p.add_argument("--weights-cache", default=str(DEFAULT_WEIGHTS_CACHE))
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="fp32")
     p.add_argument("--steps", type=int, default=10)

@@ -155,7 +155,8 @@ def run_stage(stage: str, release: Path, args, device, variant: str) -> dict:
                 loss, _ = module(batch, gens)
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm)
+            if cfg.train.max_grad_norm > 0:  # as the trainer: 0 = no clipping
+                torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm)
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)

@@ -184,6 +184,8 @@ def memory_section(args, engine: str) -> dict:
                "--weights-cache", args.weights_cache]
         if args.weights:
             cmd += ["--weights", args.weights]
+        if args.chunk_frames:
+            cmd += ["--chunk-frames", str(args.chunk_frames)]
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         res = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
         if res.returncode != 0:

@@ -33,11 +33,13 @@ import shutil
 import time
 
 from r2r.errors import R2RUserError
-from r2r.fileio import TEMP_MARKER, atomic_write_bytes, atomic_writer
+from r2r.fileio import TEMP_MARKER, append_bytes, atomic_write_bytes, atomic_writer
 
 CHECKPOINT_PREFIX = "checkpoint-"
 STATE_FILE = "trainer_state.json"
 METADATA_FILE = "r2r_training.json"
+#: the "format" field of METADATA_FILE (training/release.py reads it)
+METADATA_FORMAT = "r2r-training-metadata/1"
 METRICS_FILE = "metrics.jsonl"
 #: written into every trainer_state.json; checkpoints without it are the old pickle-based format
 CHECKPOINT_FORMAT = "r2r-training-checkpoint/2"
@@ -59,24 +61,15 @@ def atomic_write_json(path, obj, *, fsync: bool = False) -> None:
 
 
 def append_jsonl(path, obj) -> None:
-    """Append one JSON line (never rewrites the file); a line cut by a crash is closed first. When the write
-    fails (disk full), the file is cut back to its size before: no half line stays."""
+    """Append one JSON line (never rewrites the file) with :func:`r2r.fileio.append_bytes` (one ``O_APPEND``
+    write, cut back when it fails: no half line stays); a line cut by an earlier crash is closed first."""
     line = (json.dumps(obj, default=_json_default) + "\n").encode("utf-8")
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        size = os.lseek(fd, 0, os.SEEK_END)
-        if size > 0 and os.pread(fd, 1, size - 1) != b"\n":
-            line = b"\n" + line
-        view = memoryview(line)
-        try:
-            while view:  # unbuffered: a short write is seen and cut back, never left behind
-                view = view[os.write(fd, view):]
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, size)
-            raise
-    finally:
-        os.close(fd)
+    with contextlib.suppress(FileNotFoundError), open(path, "rb") as f:
+        if f.seek(0, os.SEEK_END) > 0:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                line = b"\n" + line
+    append_bytes(path, line, what="metrics file")
 
 
 def read_metrics(path) -> list[dict]:
@@ -347,7 +340,7 @@ def write_metadata(path: str, *, stage: str, config: dict, data: dict, steps: in
     from r2r import __version__
 
     atomic_write_json(path, {
-        "format": "r2r-training-metadata/1",
+        "format": METADATA_FORMAT,
         "r2r_version": __version__,
         "stage": stage,
         "component": component,

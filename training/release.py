@@ -19,11 +19,10 @@ import time
 from r2r.errors import R2RUserError
 from r2r.fileio import free_name
 
-from .checkpoint import METADATA_FILE, replace_dir, temp_dir_for
+from .checkpoint import METADATA_FILE, METADATA_FORMAT, replace_dir, temp_dir_for
 from .config import STAGE_COMPONENT_DIR, STAGES
 
 log = logging.getLogger("r2r.training")
-METADATA_FORMAT = "r2r-training-metadata/1"
 
 
 def read_metadata(path: str) -> dict:
