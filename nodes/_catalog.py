@@ -2,8 +2,9 @@
 
 The node id is the class name and never changes (saved workflows name it); the display name,
 the menu (category) and the search words may. ``R2RNode.schema`` (``_schema.py``) fills a node's
-schema from its row here and takes the node's description from its class docstring, so a node
-class holds only what it does: its inputs, outputs and ``execute``.
+schema from its row here and takes the node's description from its class docstring (a V1/V2 pair
+shares one through ``description=``), so a node class holds only what it does: its inputs, outputs and
+``execute``.
 """
 
 from __future__ import annotations

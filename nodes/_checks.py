@@ -161,8 +161,9 @@ def check_decodable(latent, state: R2RLatentState, node: str, show=None):
 
 
 def check_legacy_inputs(state: R2RLatentState, image=None, mask=None, invert_mask=False, node: str = "") -> None:
-    """The version-1 nodes' image/mask inputs (ignored: the LATENT carries the composite): when they are
-    connected, they must show the LATENT's composite, or the user is told that they were not used."""
+    """The version-1 nodes' image input (ignored, with its mask and invert_mask: the LATENT carries the
+    composite): when it is connected, it must show the LATENT's composite, or the user is told that it was not
+    used."""
     import torch
 
     if image is None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from ._host import ManagedModel
 
@@ -89,10 +89,6 @@ class ControlSettings:
             from ..r2r.pipeline import ResidualCache
 
             object.__setattr__(self, "cache", ResidualCache())
-
-    @property
-    def reference_mask(self) -> torch.Tensor | None:
-        return None if self.reference is None else cast("torch.Tensor | None", self.reference.mask)
 
 
 @dataclass(frozen=True)

@@ -90,7 +90,7 @@ class R2RClearVAEEncode(R2RNode):
     def execute(cls, clear_vae, image, mask, max_side=0, invert_mask=False, resize_mode="fit"):
         node = "Clear-VAE Encode"
         check_working(node, max_side, resize_mode)
-        comp, m, _ = flow.read_inputs(image, mask, invert_mask, node=node)
+        comp, m = flow.read_inputs(image, mask, invert_mask, node=node)
         _checks.check_kind(clear_vae, "R2R_CLEAR_VAE", "clear_vae", node)
         flow.warn_large_mask(m, node, cls.hidden.unique_id if cls.hidden else None)
         return io.NodeOutput(flow.encode(clear_vae, comp, m, max_side, resize_mode))
@@ -246,4 +246,4 @@ class R2RClearVAEDecodeV2(R2RNode):
 NODES = [R2RClearVAEEncode, R2RMACAControllerApplyV2, R2RSampler, R2RClearVAEDecodeV2, R2RMACAControllerApply,
          R2RClearVAEDecode]
 
-__all__ = ["NODES", "check_output", "check_sampling", "check_working", "param_input"]
+__all__ = ["NODES", "check_output", "check_sampling", "check_working"]

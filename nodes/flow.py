@@ -11,7 +11,7 @@ What is reused between runs (ComfyUI keeps node outputs cached while their input
 * the Encode output (posterior, working tensors, skips) — a new seed or strength does not re-encode;
 * the controller residuals, in the :class:`r2r.pipeline.ResidualCache` on the MODEL that MACA
   Controller Apply returns, by timestep — a new seed skips the controller entirely;
-* R2R Harmonize keeps the same two per node (nodes/harmonize_memo.py).
+* R2R Harmonize keeps the same two per node (``HarmonizeMemo`` in nodes/harmonize.py).
 
 Where skips and residuals wait follows r2r.pipeline.memory's rule with ComfyUI's free-memory figure;
 ``R2R_NODE_SKIPS`` (``auto`` | ``host`` | ``recompute``) forces the skips' placement.
@@ -85,16 +85,12 @@ def pipeline(**models):
 # ----------------------------------------------------------------------------- inputs
 
 
-def read_inputs(image, mask, invert_mask=False, reference_mask=None, node: str = ""):
-    """The one place a node reads IMAGE/MASK: -> (composite ``[B,3,H,W]``, mask ``[B,1,H,W]``, reference or None)."""
+def read_inputs(image, mask, invert_mask=False, node: str = ""):
+    """The one place a node reads IMAGE/MASK: -> (composite ``[B,3,H,W]``, mask ``[B,1,H,W]``), batches matched."""
     comp = _convert.image_to_nchw(image, "image", node=node)
     m = _convert.mask_to_b1hw(mask, comp.shape[-2:], invert=bool(invert_mask), name="mask", node=node)
-    ref = None
-    if reference_mask is not None:
-        ref = _convert.mask_to_b1hw(reference_mask, comp.shape[-2:], name="reference_mask", allow_empty=True,
-                                    node=node)
-    comp, m, ref = _convert.broadcast_batch(("image", comp), ("mask", m), ("reference_mask", ref), node=node)
-    return comp, m, ref
+    comp, m = _convert.broadcast_batch(("image", comp), ("mask", m), node=node)
+    return comp, m
 
 
 def make_reference(reference_mask=None, reference_image=None, reference_image_mask=None,

@@ -49,12 +49,12 @@ class HarmonizeMemo:
         return slot
 
     def latent(self, node_id, clear_vae, comp, mask, max_side, resize_mode):
-        key = (id(clear_vae), fingerprint(comp, mask), int(max_side), resize_mode)
+        key = (fingerprint(comp, mask), int(max_side), resize_mode)
         with self._lock:
             slot = self._slot(node_id)
-            if slot.get("encode_key") != key:
+            if slot.get("clear_vae") is not clear_vae or slot.get("encode_key") != key:  # same object, as below
                 slot["latent"] = flow.encode(clear_vae, comp, mask, max_side, resize_mode)
-                slot["encode_key"] = key
+                slot["clear_vae"], slot["encode_key"] = clear_vae, key
                 self.encodes += 1
             return slot["latent"]
 
@@ -137,7 +137,7 @@ class R2RHarmonize(R2RNode):
                 model, clear_vae, controller, image, mask, settings,
                 (reference_mask, reference_image, reference_image_mask),
                 (temporal, keyframe_interval, empty_frames), node, node_id))
-        comp, m, _ = flow.read_inputs(image, mask, invert_mask, node=node)
+        comp, m = flow.read_inputs(image, mask, invert_mask, node=node)
         reference = flow.make_reference(reference_mask, reference_image, reference_image_mask, node)
         _checks.check_kind(model, "R2R_MODEL", "model", node)
         _checks.check_kind(clear_vae, "R2R_CLEAR_VAE", "clear_vae", node)
@@ -191,7 +191,6 @@ def _harmonize_objects(model, clear_vae, controller, comp, mask, reference, s: d
     """objects=each / crop=per_object: r2r.pipeline.objects over ComfyUI's model management (no per-node reuse:
     each object or crop is its own picture)."""
     from ..r2r.devices import resolve_max_side
-    from ..r2r.errors import R2RUserError
     from ..r2r.pipeline.objects import harmonize_objects
 
     pipe = flow.pipeline(unet=model.unet, controller=controller if s["strength"] > 0 else None, clear_vae=clear_vae,

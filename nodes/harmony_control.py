@@ -76,10 +76,6 @@ def control_class():
             self.model_sampling_current = None
 
         @property
-        def composite_key(self) -> str:
-            return self.prepared.key
-
-        @property
         def managed(self):
             return self.pipe.models._managed["controller"]
 

@@ -6,7 +6,7 @@ import os
 
 from comfy_api.v0_0_2 import io
 
-from ..r2r.errors import R2RUserError, R2RWeightsNotFound
+from ..r2r.errors import R2RWeightsNotFound
 from . import _files, _host
 from ._schema import R2RClearVAEType, R2RControllerType, R2RModelType, R2RNode, choice
 from ._types import R2RModel
@@ -17,21 +17,17 @@ _DTYPE_TIP = ("Weight precision. auto = fp16 on a GPU (as the official release r
 
 
 def _torch_dtype(name: str, node: str = "", node_id=None):
-    """The dtype a loader's ``dtype`` widget asks for. fp16/bf16 chosen on a CPU works but is several times
-    slower than fp32 there: a warning in the log and a text on the node say so."""
-    import torch
-
-    from ..r2r.devices import warn_if_slow_dtype
+    """The dtype a loader's ``dtype`` widget asks for (``r2r.devices.resolve_dtype``). fp16/bf16 chosen on a
+    CPU works but is several times slower than fp32 there: a warning in the log and a text on the node say so."""
+    from ..r2r.devices import resolve_dtype, warn_if_slow_dtype
 
     if name == "auto":
         return _host.auto_dtype()
-    table = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-    if name not in table:
-        raise R2RUserError(f"R2R: dtype must be one of {DTYPES}; got {name!r}.")
-    if warn_if_slow_dtype(table[name], _host.compute_device()):
+    dtype = resolve_dtype(name)
+    if warn_if_slow_dtype(dtype, _host.compute_device()):
         _host.show_text(f"{node or 'R2R loader'}: dtype {name} on the CPU runs several times slower than fp32 "
                         "(CPUs have no fast half-precision kernels); choose auto or fp32 for speed.", node_id)
-    return table[name]
+    return dtype
 
 
 def _node_id(cls):

@@ -2,7 +2,7 @@
 one for all) through R2R Harmonize or R2R Color Match (weight-free) with a ``temporal`` mode
 (:mod:`r2r.video`), and R2R Example Clip, a bundled clip so the video template runs as delivered.
 
-The clip modes run :func:`r2r.video.harmonize_frames` over the node's models (ComfyUI's model
+The clip modes run :func:`r2r.video.harmonize_clip` over the node's models (ComfyUI's model
 management via ``flow.pipeline``): frames in chunks sized by the free memory, progress counted in
 frames, Cancel honoured between chunks (nothing is output then). ``temporal`` = ``independent`` keeps
 each node's own per-picture path (the behaviour before the clip modes), so saved workflows give the
@@ -99,8 +99,7 @@ def run_clip(clip, engine, temporal, keyframe_interval, empty_frames, node: str,
             f"through the model")
     if report.skipped:
         text += f", {len(report.skipped)} passed through unchanged (empty mask)"
-    _host.show_text(f"R2R {node}: {text}.", node_id)
-    log.info("R2R %s: %s", node, text)
+    _host.show_text(f"R2R {node}: {text}.", node_id)  # on the node and in the log
     return out
 
 

@@ -298,7 +298,7 @@ def test_nodes_ksampler_equals_r2r_sampler_and_decodes(r2r_socket_objects):
     flow = pack_module("nodes.flow")
     model, vae, controller = r2r_socket_objects
     image, mask = _scene_image()
-    comp, m, _ = flow.read_inputs(image, mask)
+    comp, m = flow.read_inputs(image, mask)
     latent = flow.encode(vae, comp, m, max_side=128)
     ref = torch.zeros_like(mask)
     ref[:, :, -40:] = 1
@@ -332,7 +332,7 @@ def test_a_new_seed_on_the_ksampler_path_runs_no_controller(r2r_socket_objects):
     flow = pack_module("nodes.flow")
     model, vae, controller = r2r_socket_objects
     image, mask = _scene_image()
-    comp, m, _ = flow.read_inputs(image, mask)
+    comp, m = flow.read_inputs(image, mask)
     latent = flow.encode(vae, comp, m, max_side=64)
     calls = []
     hook = controller.model.register_forward_hook(lambda *a: calls.append(1))
@@ -363,7 +363,7 @@ def test_conditioning_without_controller_and_bad_inputs(r2r_socket_objects):
     flow = pack_module("nodes.flow")
     model, vae, controller = r2r_socket_objects
     image, mask = _scene_image()
-    comp, m, _ = flow.read_inputs(image, mask)
+    comp, m = flow.read_inputs(image, mask)
     latent = flow.encode(vae, comp, m, max_side=64)
     pos, neg, _ = ksp.R2RConditioning.execute(model, latent).result
     assert "control" not in pos[0][1] and pos[0][0].shape[1:] == (77, model.prompt_embeds.shape[-1])
@@ -412,8 +412,8 @@ def _two_composites(r2r_socket_objects, batch_b=1, size_b=None):
         mask_b = torch.nn.functional.interpolate(mask[:, None], size=size_b)[:, 0]
     else:
         mask_b = mask
-    a = flow.encode(vae, *flow.read_inputs(image, mask)[:2], max_side=128)
-    b = flow.encode(vae, *flow.read_inputs(other.repeat(batch_b, 1, 1, 1), mask_b)[:2], max_side=128)
+    a = flow.encode(vae, *flow.read_inputs(image, mask), max_side=128)
+    b = flow.encode(vae, *flow.read_inputs(other.repeat(batch_b, 1, 1, 1), mask_b), max_side=128)
     return a, b
 
 

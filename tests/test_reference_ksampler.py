@@ -54,7 +54,7 @@ def _ksampler(mdl, pos, neg, latent):
 def test_ksampler_path_equals_r2r_sampler_with_a_reference_photo(sockets):
     model, vae, ctrl = sockets
     image, mask, photo, region = _inputs()
-    comp, m, _ = flow.read_inputs(image, mask)
+    comp, m = flow.read_inputs(image, mask)
     latent = flow.encode(vae, comp, m, max_side=128)
     reference = flow.make_reference(None, photo, region, "test")
     exact = flow.sample(flow.attach_controller(model, ctrl, STRENGTH, reference), latent, SEED, STEPS, "euler")
@@ -80,7 +80,7 @@ def test_conditioning_refuses_a_bad_reference_before_sampling(sockets):
     errors = pack_module("r2r.errors")
     model, vae, ctrl = sockets
     image, mask, photo, region = _inputs()
-    comp, m, _ = flow.read_inputs(image, mask)
+    comp, m = flow.read_inputs(image, mask)
     latent = flow.encode(vae, comp, m, max_side=128)
     with pytest.raises(errors.R2RUserError, match="at least 64x64"):
         ksp.R2RConditioning.execute(model, latent, ctrl, 1.0, 0, "sample", None, photo[:, :40])
