@@ -178,7 +178,7 @@ def free_device_memory(device) -> int | None:
         return capped_free_bytes(device, max(0, int(mm.get_free_memory(device)) - int(mm.extra_reserved_memory())))
     from ..r2r.pipeline.model_sources import cuda_free_memory
 
-    return capped_free_bytes(device, cuda_free_memory(device))
+    return cuda_free_memory(device)  # capped as well
 
 
 def show_text(text: str, node_id=None) -> None:

@@ -158,6 +158,7 @@ def test_cuda_free_memory_and_a_per_process_limit(monkeypatch):
     assert memory.capped_free_bytes(CUDA, 31 * GIB) == 31 * GIB
     monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda d=None: 8 * GIB / (141 * GIB))
     assert memory.capped_free_bytes(CUDA, 31 * GIB) == pytest.approx(5 * GIB, abs=2)  # 8 GiB cap, 3 in use
+    assert cuda_free_memory(CUDA) == pytest.approx(5 * GIB, abs=2)  # the CLI / Python API sources are capped too
     assert memory.capped_free_bytes(torch.device("cpu"), None) is None
 
 

@@ -295,3 +295,19 @@ def test_fp16_on_cpu_runs_at_a_sensible_speed(tiny_release):
     out = half(comp, mask, num_inference_steps=1, generator=0, max_side=128)
     assert torch.isfinite(out.images).all()
     assert time.perf_counter() - start < 60
+
+
+def test_free_residuals_releases_each_entry_during_the_loop(pipe):
+    """``sample(free_residuals=True)`` (the one-shot call's choice) drops each timestep's residuals from the
+    caller's Residuals once used, so they do not all stay alive until the loop ends; without it they stay."""
+    comp, mask = _scene()
+    prepared = pipe.prepare(comp, mask, max_side=64)
+    plan = pipe.plan(3, "euler_ancestral")
+    encoded = pipe.encode(prepared)
+    kept = pipe.residuals(prepared, plan, 1.0, placement="device")
+    freed = pipe.residuals(prepared, plan, 1.0, placement="device")
+    a = pipe.sample(prepared, encoded, kept, plan, noise_source(0, "cpu"))
+    b = pipe.sample(prepared, encoded, freed, plan, noise_source(0, "cpu"), free_residuals=True)
+    assert torch.equal(a, b)
+    assert all(entry is not None for entry in kept.entries)
+    assert freed.entries is not None and all(entry is None for entry in freed.entries)

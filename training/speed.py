@@ -63,11 +63,10 @@ def probe_device(device) -> DeviceFacts:
 
     device = torch.device(device)
     if device.type == "cuda":  # the pipeline's free-memory figure: torch's reusable cache, a per-process cap
-        from r2r.pipeline.memory import capped_free_bytes
         from r2r.pipeline.model_sources import cuda_free_memory
 
         props = torch.cuda.get_device_properties(device)
-        return DeviceFacts("cuda", props.name, capped_free_bytes(device, cuda_free_memory(device)),
+        return DeviceFacts("cuda", props.name, cuda_free_memory(device),
                            int(props.total_memory), bool(torch.cuda.is_bf16_supported()))
     if device.type == "cpu":
         from r2r.pipeline.memory import available_host_bytes

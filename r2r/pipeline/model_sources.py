@@ -66,15 +66,18 @@ def missing_network(name: str, how_to_fix: str) -> R2RUserError:
 
 
 def cuda_free_memory(device) -> int | None:
-    """``torch.cuda.mem_get_info``'s free bytes (plus what torch's cache holds) on a CUDA device, else None."""
+    """``torch.cuda.mem_get_info``'s free bytes (plus what torch's cache holds) on a CUDA device, capped by a
+    per-process limit (``r2r.pipeline.memory.capped_free_bytes``); None elsewhere."""
     import torch
+
+    from .memory import capped_free_bytes
 
     if getattr(device, "type", "cpu") != "cuda":
         return None
     free, _ = torch.cuda.mem_get_info(device)
     stats = torch.cuda.memory_stats(device)
     reusable = stats.get("reserved_bytes.all.current", 0) - stats.get("allocated_bytes.all.current", 0)
-    return int(free + max(0, reusable))
+    return capped_free_bytes(device, int(free + max(0, reusable)))
 
 
 class ResidentModels:

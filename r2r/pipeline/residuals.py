@@ -10,6 +10,7 @@ the MODEL that MACA Controller Apply returns and one on the KSampler path's cont
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ class Residuals:
     compute: Callable | None
     placement: str
     batch: int
-    consume: bool = False  # drop each entry once used (lower peak memory; the cache keeps its own)
+    consume: bool = False  # drop each entry from ``entries`` once used (a ResidualCache keeps its own references)
 
     def __call__(self, i: int, t):
         if self.entries is None:
@@ -44,9 +45,9 @@ class Residuals:
         return self.entries is None
 
     def consuming(self) -> Residuals:
-        """The same residuals, each dropped from this list once the loop has used it."""
-        entries = None if self.entries is None else list(self.entries)
-        return Residuals(entries, self.compute, self.placement, self.batch, consume=True)
+        """The same residuals (the same list), each entry dropped once the loop has used it, so the memory
+        it held is released during the loop: for a caller that does not use these residuals again."""
+        return dataclasses.replace(self, consume=True)
 
 
 class ResidualCache:
