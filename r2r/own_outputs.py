@@ -17,8 +17,9 @@ def report_marker(tool: str) -> dict:
     return {REPORT_KEY: tool}
 
 
-def is_own_report(path, tool: str, max_bytes: int = 512 << 20) -> bool:
-    """True when ``path`` is a JSON report that ``tool`` wrote earlier (it may replace it without asking)."""
+def is_own_report(path, tool: str, max_bytes: int = 512 << 20, keys: tuple[str, ...] = (REPORT_KEY,)) -> bool:
+    """True when ``path`` is a regular JSON file (not a pipe or device: never blocks) that ``tool`` wrote
+    earlier, named under one of ``keys``: it may be replaced without asking."""
     try:
         if not stat.S_ISREG(os.stat(path).st_mode) or os.path.getsize(path) > max_bytes:
             return False
@@ -26,7 +27,7 @@ def is_own_report(path, tool: str, max_bytes: int = 512 << 20) -> bool:
             data = json.load(fh)
     except (OSError, ValueError):
         return False
-    return isinstance(data, dict) and data.get(REPORT_KEY) == tool
+    return isinstance(data, dict) and any(data.get(key) == tool for key in keys)
 
 
 #: the text key r2r writes into the PNG/JPEG images a command produces (how a later run of that command

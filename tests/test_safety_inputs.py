@@ -260,3 +260,21 @@ def test_label_map_pipe_is_refused_in_time(fifo, monkeypatch):
     monkeypatch.setattr(fileio, "STREAM_IDLE_S", 0.3)
     box = in_time(lambda: read_label_map(fifo))
     assert isinstance(box["error"], R2RUserError) and "label map" in str(box["error"])
+
+
+def test_a_pipe_named_like_the_manifest_is_refused_in_time(tmp_path, capsys):
+    """--out holds a FIFO named manifest-<subset>.json: it is not make-dataset's own manifest (refused, nothing
+    written), and telling so never opens the pipe (no hang)."""
+    rng = np.random.default_rng(0)
+    im, mk, out = tmp_path / "images", tmp_path / "masks", tmp_path / "out"
+    _write(im / "img0.jpg", rng.integers(0, 256, (40, 48, 3), dtype=np.uint8))
+    _write(mk / "img0.png", np.pad(np.full((20, 24), 255, np.uint8), ((10, 10), (12, 12))))
+    out.mkdir()
+    os.mkfifo(out / "manifest-R-Custom.json")
+    argv = ["make-dataset", "--images", str(im), "--masks", str(mk), "--out", str(out), "--subset", "R-Custom",
+            "--no-progress"]
+    box = in_time(lambda: main(argv), 60)
+    err = capsys.readouterr().err
+    assert box["value"] == 2, err
+    assert "was not written by make-dataset" in err
+    assert sorted(p.name for p in out.iterdir()) == ["manifest-R-Custom.json"]

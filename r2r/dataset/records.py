@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import R2RUserError
 from ..fileio import atomic_write_text
-from ..own_outputs import is_own_report, report_marker
+from ..own_outputs import REPORT_KEY, is_own_report, report_marker
 
 
 @dataclass
@@ -63,14 +63,8 @@ MANIFEST_TOOL = "python -m r2r make-dataset"
 
 
 def is_own_manifest(path) -> bool:
-    """``path`` is a manifest make-dataset wrote (also one from before ``written_by`` existed)."""
-    if is_own_report(path, MANIFEST_TOOL):
-        return True
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and data.get("tool") == MANIFEST_TOOL
+    """``path`` is a manifest make-dataset wrote (also one from before ``written_by`` existed: ``tool``)."""
+    return is_own_report(path, MANIFEST_TOOL, keys=(REPORT_KEY, "tool"))
 
 
 def records_dir(out: Path, subset: str) -> Path:
