@@ -197,3 +197,19 @@ def test_overwrite_and_interrupt(clip_files, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(engines.StatisticsEngine, "apply", interrupted)
     assert main(argv + ["--temporal", "smoothed"]) == 130
     assert os.listdir(tmp_path) == []  # nothing half-written, no temporary file
+
+
+def test_a_reference_photo_too_small_is_refused_before_the_weights_load(clip_files, tmp_path, capsys):
+    """--method r2r: the reference photo's checks run before the pipeline is built (here --weights names no
+    release, so reaching the loader would give a weights message instead)."""
+    from PIL import Image
+
+    root, _ = clip_files
+    Image.fromarray(np.full((20, 30, 3), 128, np.uint8)).save(tmp_path / "tiny_photo.png")
+    argv = ["harmonize-video", "--method", "r2r", "--video", str(root / "clip.mp4"), "--mask", str(root / "masks.mkv"),
+            "--out", str(tmp_path / "out.mp4"), "--reference", str(tmp_path / "tiny_photo.png"),
+            "--weights", str(tmp_path / "no_release_here")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "reference" in err and "64" in err, err
+    assert sorted(os.listdir(tmp_path)) == ["tiny_photo.png"]

@@ -139,6 +139,11 @@ def run(args) -> int:
     frames = VideoFrames(args.video, "--video")
     masks = open_masks(args.mask, "--mask")
     engine = _engine(args, reference)
+    if args.method == "r2r" and reference is not None:  # the photo's checks before the weights load
+        from ..imaging import compute_geometry
+        from ..pipeline.reference import check_reference
+
+        check_reference(reference, 1, compute_geometry(*frames.info.size, args.max_side, args.resize_mode))
     bar = _Bar()
     job = harmonize_clip(Clip(frames, masks), engine, temporal=args.temporal, keyframe_interval=args.keyframe_interval,
                          empty_frames=args.empty_frames, smoothing=args.smoothing, cut_threshold=args.cut_threshold,
