@@ -7,7 +7,7 @@
   can fix (full disk, quota, read-only file system, name too long, permissions) become
   :class:`OutputWriteError`: an :class:`~r2r.errors.R2RUserError` (exit 2 on the CLIs) that is also an
   ``OSError``, naming the folder and what to do.
-* :func:`check_output_file` / :func:`check_output_dir` / :func:`check_inside`: called *before* any long
+* :func:`check_output_file` / :func:`check_inside`: called *before* any long
   work, so an unwritable, missing, clashing or escaping destination is reported before the result is
   computed. The one overwrite rule: an existing file is replaced only when it is this command's own
   earlier output (``replaceable``) or the user said ``--overwrite``; an input never.

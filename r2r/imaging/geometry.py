@@ -113,8 +113,3 @@ def latent_mask_from(mask_working):
 
     h, w = mask_working.shape[-2:]
     return F.interpolate(mask_working, size=(h // 8, w // 8))
-
-
-# --------------------------------------------------------------------------- prepare
-
-

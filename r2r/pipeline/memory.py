@@ -62,11 +62,6 @@ def dtype_size(dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
 
-def module_bytes(module) -> int:
-    """Bytes of a module's parameters and buffers."""
-    return sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
-
-
 def tensors_bytes(tensors) -> int:
     """Bytes of a (nested) list/tuple of tensors."""
     if tensors is None:

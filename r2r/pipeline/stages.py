@@ -174,10 +174,8 @@ class Stages:
         nbytes = len(timesteps) * memory.residual_bytes_per_step(self.models.config("controller"), batch, latent_hw,
                                                                  dtype)
         where = memory.choose_placement(placement, nbytes, device, "controller residuals", self.models.free_memory())
-        controller = None
 
         def inputs():
-            nonlocal controller
             photos = 0 if reference is None or reference.photo is None else reference.batch_size  # their own pass
             controller = self.models.get("controller", self.controller_memory(prepared, batch + photos))
             p = prepared.expand(batch)

@@ -31,11 +31,6 @@ class EncodedComposite:
     def batch_size(self) -> int:
         return int(self.mean.shape[0])
 
-    @property
-    def dtype(self) -> torch.dtype:
-        """The dtype the posterior sample is drawn in (the Clear-VAE's)."""
-        return self.mean.dtype
-
     def posterior(self, device=None):
         """The diffusers ``DiagonalGaussianDistribution`` (on ``device``) the sampler draws from."""
         import torch
@@ -53,11 +48,6 @@ class EncodedComposite:
         rep = batch_repeater(self.batch_size, batch, "encoded composites")
         skips = None if self.skips is None else [rep(s) for s in self.skips]
         return dataclasses.replace(self, mean=rep(self.mean), logvar=rep(self.logvar), skips=skips)
-
-    def to(self, device) -> EncodedComposite:
-        """The posterior and the kept skips moved to ``device`` (e.g. the host between graph runs)."""
-        skips = None if self.skips is None else [s.to(device) for s in self.skips]
-        return dataclasses.replace(self, mean=self.mean.to(device), logvar=self.logvar.to(device), skips=skips)
 
 
 @dataclass
