@@ -39,6 +39,14 @@ def resolve_device(device=None):
         raise R2RUserError(f"Unknown device {device!r}; expected 'cpu', 'cuda', 'cuda:N', 'mps' or 'auto'.") from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise R2RUserError(f"Device {device!r} was requested but CUDA is not available here; use cpu (--device cpu).")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise R2RUserError(f"Device {device!r} asks for GPU {dev.index}, but this machine has "
+                           f"{torch.cuda.device_count()} CUDA device(s) (numbered from 0); pick one of them.")
+    if dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise R2RUserError(f"Device {device!r} was requested but Apple's MPS backend is not available here; "
+                               "use cpu (--device cpu) or auto.")
     return dev
 
 

@@ -168,6 +168,10 @@ def test_user_errors(pipe):
     if not torch.cuda.is_available():
         with pytest.raises(R2RUserError, match="CUDA is not available"):
             resolve_device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is None or not mps.is_available():  # the Python API refuses it up front, as the CLI does
+        with pytest.raises(R2RUserError, match="MPS backend is not available"):
+            resolve_device("mps")
     with pytest.raises(R2RUserError, match="generator"):
         noise_source("seven")
     with pytest.raises(R2RUserError, match="num_inference_steps"):

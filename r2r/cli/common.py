@@ -76,22 +76,13 @@ def device_and_dtype(args):
 def resolve_device_dtype(device_arg: str, dtype_arg: str):
     """``--device`` / ``--dtype`` -> ``(torch.device, torch.dtype)`` by the one rule of :mod:`r2r.devices`
     (``auto``: CUDA, else MPS, else CPU; fp16 on CUDA, fp32 elsewhere)."""
-    import torch
 
     from ..devices import resolve_device, resolve_dtype
 
     text = str(device_arg).strip().lower()
     if not _DEVICE_PATTERN.match(text):
         raise R2RUserError(f"--device must be auto, cpu, cuda, cuda:N or mps; got {device_arg!r}.")
-    device = resolve_device(text)
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise R2RUserError(f"--device {device_arg} asks for GPU {device.index}, but this machine has "
-                           f"{torch.cuda.device_count()} CUDA device(s) (numbered from 0); pick one of them.")
-    if device.type == "mps":
-        mps = getattr(torch.backends, "mps", None)
-        if mps is None or not mps.is_available():
-            raise R2RUserError("--device mps was requested but Apple's MPS backend is not available here; "
-                               "use --device cpu (or auto).")
+    device = resolve_device(text)  # also refuses a GPU index or MPS this machine does not have
     return device, resolve_dtype(dtype_arg, device)
 
 
