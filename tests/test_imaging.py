@@ -246,3 +246,10 @@ def test_resize_matches_official_pil_resize_within_one_grey_level():
         pil = np.asarray(PIL.fromarray(comp).resize((size[1], size[0]), PIL.BILINEAR)).astype(np.float64)
         ours = resize(t, size)[0].permute(1, 2, 0).numpy() * 255
         assert np.abs(ours - pil).max() <= 1.0 + 1e-3
+
+
+def test_working_size_above_the_table_is_refused_here_too():
+    """imaging.compute_geometry uses the parameter table's range: what pipe(...) refuses, prepare refuses."""
+    with pytest.raises(R2RUserError, match="from 64 to 4096"):
+        compute_geometry(100, 100, 8192)
+    assert compute_geometry(100, 100, 4096).working_size

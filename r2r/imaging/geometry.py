@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import R2RUserError
-from ..params import RESIZE_MODES
+from ..params import PARAMS, RESIZE_MODES
 
 MULTIPLE = 64
 MIN_SIDE = 64
@@ -41,9 +41,13 @@ def _round_to_multiple(value: float) -> int:
 
 
 def check_max_side(max_side) -> int:
-    if isinstance(max_side, bool) or not isinstance(max_side, (int, np.integer)) or max_side < MIN_SIDE or max_side % MULTIPLE:
+    """A resolved working size (``0`` = automatic is resolved before: r2r.devices.resolve_max_side), within the
+    parameter table's range."""
+    top = int(PARAMS["max_side"].maximum or 0)
+    if isinstance(max_side, bool) or not isinstance(max_side, (int, np.integer)) or not MIN_SIDE <= max_side <= top \
+            or max_side % MULTIPLE:
         raise R2RUserError(
-            f"max_side must be a multiple of 64 and at least 64 (e.g. 512, 768 or 1024); got {max_side!r}."
+            f"max_side must be a multiple of 64 from 64 to {top} (e.g. 512, 768 or 1024); got {max_side!r}."
         )
     return int(max_side)
 

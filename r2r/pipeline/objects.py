@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from ..errors import R2RUserError
 from ..params import check
 from .crops import MAX_OBJECTS, Box, ObjectMask, components, compose, crop_box, split_objects, target_alpha
-from .reference import Reference
+from .reference import Reference, check_batches
 from .values import R2ROutput
 
 log = logging.getLogger(__name__)
@@ -162,10 +162,10 @@ def item_reference(reference: Reference | None, item: int, batch: int) -> Refere
         photo = to_image_tensor(reference.image, "reference image")
         region = None if reference.image_mask is None else to_mask_tensor(reference.image_mask, "reference image mask")
         n = max(int(photo.shape[0]), 1 if region is None else int(region.shape[0]))
-        _check_reference_batch(n, batch, "reference images")
+        check_batches(batch, n, "reference images")
         return Reference(image=_pick(photo, item, batch), image_mask=_pick(region, item, batch))
     region = to_mask_tensor(reference.mask, "reference_mask")
-    _check_reference_batch(int(region.shape[0]), batch, "reference masks")
+    check_batches(batch, int(region.shape[0]), "reference masks")
     return Reference(mask=_pick(region, item, batch))
 
 
@@ -173,12 +173,6 @@ def _pick(t, item: int, batch: int):
     if t is None or batch == 1 or t.shape[0] == 1:
         return t
     return t[item:item + 1]
-
-
-def _check_reference_batch(n: int, batch: int, what: str) -> None:
-    if n not in (1, batch) and batch != 1:
-        raise R2RUserError(f"Got {n} {what} for {batch} composites; give one reference for all, one per composite, "
-                           "or one composite with several references (one result per reference).")
 
 
 def run_reference(run: ObjectRun, reference: Reference | None, background, composite_item, crop: str):

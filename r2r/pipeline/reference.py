@@ -103,7 +103,7 @@ def _prepare(reference, batch: int, geometry: Geometry, device) -> PreparedRefer
         return None
     if reference.image is not None:
         photo = prepare_reference_photo(reference.image, reference.image_mask, geometry.working_size)
-        _check_batches(batch, photo.batch_size, "reference images")
+        check_batches(batch, photo.batch_size, "reference images")
         return PreparedReference(photo.region, photo, photo.key)
     region = to_mask_tensor(reference.mask, "reference_mask")
     size = tuple(geometry.original_size)
@@ -111,12 +111,13 @@ def _prepare(reference, batch: int, geometry: Geometry, device) -> PreparedRefer
         raise R2RUserError(
             f"The reference_mask size {tuple(region.shape[-1:-3:-1])} (WxH) does not match the composite size "
             f"{size[::-1]} (WxH); paint the reference region on this composite.")
-    _check_batches(batch, region.shape[0], "reference masks")
+    check_batches(batch, region.shape[0], "reference masks")
     latent = reference_latent_mask(region if device is None else region.to(device), geometry)
     return PreparedReference(latent, None, "region:" + fingerprint(region))
 
 
-def _check_batches(composites: int, references: int, what: str) -> None:
+def check_batches(composites: int, references: int, what: str) -> None:
+    """References for ``composites`` composites: one for all, one per composite, or several for one composite."""
     if references not in (1, composites) and composites != 1:
         raise R2RUserError(f"Got {references} {what} for {composites} composites; give one reference for all, one "
                            "per composite, or one composite with several references (one result per reference).")

@@ -113,7 +113,8 @@ class SamplingPlan:
         return len(self.timesteps)
 
 
-def _to_batch(t, batch: int):
+def to_batch(t, batch: int):
+    """``t`` with ``batch`` items: as it is, or its one item expanded (a view)."""
     return t if t.shape[0] == batch else t.expand(batch, *t.shape[1:])
 
 
@@ -163,9 +164,9 @@ def controller_residuals(controller, hint, latent_mask, timesteps, prompt_embeds
             t = torch.stack([torch.as_tensor(c) for c in chunk]).to(hint.device).repeat_interleave(batch)
             ref = ref_hint = None
             if reference_mask is not None:  # a photo is repeated per item too: it must see each item's timestep
-                ref = _to_batch(reference_mask, batch).repeat(k, 1, 1, 1)
+                ref = to_batch(reference_mask, batch).repeat(k, 1, 1, 1)
             if reference_hint is not None:
-                ref_hint = _to_batch(reference_hint, batch).repeat(k, 1, 1, 1)
+                ref_hint = to_batch(reference_hint, batch).repeat(k, 1, 1, 1)
             down, mid = controller(
                 hint.repeat(k, 1, 1, 1), t, embeds.repeat(k, 1, 1), latent_mask.repeat(k, 1, 1, 1),
                 conditioning_scale=conditioning_scale, reference_mask=ref,
@@ -293,8 +294,8 @@ def denoise(unet, scheduler, z_comp, latent_mask, prompt_embeds, residuals, gene
             if free_residuals and isinstance(residuals, list):
                 residuals[i] = None
         if down is not None and mid is not None:  # one composite's residuals serve a batch of seeds of it
-            down = [_to_batch(d.to(device=device, dtype=dtype), batch) for d in down]
-            mid = _to_batch(mid.to(device=device, dtype=dtype), batch)
+            down = [to_batch(d.to(device=device, dtype=dtype), batch) for d in down]
+            mid = to_batch(mid.to(device=device, dtype=dtype), batch)
         eps = unet(
             torch.cat([x_in, mask_in, z_comp], dim=1), t, encoder_hidden_states=embeds,
             down_block_additional_residuals=down, mid_block_additional_residual=mid, return_dict=False,

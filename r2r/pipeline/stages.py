@@ -113,7 +113,7 @@ class Stages:
             skips = self._encode_skips(vae, prepared, batch, budget)
         else:
             kept = {s.untyped_storage().data_ptr() for s in skips}
-            skips = [_to_batch(s.to(self.device), batch) for s in skips]
+            skips = [sampling.to_batch(s.to(self.device), batch) for s in skips]
             owned = consume_skips or not kept & {s.untyped_storage().data_ptr() for s in skips}
             if consume_skips and encoded is not None:
                 encoded.skips = None
@@ -318,5 +318,3 @@ class Stages:
         return memory.vae_budget_bytes(self.models.free_memory(), tiling.memory_budget_bytes())
 
 
-def _to_batch(t, batch: int):
-    return t if t.shape[0] == batch else t.expand(batch, *t.shape[1:])
