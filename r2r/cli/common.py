@@ -29,6 +29,23 @@ FEATHER_AUTO = -1
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
+def add_harmonize_arguments(parser, background: str = "the composite's background") -> None:
+    """The options harmonize and harmonize-video share: paste-back feather, method, strength, reference photo."""
+    parser.add_argument("--feather", type=int, default=FEATHER_AUTO, metavar="PX",
+                        help="paste-back band outside the mask in original pixels: -1 = automatic (one latent "
+                             "cell, default), 0 = hard edge (the mask itself), N = N pixels (up to 256)")
+    parser.add_argument("--method", choices=("r2r", "statistics"), default="r2r",
+                        help="r2r = the diffusion model (needs weights); statistics = weight-free Lab colour matching")
+    parser.add_argument("--strength", type=float, default=1.0,
+                        help="r2r: the Harmony Controller's conditioning scale, 0..2 (1 = as trained, default; 0 = no "
+                             "controller); statistics: 0 = unchanged .. 1 = full transfer (default)")
+    parser.add_argument("--reference", default=None, metavar="PHOTO",
+                        help=f"harmonize toward this other photo (any size) instead of {background}")
+    parser.add_argument("--reference-mask", default=None, metavar="MASK",
+                        help="with --reference: the region of that photo to take the colours from (white = use; "
+                             "default: the whole photo)")
+
+
 def add_model_arguments(parser) -> None:
     """Options shared by the image commands (``harmonize``, ``demo``, ``harmonize-video``), from r2r.params."""
     parser.add_argument("--weights", default=None, metavar="PATH_OR_REPO",

@@ -20,7 +20,7 @@ from __future__ import annotations
 from ..fileio import IMAGE_EXTENSIONS
 from ..params import add_cli_argument, check
 from .common import (
-    FEATHER_AUTO,
+    add_harmonize_arguments,
     add_model_arguments,
     check_feather_strength,
     check_inputs,
@@ -50,19 +50,7 @@ def add_arguments(parser) -> None:
     add_model_arguments(parser)
     parser.add_argument("--no-paste-back", action="store_true",
                         help="return the model's whole image (default: the original background is pasted back)")
-    parser.add_argument("--feather", type=int, default=FEATHER_AUTO, metavar="PX",
-                        help="paste-back band outside the mask in original pixels: -1 = automatic (one latent "
-                             "cell, default), 0 = hard edge (the mask itself), N = N pixels (up to 256)")
-    parser.add_argument("--method", choices=("r2r", "statistics"), default="r2r",
-                        help="r2r = the diffusion model (needs weights); statistics = weight-free Lab colour matching")
-    parser.add_argument("--strength", type=float, default=1.0,
-                        help="r2r: the Harmony Controller's conditioning scale, 0..2 (1 = as trained, default; 0 = no "
-                             "controller); statistics: 0 = unchanged .. 1 = full transfer (default)")
-    parser.add_argument("--reference", default=None, metavar="PHOTO",
-                        help="harmonize toward this other photo (any size) instead of the composite's background")
-    parser.add_argument("--reference-mask", default=None, metavar="MASK",
-                        help="with --reference: the region of that photo to take the colours from (white = use; "
-                             "default: the whole photo)")
+    add_harmonize_arguments(parser)
     add_cli_argument(parser, "objects")
     add_cli_argument(parser, "crop")
     add_cli_argument(parser, "context")

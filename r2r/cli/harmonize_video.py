@@ -18,7 +18,7 @@ import sys
 
 from ..params import add_cli_argument, check
 from .common import (
-    FEATHER_AUTO,
+    add_harmonize_arguments,
     add_model_arguments,
     check_feather_strength,
     check_model_args,
@@ -50,17 +50,7 @@ def add_arguments(parser) -> None:
     add_cli_argument(parser, "smoothing")
     add_cli_argument(parser, "cut_threshold")
     add_model_arguments(parser)
-    parser.add_argument("--feather", type=int, default=FEATHER_AUTO, metavar="PX",
-                        help="paste-back band outside the mask in original pixels: -1 = automatic (default), 0 = "
-                             "hard edge, N = N pixels")
-    parser.add_argument("--method", choices=("r2r", "statistics"), default="r2r",
-                        help="r2r = the diffusion model (needs weights); statistics = weight-free Lab colour matching")
-    parser.add_argument("--strength", type=float, default=1.0,
-                        help="r2r: the Harmony Controller's conditioning scale, 0..2 (default 1); statistics: 0..1")
-    parser.add_argument("--reference", default=None, metavar="PHOTO",
-                        help="harmonize toward this photo instead of each frame's background")
-    parser.add_argument("--reference-mask", default=None, metavar="MASK",
-                        help="with --reference: the region of that photo to take the colours from")
+    add_harmonize_arguments(parser, background="each frame's background")
 
 
 class _Bar:
