@@ -178,49 +178,24 @@ class R2RWeightFreeHarmonize(R2RNode):
 
 
 def _match_photo(comp, m, strength, reference_mask, reference_image, reference_image_mask, node):
-    """The weight-free harmonizer toward another photo (its region): composites x photos as the R2R nodes
-    take them (one photo for all, one per composite, or one composite with several photos), all checked
-    before the first item is harmonized."""
-    import torch
-
+    """The weight-free harmonizer toward another photo (its region), through r2r.blending's tensor path: one
+    photo for all composites, one per composite, or one composite with several photos; every input checked
+    there before any item is harmonized."""
     from ..r2r.blending import harmonize_statistics
-    from ..r2r.blending.harmonizer import MIN_REFERENCE_SIDE
 
-    if reference_image is None:
-        raise R2RUserError(f"R2R {node}: reference_image_mask needs the photo it belongs to in reference_image.")
-    if reference_mask is not None:
-        raise R2RUserError(f"R2R {node}: connect either reference_mask (a region of this picture) or "
-                           "reference_image (another photo), not both.")
     comp, m = _convert.broadcast_batch(("image", comp), ("mask", m), node=node)
-    photo = _convert.image_to_nchw(reference_image, "reference_image", node)
-    region = None
-    if reference_image_mask is not None:
-        region = _convert.mask_to_b1hw(reference_image_mask, photo.shape[-2:], name="reference_image_mask",
-                                       allow_empty=True, node=node)
-        photo, region = _convert.broadcast_batch(("reference_image", photo), ("reference_image_mask", region),
-                                                 node=node)
-    if min(photo.shape[-2:]) < MIN_REFERENCE_SIDE:
-        raise R2RUserError(f"R2R {node}: reference_image must be at least {MIN_REFERENCE_SIDE}x{MIN_REFERENCE_SIDE} "
-                           f"pixels; got {photo.shape[-1]}x{photo.shape[-2]}. Use a larger photo.")
-    if region is not None:
-        empty = [i for i in range(region.shape[0]) if not bool((region[i] > 0).any())]
-        if empty:
-            raise R2RUserError(f"R2R {node}: reference_image_mask {empty[0]} is empty (all black); paint the part "
-                               "of the photo to take the colours from in white, or disconnect it to use the whole "
-                               "photo.")
-    n, r = int(comp.shape[0]), int(photo.shape[0])
-    if r not in (1, n) and n != 1:
-        raise R2RUserError(f"R2R {node}: {r} reference images for {n} composites; give one photo for all, one per "
-                           "composite, or one composite with several photos (one result per photo).")
-    out = []
-    for i in range(max(n, r)):
-        res = harmonize_statistics(
-            _convert.to_float_hwc(comp[min(i, n - 1)]), _np_mask(m[min(i, n - 1)]), strength=strength,
-            reference_image=_convert.to_float_hwc(photo[min(i, r - 1)]),
-            reference_image_mask=None if region is None else _np_mask(region[min(i, r - 1)]))
-        out.append(torch.from_numpy(res.astype("float32")))
-        _host.check_interrupt()
-    return torch.stack(out).clamp(0, 1)
+    photo = region = None
+    if reference_image is not None:
+        photo = _convert.image_to_nchw(reference_image, "reference_image", node)
+        if reference_image_mask is not None:
+            region = _convert.mask_to_b1hw(reference_image_mask, photo.shape[-2:], name="reference_image_mask",
+                                           allow_empty=True, node=node)
+    try:
+        out = harmonize_statistics(comp, m, strength, reference_mask=reference_mask, reference_image=photo,
+                                   reference_image_mask=region if photo is not None else reference_image_mask)
+    except R2RUserError as exc:
+        raise R2RUserError(f"R2R {node}: {exc}") from None
+    return out.permute(0, 2, 3, 1).clamp(0, 1)
 
 
 class R2RSaveHarmonizationDataset(R2RNode):

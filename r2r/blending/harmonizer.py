@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import R2RUserError
+from ..imaging.preparation import MIN_REFERENCE_SIDE  # the R2R pipeline's rule
 from .inputs import fraction, image_bchw, image_hwc, is_torch, mask_weights_b1hw, mask_weights_hw
 
 __all__ = ["harmonize_statistics", "harmonize_statistics_torch", "statistics_params", "apply_statistics",
@@ -28,8 +29,6 @@ __all__ = ["harmonize_statistics", "harmonize_statistics_torch", "statistics_par
 #: reference cannot blow the contrast up or flatten it completely.
 STD_RATIO_LIMITS = (0.25, 4.0)
 _EPS = 1e-6
-#: a reference photo's smallest side (the same rule as the R2R pipeline's, r2r.imaging.prepare_reference_photo)
-MIN_REFERENCE_SIDE = 64
 
 
 def _check_strength(strength):

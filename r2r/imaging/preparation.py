@@ -12,6 +12,9 @@ from ..errors import R2RUserError
 from .geometry import Geometry, compute_geometry, latent_mask_from, to_working
 from .inputs import batch_repeater, broadcast_batch, fingerprint, to_image_tensor, to_mask_tensor
 
+#: a reference photo's smallest side (also the weight-free harmonizer's: r2r.blending.harmonizer)
+MIN_REFERENCE_SIDE = 64
+
 if TYPE_CHECKING:
     import torch
 
@@ -181,8 +184,9 @@ def prepare_reference_photo(image, region=None, working_size: tuple[int, int] = 
     photo, soft = _image_and_mask(image, region, "reference image", "reference image mask", "paint the region on "
                                   "that photo (or leave the mask out to use the whole photo).")
     h, w = int(photo.shape[-2]), int(photo.shape[-1])
-    if min(h, w) < 64:
-        raise R2RUserError(f"The reference image must be at least 64x64 pixels; got {w}x{h} (WxH). Use a larger "
+    if min(h, w) < MIN_REFERENCE_SIDE:
+        raise R2RUserError(f"The reference image must be at least {MIN_REFERENCE_SIDE}x{MIN_REFERENCE_SIDE} pixels; "
+                           f"got {w}x{h} (WxH). Use a larger "
                            "photo (its colours are what matter; its size is not).")
     size = (int(working_size[0]), int(working_size[1]))
     geometry = Geometry((h, w), size, size, resize_mode="square")
