@@ -50,13 +50,11 @@ def _show_decisions() -> None:
     """The trainer's decisions (``r2r.training`` logger: precision, gradient checkpointing, ...) on stderr."""
     import logging
 
-    class ToStderr(logging.Handler):
-        def emit(self, record):  # the current sys.stderr at each call (not the one at set-up)
-            print(self.format(record), file=sys.stderr, flush=True)
+    from r2r.cli import StderrHandler
 
     logger = logging.getLogger("r2r.training")
     if not logger.handlers:
-        handler = ToStderr()
+        handler = StderrHandler()
         handler.setFormatter(logging.Formatter("[r2r-train] %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)

@@ -13,6 +13,7 @@ A command may also return 1 itself for a negative answer (``download --check``).
 """
 
 import argparse
+import logging
 import os
 import sys
 import traceback
@@ -104,30 +105,21 @@ def _dispatch(argv) -> int:
 
 def _show_log(verbose: bool) -> None:
     """The ``r2r`` logger's warnings (and with ``--verbose`` its decisions) on stderr, once."""
-    import logging
-
     log = logging.getLogger("r2r")
     log.setLevel(logging.INFO if verbose else logging.WARNING)
-    if not any(isinstance(h, _StderrHandler) for h in log.handlers):
-        handler = _StderrHandler()
+    if not any(isinstance(h, StderrHandler) for h in log.handlers):
+        handler = StderrHandler()
         handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
         log.addHandler(handler)
 
 
-def _stderr_handler_class():
-    import logging
+class StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record comes (it may be replaced between runs); the CLIs'
+    and the trainer's log handler."""
 
-    class StderrHandler(logging.StreamHandler):
-        """Writes to whatever ``sys.stderr`` is when a record comes (it may be replaced between runs)."""
-
-        def emit(self, record):
-            self.stream = sys.stderr
-            super().emit(record)
-
-    return StderrHandler
-
-
-_StderrHandler = _stderr_handler_class()
+    def emit(self, record):
+        self.stream = sys.stderr
+        super().emit(record)
 
 
 def _unexpected_message(exc: BaseException, debug: bool) -> str:
