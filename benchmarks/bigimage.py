@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -41,12 +40,10 @@ for p in (str(ROOT), str(ROOT / "benchmarks")):
     if p not in sys.path:
         sys.path.insert(0, p)
 
+import measure  # noqa: E402
+
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "motorcycle_left")
 RES = {"4k": (2160, 3840), "8k": (4320, 7680), "1080p": (1080, 1920)}
-
-
-def _peak_rss() -> int:
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
 def _gib(b) -> float:
@@ -157,7 +154,7 @@ def _seams_worker(args) -> dict:
         make_skips_matter(vae)
     img = cv2.resize(data.astronaut(), (args.size, args.size), interpolation=cv2.INTER_AREA)
     x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 127.5 - 1
-    base = _peak_rss()
+    base = measure.peak_bytes("cpu")
     t0 = time.perf_counter()
     with torch.no_grad():
         if args.seams_worker == "untiled":
@@ -168,7 +165,7 @@ def _seams_worker(args) -> dict:
             out = tiling.tiled_decode_with_skips(vae, post.mode(), skips, consume_skips=True)
     dt = time.perf_counter() - t0
     np.save(args.save_output, ((out[0].permute(1, 2, 0) / 2 + 0.5).clamp(0, 1)).numpy())
-    return {"path": args.seams_worker, "size": args.size, "time_s": round(dt, 2), "peak_rss_bytes": _peak_rss(),
+    return {"path": args.seams_worker, "size": args.size, "time_s": round(dt, 2), "peak_rss_bytes": measure.peak_bytes("cpu"),
             "rss_before_bytes": base}
 
 
@@ -250,7 +247,7 @@ def _e2e_worker(args) -> dict:
     assert tuple(result.shape[-2:]) == comp.shape[:2], result.shape
     return {"res": args.e2e_worker, "size": f"{ww}x{hh}", "working": f"{geom.working_size[1]}x{geom.working_size[0]}",
             "steps": args.steps, "stages_s": {k: round(v, 2) for k, v in stages.items()},
-            "total_s": round(time.perf_counter() - t_all, 2), "peak_rss_bytes": _peak_rss()}
+            "total_s": round(time.perf_counter() - t_all, 2), "peak_rss_bytes": measure.peak_bytes("cpu")}
 
 
 def part_e2e(args) -> dict:

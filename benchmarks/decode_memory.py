@@ -34,16 +34,8 @@ for _path in (str(ROOT), str(ROOT / "benchmarks")):
 VARIANTS = ("held", "lazy", "consume", "banded")
 
 
-def _rss() -> tuple[int, int]:
-    out = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(("VmRSS:", "VmHWM:")):
-                out[line.split(":")[0]] = int(line.split()[1]) * 1024
-    return out["VmRSS"], out["VmHWM"]
-
-
 def worker(args) -> int:
+    import measure
     import numpy as np
     import torch
     from pipeline import make_skips_matter
@@ -61,14 +53,8 @@ def worker(args) -> int:
         posterior, skips = vae.encode_with_skips(x)
         z = posterior.mean  # the image's own latent (decode's cost does not depend on its values)
         del x
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            before = torch.cuda.memory_allocated()
-        else:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-            before = _rss()[0]
+        measure.reset_peak(device)
+        before = measure.current_bytes(device)
         if args.variant == "held":
             held = vae.filter_skips(skips)  # noqa: F841  (kept alive through the decode, as before)
             out = vae.decode_with_skips(z, skips)
@@ -78,11 +64,7 @@ def worker(args) -> int:
             out = vae.decode_with_skips(z, skips, consume=True)
         else:
             out = tiling.tiled_decode_with_skips(vae, z, skips, consume_skips=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-            peak = torch.cuda.max_memory_allocated() - before
-        else:
-            peak = _rss()[1] - before
+        peak = measure.peak_bytes(device) - before
     np.save(args.save, out.float().cpu().numpy())
     print("RESULT " + json.dumps({"variant": args.variant, "peak_bytes": int(peak)}), flush=True)
     return 0

@@ -57,6 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import measure  # noqa: E402
 import pipeline as bench  # noqa: E402
 
 PACK_LINK = "ComfyUI-R2R"
@@ -140,7 +141,7 @@ def official_worker(args) -> int:
     res = {"total_s": total, "total_cpu_s": cpu_total, "load_s": load_time,
            "per_step_cpu_s": (clock.cpu["controller"] + clock.cpu["unet"]) / args.steps,
            "per_step_s": (clock.t["controller"] + clock.t["unet"]) / args.steps,
-           "stages_cpu_s": clock.cpu, "peak_rss_bytes": bench._peak_bytes(device),
+           "stages_cpu_s": clock.cpu, "peak_rss_bytes": measure.peak_bytes(device),
            "working_size": list(prepared.geometry.working_size), "threads": torch.get_num_threads()}
     print("RESULT " + json.dumps(res), flush=True)
     return 0

@@ -40,8 +40,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # tests/tiny.py imports r2r
-    sys.path.insert(0, str(ROOT))
+for _path in (str(ROOT), str(ROOT / "benchmarks")):  # tests/tiny.py imports r2r; measure.py is a sibling
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
+
+import measure  # noqa: E402
+
 WF_DIR = ROOT / "example_workflows"
 PACK_LINK = "ComfyUI-R2R"
 RELEASE_NAME = "region2region"
@@ -116,33 +120,6 @@ def variant(prompt: dict, handles: dict, run: str, args) -> dict | None:
 
 
 # ----------------------------------------------------------------------------- the worker (one template)
-def _peak_reset(device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        return
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
-
-
-def _peak(device) -> int:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        return int(torch.cuda.max_memory_allocated())
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
 def _per_node(events, t_end, c_end, prompt) -> dict:
     nodes = [(d["node"], w, c) for e, d, w, c in events if e == "executing" and d.get("node") is not None]
     out = {}
@@ -230,7 +207,7 @@ def worker(args) -> int:
         if not valid[0]:
             raise SystemExit(f"graph_executor: {args.template} does not validate: {json.dumps(valid[1])[:2000]}")
         del server.events[:], progress[:], loads[:]
-        _peak_reset(device)
+        measure.reset_peak(device)
         profiler = _profiler(device) if name in (args.profile or ()) else None
         t0, c0 = time.perf_counter(), time.process_time()
         if profiler is not None:
@@ -254,7 +231,7 @@ def worker(args) -> int:
                   if im.get("type") == "output"]
         cached = next((d.get("nodes", []) for e, d, _, _ in server.events if e == "execution_cached"), [])
         sampler = [x for x in progress if x[0] == str(handles.get("seed", ("?",))[0])]
-        runs[name] = {"wall_s": round(t1 - t0, 3), "cpu_s": round(c1 - c0, 3), "peak_bytes": _peak(device),
+        runs[name] = {"wall_s": round(t1 - t0, 3), "cpu_s": round(c1 - c0, 3), "peak_bytes": measure.peak_bytes(device),
                       "nodes": _per_node(server.events, t1, c1, p), "cached_nodes": cached, "images": images,
                       "sampler_progress_units": sampler[-1][2] if sampler else 0,
                       "previews": sum(1 for x in progress if x[3]), "loads": list(loads)}

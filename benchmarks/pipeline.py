@@ -34,7 +34,6 @@ import argparse
 import gc
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -42,9 +41,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-for _path in (ROOT, ROOT / "tests"):  # tests/official_flow.py: the official call, the oracle of the tests
+for _path in (ROOT, ROOT / "tests", ROOT / "benchmarks"):  # tests/official_flow.py: the oracle of the tests
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
+
+import measure  # noqa: E402
 
 from r2r.params import PLACEMENTS  # noqa: E402
 from r2r.pipeline.model_sources import PhaseLoadedModels  # noqa: E402
@@ -172,22 +173,6 @@ class TimedPhaseModels(PhaseLoadedModels):
             return super().get(name, memory_required)
 
 
-def _rss_now() -> int:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        return 0
-
-
-def _peak_bytes(device) -> int:
-    import torch
-
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
-
-
 def _raw_inputs(size: int):
     """A real photo (scikit-image's astronaut) resized to size x size and an elliptic mask (uint8 arrays)."""
     import cv2
@@ -312,7 +297,7 @@ def worker(args) -> int:
     dtype = resolve_dtype(args.dtype)
     prepared = _inputs(args.size, device)
     gc.collect()
-    base_rss = _rss_now()
+    base_rss = measure.current_bytes("cpu")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     fn = {"official": run_official, "ours": run_ours, "resident": run_resident}[args.worker]
@@ -326,7 +311,7 @@ def worker(args) -> int:
     c0 = time.process_time()
     out, total, load_time = fn(args, prepared, device, dtype, clock)
     cpu_total = time.process_time() - c0 - clock.untimed_cpu
-    peak = _peak_bytes(device)
+    peak = measure.peak_bytes(device)  # on a CPU: since the worker process started
     np_out = out[0].permute(1, 2, 0).cpu().numpy()
     if args.save_output:
         import numpy as np

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import sys
 import tempfile
@@ -41,6 +40,7 @@ for _path in (ROOT, ROOT / "tests", ROOT / "benchmarks"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
+import measure  # noqa: E402
 from pipeline import DEFAULT_WEIGHTS_CACHE  # noqa: E402
 
 EXAMPLES = ROOT / "r2r" / "assets" / "examples"
@@ -85,62 +85,14 @@ def big_inputs(width: int, height: int):
 
 
 # ----------------------------------------------------------------------------- measuring
-def _sync(device):
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _reset_peak(device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        return
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets VmHWM to the current resident size
-    except OSError:
-        pass
-
-
-def _current(device) -> int:
-    """Memory in use now (the base a peak is measured from)."""
-    import torch
-
-    if device.type == "cuda":
-        return int(torch.cuda.memory_allocated(device))
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        return 0
-
-
-def _peak(device) -> int:
-    import torch
-
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # since start (not resettable)
-
-
 def timed(fn, device):
     """(seconds, peak bytes, result) of ``fn()``."""
-    _sync(device)
-    _reset_peak(device)
+    measure.sync(device)
+    measure.reset_peak(device)
     t0 = time.perf_counter()
     result = fn()
-    _sync(device)
-    return time.perf_counter() - t0, _peak(device), result
+    measure.sync(device)
+    return time.perf_counter() - t0, measure.peak_bytes(device), result
 
 
 def controller_step_seconds(pipe, prepared, plan, reference, repeat: int) -> float:
@@ -250,7 +202,7 @@ def worker(args) -> int:
                                                                                                 pipe.device))
     big, big_mask = big_inputs(*args.big)
     extra = {"objects": "each", "crop": "per_object"} if args.worker == "per_object" else {}
-    base = _current(pipe.device)
+    base = measure.current_bytes(pipe.device)
     seconds, peak, out = timed(lambda: pipe(big, big_mask, **call, **extra), pipe.device)
     crops = [f"{r.box.width}x{r.box.height}" for r in getattr(out, "runs", [])]
     print(json.dumps({"s": seconds, "peak": peak, "base": base, "crops": crops}))

@@ -23,7 +23,7 @@ configs: fp16 on CUDA / fp32 on a CPU, gradient checkpointing as the config had 
 controller -- torch's default AdamW, no TF32 or cudnn.benchmark) and prints the ratio.
 
 Printed: a table per stage and variant (images/s, s/step, peak memory -- ``torch.cuda.max_memory_allocated``
-on CUDA, the process's RSS high-water mark on a CPU, which includes earlier stages -- and the rules chosen),
+on CUDA, the process's RSS high-water mark reset at each stage on a CPU -- and the rules chosen),
 then one JSON line: ``{"benchmark": "train_throughput", "device", "train_img_per_s": {stage: ...},
 "peak_memory_bytes", "estimate_bytes", "rules": {stage: {...}}, "baseline_img_per_s", "speedup_vs_baseline",
 "settings"}``.
@@ -35,7 +35,6 @@ import argparse
 import gc
 import json
 import os
-import resource
 import statistics
 import sys
 import tempfile
@@ -43,8 +42,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for _path in (str(ROOT), str(ROOT / "benchmarks")):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
+
+import measure  # noqa: E402
 
 STAGES = ("clear_vae", "unet", "controller")
 DTYPES = {"auto": "auto", "float32": "no", "float16": "fp16", "bfloat16": "bf16"}
@@ -56,7 +58,6 @@ def _release(args, tmp: Path) -> Path:
     if args.weights:
         return Path(args.weights)
     if args.full_size:
-        sys.path.insert(0, str(ROOT / "benchmarks"))
         from pipeline import DEFAULT_WEIGHTS_CACHE, make_random_weights
 
         return make_random_weights(Path(args.weights_cache or DEFAULT_WEIGHTS_CACHE))
@@ -90,21 +91,6 @@ def _batch(stage: str, batch: int, size: int, device, seed: int = 0) -> dict:
     return {k: v.to(device) for k, v in out.items()}
 
 
-def _peak(device) -> int:
-    import torch
-
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
-
-
-def _sync(device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def run_stage(stage: str, release: Path, args, device, variant: str) -> dict:
     """Build the stage, apply the rules (or the baseline settings), time the optimizer steps."""
     import torch
@@ -123,7 +109,7 @@ def run_stage(stage: str, release: Path, args, device, variant: str) -> dict:
     cfg = _config(stage, release, args, precision, str(setting).lower())
     if device.type == "cuda":
         torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
+    measure.reset_peak(device)  # this stage's peak alone (on a CPU too)
     torch.manual_seed(0)  # the networks' random initialisation, not sampling noise
     module, _ = build_stage(cfg, device, speed.frozen_weight_dtype(precision, device.type))
     params = [p for p in module.net.parameters() if p.requires_grad]
@@ -149,7 +135,7 @@ def run_stage(stage: str, release: Path, args, device, variant: str) -> dict:
     with speed.tf32_enabled(plan.tf32):
         for i in range(args.warmup + args.steps):
             gens = item_generators(0, i, range(args.batch))  # the trainer's per-item generators
-            _sync(device)
+            measure.sync(device)
             t0 = time.perf_counter()
             with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
                 loss, _ = module(batch, gens)
@@ -160,7 +146,7 @@ def run_stage(stage: str, release: Path, args, device, variant: str) -> dict:
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
-            _sync(device)
+            measure.sync(device)
             if i >= args.warmup:
                 times.append(time.perf_counter() - t0)
             if not torch.isfinite(loss):
@@ -168,7 +154,7 @@ def run_stage(stage: str, release: Path, args, device, variant: str) -> dict:
     step_s = statistics.median(times)
     out = {"stage": stage, "variant": variant, "resolution": size, "batch": args.batch,
            "img_per_s": args.batch / step_s, "step_s": step_s, "step_s_all": [round(t, 4) for t in times],
-           "peak_memory_bytes": _peak(device), "weights_bytes": int(weights_bytes),
+           "peak_memory_bytes": measure.peak_bytes(device), "weights_bytes": int(weights_bytes),
            "estimate_bytes": int(plan.need_bytes + weights_bytes), "trainable_params": int(n_params),
            "rules": plan.summary()}
     del module, optimizer, params, batch

@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -48,35 +47,13 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+if str(ROOT / "benchmarks") not in sys.path:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import measure  # noqa: E402
 
 MODES = ("independent", "shared_noise", "smoothed", "keyframes")
 BLEED_TOL = 0.5 / 255
-
-
-def _status_mib(field: str) -> float | None:
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return None
-
-
-def _reset_peak_rss() -> bool:
-    """Linux: reset the kernel's peak-RSS mark (VmHWM) so it measures the run alone."""
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_rss_mib() -> float:
-    hwm = _status_mib("VmHWM")
-    return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def evaluate(syn, engine, mode, **kw) -> dict:
@@ -158,19 +135,17 @@ def memory_child(args) -> int:
         engine = r2r_engine(pipe, args, args.chunk_frames)
     cuda = args.device.startswith("cuda")
     if cuda:
-        import torch
-
-        torch.cuda.reset_peak_memory_stats()
-    reset = _reset_peak_rss()
-    before = _status_mib("VmRSS") or _peak_rss_mib()
+        measure.reset_peak(args.device)
+    reset = measure.reset_peak("cpu")
+    before = measure.current_bytes("cpu") / 2**20
     start = time.perf_counter()
     count = 0
     for _, out in harmonize_clip(syn.clip(), engine, temporal=args.memory_mode):
         count += int(out.shape[0] > 0)  # written and dropped
-    result = {"frames": count, "peak_rss_mib": _peak_rss_mib(), "rss_before_mib": before,
+    result = {"frames": count, "peak_rss_mib": measure.peak_bytes("cpu") / 2**20, "rss_before_mib": before,
               "peak_of_the_run_alone": reset, "seconds": time.perf_counter() - start}
     if cuda:
-        result["cuda_max_allocated_mib"] = torch.cuda.max_memory_allocated() / 2**20
+        result["cuda_max_allocated_mib"] = measure.peak_bytes(args.device) / 2**20
     print(json.dumps(result))
     return 0
 

@@ -46,10 +46,10 @@ def test_the_peak_memory_measure_sees_frames_kept_in_memory(tmp_path):
         "from r2r.video.synthetic import moving_object_clip\n"
         "n, keep = int(sys.argv[1]), sys.argv[2] == 'keep'\n"
         "syn = moving_object_clip(n, (256, 256))\n"
-        "b._reset_peak_rss()\n"
+        "b.measure.reset_peak('cpu')\n"
         "kept = [out for _, out in harmonize_clip(syn.clip(), StatisticsEngine(), temporal='smoothed')] if keep "
         "else [None for _ in harmonize_clip(syn.clip(), StatisticsEngine(), temporal='smoothed')]\n"
-        "print(json.dumps(b._peak_rss_mib()))\n")
+        "print(json.dumps(b.measure.peak_bytes('cpu') / 2**20))\n")
 
     def peak(n, how):
         res = subprocess.run([sys.executable, str(script), str(n), how], capture_output=True, text=True, check=True)
